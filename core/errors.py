@@ -1,0 +1,114 @@
+"""Typed domain errors. Each carries the contract's `code`; HTTP statuses live in api/errors.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TransferError(Exception):
+    """Base of every error a client can cause. `extra` becomes extra JSON fields."""
+
+    code = "error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+# --- input ----------------------------------------------------------------
+class InvalidRequest(TransferError):
+    code = "invalid_request"
+
+
+class InvalidFileId(TransferError):
+    code = "invalid_file_id"
+
+
+class InvalidContentRange(TransferError):
+    code = "invalid_content_range"
+
+
+class InvalidChunkHeader(TransferError):
+    code = "invalid_chunk_header"
+
+
+class LengthMismatch(TransferError):
+    code = "length_mismatch"
+
+
+class ChecksumMismatch(TransferError):
+    code = "checksum_mismatch"
+
+
+class InvalidFileName(TransferError):
+    code = "invalid_file_name"
+
+
+class InvalidSha256(TransferError):
+    code = "invalid_sha256"
+
+
+class ChunkTooLarge(TransferError):
+    code = "chunk_too_large"
+
+
+class FileTooLarge(TransferError):
+    code = "file_too_large"
+
+
+# --- state ----------------------------------------------------------------
+class NotFound(TransferError):
+    code = "not_found"
+
+
+class Overlap(TransferError):
+    code = "overlap"
+
+
+class TotalMismatch(TransferError):
+    code = "total_mismatch"
+
+
+class AlreadyComplete(TransferError):
+    code = "already_complete"
+
+
+class UploadFailed(TransferError):
+    code = "upload_failed"
+
+
+class NotComplete(TransferError):
+    code = "not_complete"
+
+
+class InsufficientStorage(TransferError):
+    code = "insufficient_storage"
+
+
+# --- auth -----------------------------------------------------------------
+class NotAuthenticated(TransferError):
+    code = "not_authenticated"
+
+
+class InvalidCredentials(TransferError):
+    code = "invalid_credentials"
+
+
+class Forbidden(TransferError):
+    code = "forbidden"
+
+
+class TooManyAttempts(TransferError):
+    code = "too_many_attempts"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+# --- infrastructure ---------------------------------------------------------
+class Unavailable(TransferError):
+    """A dependency (Redis) is down: the server's fault, not the client's."""
+
+    code = "unavailable"
