@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     token_ttl: int = Field(3600, gt=0)
     admin_username: str | None = None
     admin_password: SecretStr | None = None
-    login_max_failures: int = Field(5, gt=0, description="failed logins per user or address per window")
+    login_max_failures: int = Field(5, gt=0, description="failed logins per user name per window")
+    login_max_failures_per_address: int = Field(30, gt=0, description="failed logins per client address per window")
     login_window: int = Field(300, gt=0, description="seconds")
     flower_basic_auth: SecretStr | None = None
 

@@ -1,0 +1,50 @@
+"""FastAPI dependencies: the settings, the stores, and the current user."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from core.config import Settings
+from core.errors import Forbidden, NotAuthenticated
+from core.tokens import decode_token
+from core.users import User, UserStore
+
+_bearer = HTTPBearer(auto_error=False, description="a token from POST /token")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_user_store(request: Request) -> UserStore:
+    return request.app.state.users
+
+
+async def current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The user behind a valid bearer token who still exists and whose token is not revoked."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise NotAuthenticated("missing bearer token")
+    settings: Settings = request.app.state.settings
+    claims = decode_token(credentials.credentials, settings.jwt_key())
+    user = request.app.state.users.get(claims.sub)
+    if user is None or claims.iat < int(user.tokens_valid_after):
+        raise NotAuthenticated("token no longer valid")
+    return user
+
+
+async def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
+    if not user.is_admin:
+        raise Forbidden("this endpoint is for admins")
+    return user
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+UserStoreDep = Annotated[UserStore, Depends(get_user_store)]
+CurrentUser = Annotated[User, Depends(current_user)]
+CurrentAdmin = Annotated[User, Depends(current_admin)]

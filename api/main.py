@@ -1,0 +1,56 @@
+"""The FastAPI application: `uvicorn api.main:create_app --factory`."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routers import auth, health
+from core.config import Settings
+from core.login_throttle import LoginThrottle
+from core.users import UserStore
+
+log = logging.getLogger("ft.api")
+
+
+def bootstrap_admin(settings: Settings, users: UserStore) -> None:
+    """Create the admin named by FT_ADMIN_USERNAME, or reset its password."""
+    if settings.admin_username and settings.admin_password:
+        users.set(settings.admin_username, settings.admin_password.get_secret_value(), role="admin")
+        log.info("admin %r is ready", settings.admin_username)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.jwt_key()  # refuse to start with a missing or short secret
+    settings.ensure_dirs()
+    users = UserStore(settings.users_db)
+    bootstrap_admin(settings, users)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, health_check_interval=30
+        )
+        try:
+            yield
+        finally:
+            await app.state.redis.aclose()
+
+    app = FastAPI(
+        title="File Transfer API",
+        version="1.0",
+        description="Resumable chunked uploads and range downloads of large files.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.users = users
+    app.state.login_throttle = LoginThrottle(settings)
+    install_error_handlers(app)
+    app.include_router(auth.router)
+    app.include_router(health.router)
+    return app

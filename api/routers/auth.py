@@ -1,0 +1,65 @@
+"""POST /token: JSON or an OAuth2 password-flow form (so Swagger's Authorize works)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import SettingsDep, UserStoreDep
+from core.errors import InvalidCredentials, InvalidRequest
+from core.tokens import issue_token
+
+router = APIRouter(tags=["auth"])
+
+
+class Credentials(BaseModel):
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=1, max_length=4096)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+async def _read_credentials(request: Request) -> Credentials:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = await request.form()
+            return Credentials(username=form.get("username", ""), password=form.get("password", ""))
+        return Credentials.model_validate_json(await request.body())
+    except (ValidationError, ValueError, UnicodeDecodeError, AssertionError):
+        raise InvalidRequest(
+            'send JSON {"username": ..., "password": ...} or an OAuth2 password form'
+        ) from None
+
+
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": Credentials.model_json_schema()},
+                "application/x-www-form-urlencoded": {"schema": Credentials.model_json_schema()},
+            },
+        }
+    },
+    responses={401: {"description": "invalid_credentials"}, 429: {"description": "too_many_attempts"}},
+)
+async def login(request: Request, settings: SettingsDep, users: UserStoreDep) -> TokenResponse:
+    creds = await _read_credentials(request)
+    throttle = request.app.state.login_throttle
+    address = request.client.host if request.client else "unknown"
+    await run_in_threadpool(throttle.check, creds.username, address)
+    user = await run_in_threadpool(users.authenticate, creds.username, creds.password)
+    if user is None:
+        await run_in_threadpool(throttle.record_failure, creds.username, address)
+        raise InvalidCredentials("wrong user name or password")
+    await run_in_threadpool(throttle.reset_user, creds.username)
+    token = issue_token(user, settings.jwt_key(), settings.token_ttl)
+    return TokenResponse(access_token=token, expires_in=settings.token_ttl)

@@ -1,0 +1,45 @@
+"""JWT access tokens (HS256). Only HS256 is accepted on decode: no `none`, no RS/HS confusion."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from core.errors import NotAuthenticated
+from core.users import User
+
+ALGORITHM = "HS256"
+_REQUIRED_CLAIMS = ["sub", "role", "iat", "exp"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    sub: str
+    role: str
+    iat: int
+    exp: int
+
+
+def issue_token(user: User, secret: str, ttl: int, now: float | None = None) -> str:
+    issued = int(now if now is not None else time.time())
+    claims = {"sub": user.name, "role": user.role, "iat": issued, "exp": issued + ttl}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_token(token: str, secret: str) -> TokenClaims:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": _REQUIRED_CLAIMS},
+        )
+    except jwt.PyJWTError as exc:
+        raise NotAuthenticated(f"invalid token: {exc}") from None
+    if not isinstance(claims.get("sub"), str) or claims.get("role") not in ("admin", "user"):
+        raise NotAuthenticated("invalid token: bad sub or role claim")
+    if not isinstance(claims["iat"], int) or claims["iat"] > time.time() + 60:
+        raise NotAuthenticated("invalid token: issued in the future")
+    return TokenClaims(claims["sub"], claims["role"], claims["iat"], claims["exp"])

