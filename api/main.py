@@ -9,9 +9,13 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routers import auth, health
+from api.routers import auth, health, uploads
 from core.config import Settings
+from core.jobs import Jobs
 from core.login_throttle import LoginThrottle
+from core.state import UploadRepository
+from core.storage import Storage
+from core.uploads import UploadService
 from core.users import UserStore
 
 log = logging.getLogger("ft.api")
@@ -36,6 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = aioredis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, health_check_interval=30
         )
+        app.state.jobs = Jobs(settings)
+        app.state.uploads = UploadService(
+            settings, UploadRepository(app.state.redis), Storage(settings), app.state.jobs.assemble
+        )
         try:
             yield
         finally:
@@ -53,4 +61,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(auth.router)
     app.include_router(health.router)
+    app.include_router(uploads.router)
     return app

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     stale_after: int = Field(86400, ge=0)
     persist_interval: int = Field(60, gt=0)
     persist_after: int = Field(300, ge=0)
+    assembly_lease: float = Field(60.0, gt=0, description="seconds; an assembly killed mid-way is retried after this")
     task_visibility_timeout: int = Field(4 * 3600, gt=0)
     cleanup_wait: float = Field(10.0, ge=0, description="seconds POST /cleanup waits before answering 202")
 

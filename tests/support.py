@@ -132,3 +132,33 @@ def login(url: str, username: str, password: str) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def chunk_body(payload: bytes, start: int, end: int | None = None, crc: int | None = None) -> bytes:
+    """The wire body of one chunk: 12-byte header then payload."""
+    import zlib
+
+    from core.chunk_header import encode_header
+
+    end = start + len(payload) - 1 if end is None else end
+    return encode_header(start, end, zlib.crc32(payload) if crc is None else crc) + payload
+
+
+def send_chunk(client: httpx.Client, url: str, token: str, file_id: str, data: bytes, start: int, end: int,
+               total: int | None = None, **headers: str) -> httpx.Response:
+    """POST the bytes data[start:end+1] of a file as one chunk."""
+    total = len(data) if total is None else total
+    payload = data[start : end + 1]
+    hdrs = {**bearer(token), "Content-Range": f"bytes {start}-{end}/{total}",
+            "Content-Type": "application/octet-stream"}
+    hdrs.update({k.replace("_", "-"): v for k, v in headers.items()})
+    return client.post(f"{url}/upload/{file_id}", content=chunk_body(payload, start, end), headers=hdrs)
+
+
+def wait_for_state(client: httpx.Client, url: str, token: str, file_id: str, states=("complete", "failed"),
+                   timeout: float = 60.0) -> dict:
+    def done():
+        body = client.get(f"{url}/status/{file_id}", headers=bearer(token)).json()
+        return body if body.get("state") in states else None
+
+    return wait_until(done, timeout=timeout, what=f"{file_id} to reach {states}")

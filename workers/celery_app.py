@@ -8,11 +8,13 @@ import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
+import celeryconfig
 from core import workers_registry
 from core.config import Settings
 
+settings = Settings()
 app = Celery("file_transfer")
-app.config_from_object("celeryconfig")
+app.conf.update(celeryconfig.build(settings))
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 
 _heartbeat_stop = threading.Event()
@@ -34,12 +36,13 @@ def _heartbeat(hostname: str, redis_url: str) -> None:
 
 
 @worker_ready.connect
-def _start_heartbeat(sender=None, **_: object) -> None:
+def _on_worker_ready(sender=None, **_: object) -> None:
     hostname = getattr(sender, "hostname", None) or "worker"
-    thread = threading.Thread(
-        target=_heartbeat, args=(hostname, Settings().redis_url), name="ft-heartbeat", daemon=True
-    )
-    thread.start()
+    threading.Thread(
+        target=_heartbeat, args=(hostname, settings.redis_url), name="ft-heartbeat", daemon=True
+    ).start()
+    # Pick up assemblies orphaned by a worker that died whole, without waiting for beat.
+    app.send_task("uploads.persist")
 
 
 @worker_shutdown.connect

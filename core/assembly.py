@@ -1,0 +1,137 @@
+"""Verification and assembly of a fully received upload (run by a Celery worker).
+
+Idempotent by construction: it may run twice, or again after being killed at any
+point. The staged file is read once: every stored chunk's CRC-32 is re-checked and the
+SHA-256 computed in the same pass; then the file is renamed into place (no copy), its
+meta written, and only then is the upload marked `complete` in Redis. If a run dies
+after the rename, the next run finds the data at its final place and verifies it there.
+A Redis lease with a short TTL, renewed while reading, keeps two runs from working on
+one file at once; a run killed without releasing it frees the file when the lease ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
+
+from core.state import Chunk
+from core.uploads import UploadService
+
+READ_SIZE = 4 * 1024 * 1024
+
+
+def assembly_lock_key(file_id: str) -> str:
+    return f"ft:lock:assemble:{file_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    sha256: str
+    bad_chunk: Chunk | None
+
+
+def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
+    """One sequential pass: SHA-256 of the whole file and CRC-32 of each stored chunk."""
+    digest = hashlib.sha256()
+    buffer = bytearray(READ_SIZE)
+    view = memoryview(buffer)
+    ordered = sorted(chunks, key=lambda c: c.start)
+    index, crc, offset = 0, 0, 0
+    bad: Chunk | None = None
+    with open(path, "rb", buffering=0) as handle:
+        while offset < total:
+            n = handle.readinto(view[: min(READ_SIZE, total - offset)])
+            if not n:
+                raise ValueError(f"{path} is shorter than {total} bytes")
+            block = view[:n]
+            digest.update(block)
+            pos = 0
+            while pos < n and index < len(ordered):
+                chunk = ordered[index]
+                take = min(n - pos, chunk.end + 1 - (offset + pos))
+                crc = zlib.crc32(block[pos : pos + take], crc)
+                pos += take
+                if offset + pos == chunk.end + 1:
+                    if crc != chunk.crc32 and bad is None:
+                        bad = chunk
+                    index, crc = index + 1, 0
+            offset += n
+    return Verification(digest.hexdigest(), bad)
+
+
+async def assemble(service: UploadService, file_id: str, lease_seconds: float = 60.0) -> dict:
+    """Verify and publish `file_id`. Returns a small report (also the Celery task's result)."""
+    repo, storage = service.repo, service.storage
+    upload = await service.load(file_id)
+    if upload is None:
+        return {"file_id": file_id, "result": "gone"}
+    if upload.state != "assembling":
+        return {"file_id": file_id, "result": f"nothing to do: {upload.state}"}
+
+    lock = Lock(repo.redis, assembly_lock_key(file_id), timeout=lease_seconds, blocking=False)
+    if not await lock.acquire():
+        return {"file_id": file_id, "result": "busy: another run holds the lease"}
+    try:
+        chunks = await repo.chunks(file_id)
+        source = storage.staging_data(file_id)
+        if not source.exists():
+            source = storage.final_data(file_id)  # a previous run moved it, then died
+        started = time.monotonic()
+        verification = await _verify_with_lease(lock, source, chunks, upload.total, lease_seconds)
+        if verification.bad_chunk is not None:
+            bad = verification.bad_chunk
+            error = f"stored bytes {bad.start}-{bad.end} no longer match their CRC-32; upload them again"
+            await repo.transition(file_id, "assembling", state="failed", error=error)
+            return {"file_id": file_id, "result": "failed", "error": error}
+        if upload.expected_sha256 and verification.sha256 != upload.expected_sha256:
+            error = f"SHA-256 mismatch: expected {upload.expected_sha256}, got {verification.sha256}"
+            await repo.transition(file_id, "assembling", state="failed", error=error)
+            return {"file_id": file_id, "result": "failed", "error": error}
+
+        completed_at = time.time()
+        meta = {
+            "file_id": file_id,
+            "owner": upload.owner,
+            "size": upload.total,
+            "sha256": verification.sha256,
+            "expected_sha256": upload.expected_sha256,
+            "file_name": upload.file_name,
+            "created_at": upload.created_at,
+            "completed_at": completed_at,
+        }
+        storage.publish(file_id, meta)
+        await repo.transition(
+            file_id, "assembling", state="complete", sha256=verification.sha256,
+            completed_at=repr(completed_at), updated_at=repr(completed_at),
+        )
+        storage.remove_staging(file_id)
+        return {"file_id": file_id, "result": "complete", "sha256": verification.sha256,
+                "size": upload.total, "seconds": round(time.monotonic() - started, 3)}
+    finally:
+        try:
+            await lock.release()
+        except LockError:
+            pass
+
+
+async def _verify_with_lease(lock: Lock, path: Path, chunks: list[Chunk], total: int, lease: float) -> Verification:
+    """Run the (blocking) verification in a thread while this task keeps the lease alive."""
+    async with anyio.create_task_group() as group:
+        result: list[Verification] = []
+
+        async def renew() -> None:
+            while True:
+                await anyio.sleep(lease / 3)
+                await lock.reacquire()
+
+        group.start_soon(renew)
+        result.append(await anyio.to_thread.run_sync(verify_file, path, chunks, total))
+        group.cancel_scope.cancel()
+    return result[0]

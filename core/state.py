@@ -1,0 +1,399 @@
+"""Upload progress in Redis: a few well-named atomic operations, Lua where keys change together.
+
+Keys of one upload (file ids are validated, so they are safe in key names):
+  ft:up:<id>          hash: owner, total, state, received, next, name, sha256_expected,
+                      created_at, updated_at, persisted_at, sha256, error, completed_at,
+                      provisional (1 until the first chunk is committed)
+  ft:up:<id>:chunks   sorted set of stored chunks, score START, member "START:END:CRC"
+  ft:up:<id>:claims   hash token -> "START:END:CRC:LEASE_UNTIL" of chunks being written now
+  ft:activity         sorted set file_id -> last activity, of uploads not yet complete
+  ft:assembling       sorted set file_id -> when it became `assembling`
+
+Stored chunks never overlap (the claim refuses overlaps with stored and in-flight
+chunks), so one ZREVRANGEBYSCORE finds the only stored chunk that could overlap a
+new one. `next` (first missing byte) advances over contiguous chunks on commit.
+Numbers going back to Redis from Lua are formatted with %d: Lua's default
+formatting would turn large byte offsets into floats.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+ACTIVITY_KEY = "ft:activity"
+ASSEMBLING_KEY = "ft:assembling"
+STATES = ("uploading", "assembling", "complete", "failed")
+
+
+def upload_key(file_id: str) -> str:
+    return f"ft:up:{file_id}"
+
+
+def _keys(file_id: str) -> list[str]:
+    base = upload_key(file_id)
+    return [base, f"{base}:chunks", f"{base}:claims", ACTIVITY_KEY, ASSEMBLING_KEY]
+
+
+_PRELUDE = """
+local up, chunks, claims, activity, assembling = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local function summary(status, extra)
+  local f = redis.call('HMGET', up, 'state', 'received', 'total', 'next')
+  return {status, f[1] or '', f[2] or '0', f[3] or '0', f[4] or '0', extra or ''}
+end
+local function chunk_end(member)
+  return tonumber(string.match(member, '^%d+:(%d+):'))
+end
+"""
+
+_CLAIM = _PRELUDE + """
+local file_id, user, is_admin = ARGV[1], ARGV[2], ARGV[3] == '1'
+local s, e, total, crc = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local token, now, lease_until, create = ARGV[8], ARGV[9], ARGV[10], ARGV[11] == '1'
+local f = redis.call('HMGET', up, 'owner', 'total', 'state', 'error')
+if not f[1] then
+  if not create then return {'absent'} end
+  redis.call('HSET', up, 'owner', user, 'total', total, 'state', 'uploading', 'received', '0',
+             'next', '0', 'created_at', now, 'updated_at', now, 'provisional', '1')
+  redis.call('ZADD', activity, now, file_id)
+  f = {user, total, 'uploading', false}
+end
+if f[1] ~= user and not is_admin then return {'not_found'} end
+if f[3] == 'expired' then return {'not_found'} end
+if f[2] ~= total then return summary('total_mismatch') end
+if f[3] == 'assembling' or f[3] == 'complete' then return summary('already_complete') end
+if f[3] == 'failed' then return summary('upload_failed', f[4] or '') end
+local member = s .. ':' .. e .. ':' .. crc
+if redis.call('ZSCORE', chunks, member) then return summary('duplicate') end
+local ns, ne = tonumber(s), tonumber(e)
+local prev = redis.call('ZREVRANGEBYSCORE', chunks, e, '-inf', 'LIMIT', 0, 1)
+if prev[1] and chunk_end(prev[1]) >= ns then return summary('overlap') end
+local held = redis.call('HGETALL', claims)
+local t = tonumber(now)
+for i = 1, #held, 2 do
+  local cs, ce, cexp = string.match(held[i + 1], '^(%d+):(%d+):%d+:([%d.]+)$')
+  if tonumber(cexp) < t then
+    redis.call('HDEL', claims, held[i])
+  elseif tonumber(cs) <= ne and tonumber(ce) >= ns then
+    return summary('overlap')
+  end
+end
+redis.call('HSET', claims, token, member .. ':' .. lease_until)
+return summary('claimed')
+"""
+
+_RENEW = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.gsub(held, ':[%d.]+$', ':' .. ARGV[2]))
+return 1
+"""
+
+_COMMIT = _PRELUDE + """
+local file_id, token, s, e, crc, length, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local name, sha = ARGV[8], ARGV[9]
+if not redis.call('HGET', claims, token) then return {'lost'} end
+redis.call('HDEL', claims, token)
+if redis.call('HGET', up, 'state') ~= 'uploading' then return {'lost'} end
+redis.call('ZADD', chunks, s, s .. ':' .. e .. ':' .. crc)
+local received = redis.call('HINCRBY', up, 'received', length)
+local nxt = tonumber(redis.call('HGET', up, 'next'))
+if tonumber(s) == nxt then
+  nxt = tonumber(e) + 1
+  while true do
+    local m = redis.call('ZRANGEBYSCORE', chunks, string.format('%d', nxt), string.format('%d', nxt), 'LIMIT', 0, 1)
+    if not m[1] then break end
+    nxt = chunk_end(m[1]) + 1
+  end
+  redis.call('HSET', up, 'next', string.format('%d', nxt))
+end
+redis.call('HSET', up, 'updated_at', now, 'provisional', '0')
+if name ~= '' then redis.call('HSETNX', up, 'name', name) end
+if sha ~= '' then redis.call('HSETNX', up, 'sha256_expected', sha) end
+redis.call('ZADD', activity, now, file_id)
+if received == tonumber(redis.call('HGET', up, 'total')) then
+  redis.call('HSET', up, 'state', 'assembling', 'assembling_since', now)
+  redis.call('ZADD', assembling, now, file_id)
+end
+return summary('committed')
+"""
+
+_RELEASE = """
+redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('HGET', KEYS[1], 'provisional') == '1' and redis.call('ZCARD', KEYS[2]) == 0
+   and redis.call('HLEN', KEYS[3]) == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Restore an upload from its on-disk manifest, unless Redis already knows it.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fields = cjson.decode(ARGV[1])
+local flat = {}
+for k, v in pairs(fields) do
+  flat[#flat + 1] = k
+  flat[#flat + 1] = v
+end
+redis.call('HSET', KEYS[1], unpack(flat))
+local members = cjson.decode(ARGV[2])
+for i = 1, #members, 500 do
+  local batch = {}
+  for j = i, math.min(i + 499, #members) do
+    batch[#batch + 1] = string.match(members[j], '^(%d+):')
+    batch[#batch + 1] = members[j]
+  end
+  redis.call('ZADD', KEYS[2], unpack(batch))
+end
+if fields['state'] ~= 'complete' then
+  redis.call('ZADD', KEYS[4], fields['updated_at'], ARGV[3])
+end
+if fields['state'] == 'assembling' then
+  redis.call('ZADD', KEYS[5], fields['assembling_since'], ARGV[3])
+end
+return 1
+"""
+
+_SET_STATE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= ARGV[1] then return state or '' end
+local args = cjson.decode(ARGV[2])
+local flat = {}
+for k, v in pairs(args) do
+  flat[#flat + 1] = k
+  flat[#flat + 1] = v
+end
+redis.call('HSET', KEYS[1], unpack(flat))
+if args['state'] and args['state'] ~= 'assembling' then
+  redis.call('ZREM', KEYS[5], ARGV[3])
+end
+if args['state'] == 'complete' then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[3])
+end
+return 'ok'
+"""
+
+# Remove an upload that is stale: not complete, no activity since the cutoff, nothing in
+# flight. Marks it `expired` (chunks then answer 404) so that files can be removed
+# before the keys disappear; `forget` deletes the keys afterwards.
+_EXPIRE_IF_STALE = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'updated_at')
+if not f[1] then
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  return 'absent'
+end
+if f[1] == 'complete' or f[1] == 'assembling' then return f[1] end
+if f[1] == 'expired' then return 'expired' end
+if tonumber(f[2]) > tonumber(ARGV[1]) then return 'fresh' end
+local held = redis.call('HGETALL', KEYS[3])
+for i = 1, #held, 2 do
+  local cexp = string.match(held[i + 1], ':([%d.]+)$')
+  if tonumber(cexp) >= tonumber(ARGV[3]) then return 'busy' end
+end
+redis.call('HSET', KEYS[1], 'state', 'expired')
+return 'expired'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    start: int
+    end: int
+    crc32: int
+
+    @classmethod
+    def parse(cls, member: bytes | str) -> "Chunk":
+        text = member.decode() if isinstance(member, bytes) else member
+        start, end, crc = text.split(":")
+        return cls(int(start), int(end), int(crc))
+
+    @property
+    def member(self) -> str:
+        return f"{self.start}:{self.end}:{self.crc32}"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a chunk operation reports back: the outcome and the upload's counters."""
+
+    outcome: str
+    state: str = ""
+    received: int = 0
+    total: int = 0
+    next_expected: int = 0
+    extra: str = ""
+
+    @classmethod
+    def from_reply(cls, reply: list) -> "Progress":
+        values = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+        if len(values) == 1:
+            return cls(values[0])
+        outcome, state, received, total, nxt, extra = values
+        return cls(outcome, state, int(received), int(total), int(nxt), extra)
+
+
+@dataclass(slots=True)
+class Upload:
+    file_id: str
+    owner: str
+    total: int
+    state: str
+    received: int
+    next_expected: int
+    file_name: str | None = None
+    expected_sha256: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    persisted_at: float | None = None
+    sha256: str | None = None
+    error: str | None = None
+    completed_at: float | None = None
+    fields: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_hash(cls, file_id: str, raw: dict) -> "Upload":
+        h = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+
+        def opt_float(name: str) -> float | None:
+            return float(h[name]) if h.get(name) else None
+
+        return cls(
+            file_id=file_id,
+            owner=h["owner"],
+            total=int(h["total"]),
+            state=h["state"],
+            received=int(h.get("received", 0)),
+            next_expected=int(h.get("next", 0)),
+            file_name=h.get("name") or None,
+            expected_sha256=h.get("sha256_expected") or None,
+            created_at=float(h.get("created_at", 0)),
+            updated_at=float(h.get("updated_at", 0)),
+            persisted_at=opt_float("persisted_at"),
+            sha256=h.get("sha256") or None,
+            error=h.get("error") or None,
+            completed_at=opt_float("completed_at"),
+            fields=h,
+        )
+
+
+class UploadRepository:
+    """The only code that knows the Redis layout of uploads."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
+        self._commit = redis.register_script(_COMMIT)
+        self._release = redis.register_script(_RELEASE)
+        self._restore = redis.register_script(_RESTORE)
+        self._set_state = redis.register_script(_SET_STATE)
+        self._expire = redis.register_script(_EXPIRE_IF_STALE)
+
+    async def claim(
+        self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
+        token: str, lease_seconds: float, create: bool, now: float | None = None,
+    ) -> Progress:
+        """Reserve [start, end] for a chunk about to be written, creating the upload if asked."""
+        now = now if now is not None else time.time()
+        reply = await self._claim(
+            keys=_keys(file_id),
+            args=[file_id, user, int(is_admin), start, end, total, crc32, token,
+                  repr(now), repr(now + lease_seconds), int(create)],
+        )
+        return Progress.from_reply(reply)
+
+    async def renew(self, file_id: str, token: str, lease_seconds: float) -> bool:
+        return bool(await self._renew(keys=[_keys(file_id)[2]], args=[token, repr(time.time() + lease_seconds)]))
+
+    async def commit(
+        self, file_id: str, token: str, chunk: Chunk, file_name: str | None, sha256: str | None,
+        now: float | None = None,
+    ) -> Progress:
+        now = now if now is not None else time.time()
+        reply = await self._commit(
+            keys=_keys(file_id),
+            args=[file_id, token, chunk.start, chunk.end, chunk.crc32, chunk.end - chunk.start + 1,
+                  repr(now), file_name or "", sha256 or ""],
+        )
+        return Progress.from_reply(reply)
+
+    async def release(self, file_id: str, token: str) -> bool:
+        """Give back a claim whose chunk failed; drops a provisional upload that got nothing."""
+        return bool(await self._release(keys=_keys(file_id), args=[token, file_id]))
+
+    async def get(self, file_id: str) -> Upload | None:
+        raw = await self.redis.hgetall(upload_key(file_id))
+        if not raw:
+            return None
+        upload = Upload.from_hash(file_id, raw)
+        return None if upload.state == "expired" else upload
+
+    async def chunks(self, file_id: str) -> list[Chunk]:
+        members = await self.redis.zrange(_keys(file_id)[1], 0, -1)
+        return [Chunk.parse(m) for m in members]
+
+    async def restore(self, file_id: str, fields: dict[str, str], chunks: list[Chunk]) -> bool:
+        return bool(await self._restore(
+            keys=_keys(file_id),
+            args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id],
+        ))
+
+    async def transition(self, file_id: str, expected_state: str, **fields: str) -> bool:
+        """Set fields (usually `state`) only if the upload is still in `expected_state`."""
+        reply = await self._set_state(
+            keys=_keys(file_id), args=[expected_state, json.dumps({k: str(v) for k, v in fields.items()}), file_id]
+        )
+        return reply in (b"ok", "ok")
+
+    async def mark_persisted(self, file_id: str, when: float) -> None:
+        await self.redis.eval(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'persisted_at', ARGV[1]) end",
+            1, upload_key(file_id), repr(when),
+        )
+
+    async def expire_if_stale(self, file_id: str, cutoff: float, now: float | None = None) -> str:
+        now = now if now is not None else time.time()
+        reply = await self._expire(keys=_keys(file_id), args=[repr(cutoff), file_id, repr(now)])
+        return reply.decode() if isinstance(reply, bytes) else reply
+
+    async def forget(self, file_id: str) -> None:
+        keys = _keys(file_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys[:3])
+            pipe.zrem(ACTIVITY_KEY, file_id)
+            pipe.zrem(ASSEMBLING_KEY, file_id)
+            await pipe.execute()
+
+    async def assembling_since(self, cutoff: float) -> list[str]:
+        """Uploads that became `assembling` at or before `cutoff` (few: assembly is quick)."""
+        ids = await self.redis.zrangebyscore(ASSEMBLING_KEY, "-inf", repr(cutoff))
+        return [raw.decode() for raw in ids]
+
+    async def idle_since(self, cutoff: float, batch: int = 500):
+        """File ids of uploads not complete whose last activity is at or before `cutoff`.
+
+        Pages by score rather than offset, so that callers may remove entries as they go;
+        never holds more than one batch in memory.
+        """
+        low, seen_at_low = "-inf", set()
+        while True:
+            page = await self.redis.zrangebyscore(
+                ACTIVITY_KEY, low, repr(cutoff), start=0, num=batch + len(seen_at_low), withscores=True
+            )
+            fresh = [(m.decode(), score) for m, score in page if m.decode() not in seen_at_low]
+            if not fresh:
+                return
+            for file_id, _ in fresh:
+                yield file_id
+            last_score = fresh[-1][1]
+            seen_at_low = {m for m, score in fresh if score == last_score} | (
+                seen_at_low if repr(last_score) == low else set()
+            )
+            low = repr(last_score)

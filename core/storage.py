@@ -1,0 +1,155 @@
+"""Bytes on disk: staging files being uploaded, final files, and their JSON manifests.
+
+Layout under FT_DATA_DIR:
+  staging/<id>/data           sparse file of the upload's total size; chunks land at their offsets
+  staging/<id>/manifest.json  written by `persist` so an idle upload survives the loss of Redis
+  files/<id>/data             the assembled file (the staging data renamed: no copy)
+  files/<id>/meta.json        owner, size, sha256, name, times: the durable record of a complete file
+
+Every write that matters is atomic: temp file, fsync, rename, fsync of the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from core.config import Settings
+from core.file_ids import validate_file_id
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, document: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, separators=(",", ":"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
+def _tree_bytes(path: Path) -> int:
+    """Bytes actually allocated (staging files are sparse)."""
+    total = 0
+    for entry in path.rglob("*"):
+        try:
+            if entry.is_file():
+                total += entry.stat().st_blocks * 512
+        except FileNotFoundError:
+            pass
+    return total
+
+
+class Storage:
+    def __init__(self, settings: Settings) -> None:
+        self.data_dir = settings.data_dir
+        self.staging_root = settings.staging_dir
+        self.files_root = settings.files_dir
+        settings.ensure_dirs()
+
+    # --- staging -------------------------------------------------------------
+    def staging_dir(self, file_id: str) -> Path:
+        return self.staging_root / validate_file_id(file_id)
+
+    def staging_data(self, file_id: str) -> Path:
+        return self.staging_dir(file_id) / "data"
+
+    def manifest_path(self, file_id: str) -> Path:
+        return self.staging_dir(file_id) / "manifest.json"
+
+    def open_for_chunk(self, file_id: str, total: int) -> int:
+        """A write descriptor on the staging file, created sparse at its full size."""
+        directory = self.staging_dir(file_id)
+        directory.mkdir(exist_ok=True)
+        fd = os.open(directory / "data", os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            if os.fstat(fd).st_size != total:
+                os.ftruncate(fd, total)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def sync_staging(self, file_id: str) -> None:
+        path = self.staging_data(file_id)
+        if path.exists():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def write_manifest(self, file_id: str, manifest: dict) -> None:
+        write_json_atomic(self.manifest_path(file_id), manifest)
+
+    def read_manifest(self, file_id: str) -> dict | None:
+        return read_json(self.manifest_path(file_id))
+
+    def remove_staging(self, file_id: str) -> int:
+        """Remove the staged bytes and manifest; returns the bytes freed."""
+        directory = self.staging_dir(file_id)
+        if not directory.exists():
+            return 0
+        freed = _tree_bytes(directory)
+        # Manifest first: a half-removed upload must never be restored from it.
+        self.manifest_path(file_id).unlink(missing_ok=True)
+        shutil.rmtree(directory, ignore_errors=True)
+        return freed
+
+    def staged_ids(self) -> list[str]:
+        return sorted(p.name for p in self.staging_root.iterdir() if p.is_dir())
+
+    # --- final files -------------------------------------------------------------
+    def final_dir(self, file_id: str) -> Path:
+        return self.files_root / validate_file_id(file_id)
+
+    def final_data(self, file_id: str) -> Path:
+        return self.final_dir(file_id) / "data"
+
+    def final_meta_path(self, file_id: str) -> Path:
+        return self.final_dir(file_id) / "meta.json"
+
+    def read_final_meta(self, file_id: str) -> dict | None:
+        return read_json(self.final_meta_path(file_id))
+
+    def publish(self, file_id: str, meta: dict) -> Path:
+        """Move the verified staging file into place and record it. Safe to repeat."""
+        target_dir = self.final_dir(file_id)
+        target_dir.mkdir(exist_ok=True)
+        source = self.staging_data(file_id)
+        target = target_dir / "data"
+        if source.exists():
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(source, target)
+            fsync_dir(target_dir)
+            fsync_dir(source.parent)
+        if not target.exists():
+            raise FileNotFoundError(f"neither staged nor final data exists for {file_id}")
+        write_json_atomic(target_dir / "meta.json", meta)
+        return target
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.data_dir)
+        return stats.f_bavail * stats.f_frsize

@@ -1,0 +1,358 @@
+"""The upload state machine: receiving chunks, reporting status, restoring from disk.
+
+    uploading --(last missing byte committed)--> assembling --(verified, moved)--> complete
+                                                             \\--(mismatch)------> failed
+
+A chunk's bytes stream straight to their offset in the staging file while its CRC-32
+is computed; the range is claimed in Redis first (so two writers never write the same
+bytes) and recorded only after the CRC matched. A failed or interrupted chunk
+releases its claim and leaves the upload as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import unquote
+
+import anyio
+
+from core import intervals
+from core.chunk_header import HEADER_SIZE, check_header_matches, decode_header, parse_content_range
+from core.config import Settings
+from core.errors import (
+    AlreadyComplete,
+    ChecksumMismatch,
+    ChunkTooLarge,
+    FileTooLarge,
+    InsufficientStorage,
+    InvalidChunkHeader,
+    InvalidFileName,
+    InvalidSha256,
+    LengthMismatch,
+    NotFound,
+    Overlap,
+    TotalMismatch,
+    UploadFailed,
+)
+from core.file_ids import validate_file_id
+from core.state import Chunk, Progress, Upload, UploadRepository
+from core.storage import Storage
+from core.users import User
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+MAX_FILE_NAME_BYTES = 1024
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRequest:
+    """The headers of `POST /upload/{file_id}` that the domain cares about."""
+
+    content_range: str | None
+    content_length: str | None = None
+    file_name: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkReceipt:
+    file_id: str
+    state: str
+    received_bytes: int
+    total_bytes: int
+    next_expected_byte: int
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decode_file_name(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        name = unquote(raw, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidFileName("X-File-Name must be percent-encoded UTF-8") from None
+    if len(name.encode()) > MAX_FILE_NAME_BYTES:
+        raise InvalidFileName(f"X-File-Name is longer than {MAX_FILE_NAME_BYTES} bytes")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InvalidFileName("X-File-Name must not contain control characters")
+    return name
+
+
+def check_sha256(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not _SHA256_HEX.fullmatch(raw.strip()):
+        raise InvalidSha256("X-File-SHA256 must be 64 hexadecimal digits")
+    return raw.strip().lower()
+
+
+class _Body:
+    """Reads the first bytes of a streamed body exactly, then hands out the rest as it comes."""
+
+    def __init__(self, stream: AsyncIterator[bytes]) -> None:
+        self._stream = stream.__aiter__()
+        self._pending = b""
+
+    async def read_exact(self, size: int) -> bytes:
+        buffer = self._pending
+        while len(buffer) < size:
+            try:
+                piece = await self._stream.__anext__()
+            except StopAsyncIteration:
+                break
+            buffer += piece
+        self._pending = buffer[size:]
+        return buffer[:size]
+
+    async def rest(self) -> AsyncIterator[bytes]:
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            yield pending
+        async for piece in self._stream:
+            if piece:
+                yield piece
+
+
+def _raise_for(progress: Progress) -> None:
+    """Turn a refused claim into the contract's error."""
+    counters = {"next_expected_byte": progress.next_expected}
+    match progress.outcome:
+        case "not_found":
+            raise NotFound("no such upload")
+        case "total_mismatch":
+            raise TotalMismatch(
+                f"this upload's total is {progress.total} bytes", total_bytes=progress.total, **counters
+            )
+        case "already_complete":
+            raise AlreadyComplete(f"the upload is {progress.state}", state=progress.state)
+        case "upload_failed":
+            raise UploadFailed(f"the upload failed: {progress.extra}", error=progress.extra)
+        case "overlap" | "lost":
+            raise Overlap("the chunk overlaps bytes already stored or being written", **counters)
+
+
+def _receipt(file_id: str, progress: Progress) -> ChunkReceipt:
+    return ChunkReceipt(file_id, progress.state, progress.received, progress.total, progress.next_expected)
+
+
+class UploadService:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: UploadRepository,
+        storage: Storage,
+        enqueue_assembly: Callable[[str], object] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.storage = storage
+        self.enqueue_assembly = enqueue_assembly
+
+    # --- receiving -------------------------------------------------------------
+    async def receive_chunk(
+        self, user: User, file_id: str, request: ChunkRequest, body: AsyncIterator[bytes]
+    ) -> ChunkReceipt:
+        validate_file_id(file_id)
+        content_range = parse_content_range(request.content_range)
+        if content_range.total > self.settings.max_file_bytes:
+            raise FileTooLarge(f"files may be at most {self.settings.max_file_bytes} bytes",
+                               max_file_bytes=self.settings.max_file_bytes)
+        if content_range.length > self.settings.max_chunk_bytes:
+            raise ChunkTooLarge(f"chunks may be at most {self.settings.max_chunk_bytes} bytes",
+                                max_chunk_bytes=self.settings.max_chunk_bytes)
+        expected_body = HEADER_SIZE + content_range.length
+        if request.content_length is not None and request.content_length.strip() != str(expected_body):
+            raise LengthMismatch(f"the body must be {expected_body} bytes: the 12-byte header and the payload")
+        file_name = decode_file_name(request.file_name)
+        sha256 = check_sha256(request.sha256)
+
+        stream = _Body(body)
+        raw_header = await stream.read_exact(HEADER_SIZE)
+        if len(raw_header) < HEADER_SIZE:
+            raise InvalidChunkHeader("the body is shorter than the 12-byte chunk header")
+        header = decode_header(raw_header)
+        check_header_matches(header, content_range)
+
+        if self.storage.free_bytes() - content_range.length < self.settings.min_free_bytes:
+            raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
+
+        chunk = Chunk(content_range.start, content_range.end, header.crc32)
+        token = secrets.token_hex(8)
+        progress = await self._claim(user, file_id, chunk, content_range.total, token)
+        if progress.outcome == "duplicate":
+            await self._drain(stream, chunk)
+            return _receipt(file_id, progress)
+        _raise_for(progress)
+
+        try:
+            await self._write(file_id, stream, chunk, content_range.total, token)
+            progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.repo.release(file_id, token)
+            raise
+        _raise_for(progress)
+        if progress.state == "assembling":
+            await self._start_assembly(file_id)
+        return _receipt(file_id, progress)
+
+    async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str) -> Progress:
+        args = (file_id, user.name, user.is_admin, chunk.start, chunk.end, total, chunk.crc32, token,
+                self.settings.claim_lease)
+        progress = await self.repo.claim(*args, create=False)
+        if progress.outcome == "absent":
+            await self.restore_from_disk(file_id)
+            progress = await self.repo.claim(*args, create=True)
+        return progress
+
+    async def _write(self, file_id: str, stream: _Body, chunk: Chunk, total: int, token: str) -> None:
+        """Stream the payload to its offset, computing the CRC as it goes; never buffer it whole."""
+        fd = self.storage.open_for_chunk(file_id, total)
+        try:
+            offset, limit, crc = chunk.start, chunk.end + 1, 0
+            lease = self.settings.claim_lease
+            renew_at = time.monotonic() + lease / 3
+            async for piece in stream.rest():
+                if offset + len(piece) > limit:
+                    raise LengthMismatch("the payload is longer than Content-Range says")
+                written = os.pwrite(fd, piece, offset)
+                if written != len(piece):  # pragma: no cover - regular files write fully or raise
+                    raise OSError(f"short write at {offset}")
+                crc = zlib.crc32(piece, crc)
+                offset += len(piece)
+                if time.monotonic() >= renew_at:
+                    if not await self.repo.renew(file_id, token, lease):
+                        raise Overlap("the chunk took too long and lost its claim; send it again")
+                    renew_at = time.monotonic() + lease / 3
+            if offset != limit:
+                raise LengthMismatch(f"the payload is {offset - chunk.start} bytes; Content-Range says {limit - chunk.start}")
+            if crc != chunk.crc32:
+                raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
+            if self.settings.fsync_chunks:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    async def _drain(self, stream: _Body, chunk: Chunk) -> None:
+        """A retransmission: read it (a client may not expect an early answer) and check it."""
+        size, crc = 0, 0
+        async for piece in stream.rest():
+            size += len(piece)
+            if size > chunk.end - chunk.start + 1:
+                raise LengthMismatch("the payload is longer than Content-Range says")
+            crc = zlib.crc32(piece, crc)
+        if size != chunk.end - chunk.start + 1:
+            raise LengthMismatch("the payload is shorter than Content-Range says")
+        if crc != chunk.crc32:
+            raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
+
+    async def _start_assembly(self, file_id: str) -> None:
+        """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue."""
+        upload = await self.repo.get(file_id)
+        if upload is not None:
+            await anyio.to_thread.run_sync(self.write_manifest, upload, await self.repo.chunks(file_id))
+        if self.enqueue_assembly is not None:
+            await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
+
+    # --- reading ---------------------------------------------------------------
+    async def load(self, file_id: str) -> Upload | None:
+        """The upload from Redis, else restored from its manifest on disk."""
+        upload = await self.repo.get(file_id)
+        if upload is None and await self.restore_from_disk(file_id):
+            upload = await self.repo.get(file_id)
+        return upload
+
+    async def load_for(self, user: User, file_id: str) -> Upload:
+        """The upload if `user` may see it; anyone else is told it does not exist."""
+        validate_file_id(file_id)
+        upload = await self.load(file_id)
+        if upload is None or (upload.owner != user.name and not user.is_admin):
+            raise NotFound("no such upload")
+        return upload
+
+    async def status(self, user: User, file_id: str) -> dict:
+        upload = await self.load_for(user, file_id)
+        if upload.state == "complete":
+            missing: list[tuple[int, int]] = []
+        else:
+            received = [(c.start, c.end) for c in await self.repo.chunks(file_id)]
+            missing = intervals.missing(received, upload.total)
+        expires = None if upload.state == "complete" else upload.updated_at + self.settings.stale_after
+        return {
+            "file_id": file_id,
+            "state": upload.state,
+            "total_bytes": upload.total,
+            "received_bytes": upload.received,
+            "next_expected_byte": upload.next_expected,
+            "missing_ranges": [list(gap) for gap in missing],
+            "file_name": upload.file_name,
+            "created_at": iso(upload.created_at),
+            "updated_at": iso(upload.updated_at),
+            "expires_at": iso(expires),
+            "persisted_at": iso(upload.persisted_at),
+            "sha256": upload.sha256 if upload.state == "complete" else None,
+            "error": upload.error if upload.state == "failed" else None,
+        }
+
+    # --- durability --------------------------------------------------------------
+    def write_manifest(self, upload: Upload, chunks: list[Chunk], persisted_at: float | None = None) -> None:
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "file_id": upload.file_id,
+            "owner": upload.owner,
+            "total": upload.total,
+            "state": upload.state,
+            "file_name": upload.file_name,
+            "expected_sha256": upload.expected_sha256,
+            "created_at": upload.created_at,
+            "updated_at": upload.updated_at,
+            "persisted_at": persisted_at,
+            "error": upload.error,
+            "received_ranges": [list(r) for r in intervals.merge((c.start, c.end) for c in chunks)],
+            "chunks": [[c.start, c.end, c.crc32] for c in chunks],
+        }
+        self.storage.write_manifest(upload.file_id, manifest)
+
+    async def restore_from_disk(self, file_id: str) -> bool:
+        """Put an upload that Redis lost back from disk: a final file's meta, else a manifest."""
+        meta = await anyio.to_thread.run_sync(self.storage.read_final_meta, file_id)
+        if meta is not None:
+            fields = {
+                "owner": meta["owner"], "total": meta["size"], "state": "complete",
+                "received": meta["size"], "next": meta["size"], "name": meta.get("file_name") or "",
+                "sha256": meta["sha256"], "sha256_expected": meta.get("expected_sha256") or "",
+                "created_at": meta["created_at"], "updated_at": meta["completed_at"],
+                "completed_at": meta["completed_at"], "provisional": "0",
+            }
+            return await self.repo.restore(file_id, {k: str(v) for k, v in fields.items()}, [])
+        manifest = await anyio.to_thread.run_sync(self.storage.read_manifest, file_id)
+        if manifest is None:
+            return False
+        chunks = [Chunk(s, e, crc) for s, e, crc in manifest["chunks"]]
+        received = sum(c.end - c.start + 1 for c in chunks)
+        fields = {
+            "owner": manifest["owner"], "total": manifest["total"], "state": manifest["state"],
+            "received": received, "next": intervals.first_missing(((c.start, c.end) for c in chunks), manifest["total"]),
+            "name": manifest.get("file_name") or "", "sha256_expected": manifest.get("expected_sha256") or "",
+            "created_at": manifest["created_at"], "updated_at": manifest["updated_at"],
+            "persisted_at": manifest.get("persisted_at") or "", "error": manifest.get("error") or "",
+            "provisional": "0",
+        }
+        if manifest["state"] == "assembling":
+            fields["assembling_since"] = time.time()
+        restored = await self.repo.restore(file_id, {k: str(v) for k, v in fields.items() if v != ""}, chunks)
+        if restored and manifest["state"] == "assembling" and self.enqueue_assembly is not None:
+            await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
+        return restored
