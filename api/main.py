@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routers import admin, auth, health, uploads
+from api.routers import admin, auth, downloads, health, uploads
 from core.config import Settings
 from core.jobs import Jobs
 from core.login_throttle import LoginThrottle
@@ -62,5 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(health.router)
     app.include_router(uploads.router)
+    app.include_router(downloads.router)
     app.include_router(admin.router)
     return app

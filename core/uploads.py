@@ -19,6 +19,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import unquote
 
 import anyio
@@ -29,6 +30,7 @@ from core.config import Settings
 from core.errors import (
     AlreadyComplete,
     ChecksumMismatch,
+    NotComplete,
     ChunkTooLarge,
     FileTooLarge,
     InsufficientStorage,
@@ -59,6 +61,17 @@ class ChunkRequest:
     content_length: str | None = None
     file_name: str | None = None
     sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedFile:
+    """What a download needs to know of a complete file."""
+
+    path: Path
+    size: int
+    sha256: str
+    completed_at: float
+    file_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +294,18 @@ class UploadService:
         if upload is None or (upload.owner != user.name and not user.is_admin):
             raise NotFound("no such upload")
         return upload
+
+    async def completed_file(self, user: User, file_id: str) -> CompletedFile:
+        upload = await self.load_for(user, file_id)
+        if upload.state != "complete" or not upload.sha256:
+            raise NotComplete(f"the file is {upload.state}, not complete", state=upload.state)
+        return CompletedFile(
+            path=self.storage.final_data(file_id),
+            size=upload.total,
+            sha256=upload.sha256,
+            completed_at=upload.completed_at or upload.updated_at,
+            file_name=upload.file_name or file_id,
+        )
 
     async def status(self, user: User, file_id: str) -> dict:
         upload = await self.load_for(user, file_id)
