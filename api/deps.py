@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import OAuth2PasswordBearer
 
 from core.config import Settings
 from core.errors import Forbidden, NotAuthenticated
 from core.tokens import decode_token
 from core.users import User, UserStore
 
-_bearer = HTTPBearer(auto_error=False, description="a token from POST /token")
+# OAuth2 password flow in the schema, so Swagger UI's Authorize button logs in at /token.
+_bearer = OAuth2PasswordBearer(tokenUrl="token", auto_error=False, description="a token from POST /token")
 
 
 def get_settings(request: Request) -> Settings:
@@ -25,13 +26,13 @@ def get_user_store(request: Request) -> UserStore:
 
 async def current_user(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    token: Annotated[str | None, Depends(_bearer)],
 ) -> User:
     """The user behind a valid bearer token who still exists and whose token is not revoked."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    if not token:
         raise NotAuthenticated("missing bearer token")
     settings: Settings = request.app.state.settings
-    claims = decode_token(credentials.credentials, settings.jwt_key())
+    claims = decode_token(token.strip(), settings.jwt_key())
     user = request.app.state.users.get(claims.sub)
     if user is None or claims.iat < int(user.tokens_valid_after):
         raise NotAuthenticated("token no longer valid")

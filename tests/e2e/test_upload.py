@@ -278,3 +278,20 @@ def test_file_beyond_4_gib_with_sparse_chunks(stack, client, token):
     with open(stack.data_dir / "staging" / file_id / "data", "rb") as staged:
         staged.seek(start)
         assert staged.read(4096) == payload
+
+
+def test_low_disk_space_is_507_and_changes_nothing(make_stack, client):
+    # Demand more free space than any disk has: every chunk is refused before a byte is stored.
+    full = make_stack(FT_MIN_FREE_BYTES=str(2**62))
+    token = full.token()
+    file_id = new_id()
+    r = send_chunk(client, full.url, token, file_id, os.urandom(100), 0, 99)
+    assert r.status_code == 507 and r.json()["code"] == "insufficient_storage"
+    assert client.get(f"{full.url}/status/{file_id}", headers=bearer(token)).status_code == 404
+    assert not (full.data_dir / "staging" / file_id).exists()
+
+
+def test_swagger_authorize_uses_the_password_flow(stack, client):
+    schemes = client.get(f"{stack.url}/openapi.json").json()["components"]["securitySchemes"]
+    flows = [s["flows"]["password"]["tokenUrl"] for s in schemes.values() if s.get("type") == "oauth2"]
+    assert flows == ["token"]
