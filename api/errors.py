@@ -30,6 +30,7 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.AlreadyComplete: 409,
     errors.UploadFailed: 409,
     errors.NotComplete: 409,
+    errors.Assembling: 409,
     errors.ChunkTooLarge: 413,
     errors.FileTooLarge: 413,
     errors.TooManyAttempts: 429,

@@ -78,6 +78,10 @@ class UploadFailed(TransferError):
     code = "upload_failed"
 
 
+class Assembling(TransferError):
+    code = "assembling"
+
+
 class NotComplete(TransferError):
     code = "not_complete"
 

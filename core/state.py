@@ -88,7 +88,9 @@ return summary('claimed')
 _RENEW = """
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if not held then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], string.gsub(held, ':[%d.]+$', ':' .. ARGV[2]))
+-- string.gsub returns (string, count): keep only the string, or HSET gets a stray argument
+local renewed = string.gsub(held, ':[%d.]+$', ':' .. ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], renewed)
 return 1
 """
 
@@ -201,6 +203,15 @@ redis.call('HSET', KEYS[1], 'state', 'expired')
 return 'expired'
 """
 
+# Mark an upload for removal on its owner's request; refused while a worker assembles it.
+_TOMBSTONE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'absent' end
+if state == 'assembling' then return 'assembling' end
+redis.call('HSET', KEYS[1], 'state', 'expired')
+return state
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
@@ -295,6 +306,7 @@ class UploadRepository:
         self._restore = redis.register_script(_RESTORE)
         self._set_state = redis.register_script(_SET_STATE)
         self._expire = redis.register_script(_EXPIRE_IF_STALE)
+        self._tombstone = redis.register_script(_TOMBSTONE)
 
     async def claim(
         self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
@@ -361,6 +373,11 @@ class UploadRepository:
     async def expire_if_stale(self, file_id: str, cutoff: float, now: float | None = None) -> str:
         now = now if now is not None else time.time()
         reply = await self._expire(keys=_keys(file_id), args=[repr(cutoff), file_id, repr(now)])
+        return reply.decode() if isinstance(reply, bytes) else reply
+
+    async def tombstone(self, file_id: str) -> str:
+        """Mark the upload `expired` so that nothing new lands in it; returns the state it had."""
+        reply = await self._tombstone(keys=[upload_key(file_id)])
         return reply.decode() if isinstance(reply, bytes) else reply
 
     async def forget(self, file_id: str) -> None:

@@ -150,6 +150,16 @@ class Storage:
         write_json_atomic(target_dir / "meta.json", meta)
         return target
 
+    def remove_final(self, file_id: str) -> int:
+        """Remove a final file and its meta (meta first: it is what restores a file)."""
+        directory = self.final_dir(file_id)
+        if not directory.exists():
+            return 0
+        freed = _tree_bytes(directory)
+        self.final_meta_path(file_id).unlink(missing_ok=True)
+        shutil.rmtree(directory, ignore_errors=True)
+        return freed
+
     def free_bytes(self) -> int:
         stats = os.statvfs(self.data_dir)
         return stats.f_bavail * stats.f_frsize

@@ -29,6 +29,7 @@ from core.chunk_header import HEADER_SIZE, check_header_matches, decode_header, 
 from core.config import Settings
 from core.errors import (
     AlreadyComplete,
+    Assembling,
     ChecksumMismatch,
     NotComplete,
     ChunkTooLarge,
@@ -294,6 +295,17 @@ class UploadService:
         if upload is None or (upload.owner != user.name and not user.is_admin):
             raise NotFound("no such upload")
         return upload
+
+    async def delete(self, user: User, file_id: str) -> int:
+        """Remove an upload or a complete file of `user`'s; returns the bytes freed."""
+        await self.load_for(user, file_id)
+        previous = await self.repo.tombstone(file_id)
+        if previous == "assembling":
+            raise Assembling("a worker is assembling this file; try again in a moment")
+        freed = await anyio.to_thread.run_sync(self.storage.remove_staging, file_id)
+        freed += await anyio.to_thread.run_sync(self.storage.remove_final, file_id)
+        await self.repo.forget(file_id)
+        return freed
 
     async def completed_file(self, user: User, file_id: str) -> CompletedFile:
         upload = await self.load_for(user, file_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
 from api.deps import CurrentUser
@@ -87,3 +87,15 @@ async def upload_chunk(file_id: str, request: Request, user: CurrentUser, upload
 @router.get("/status/{file_id}", response_model=StatusModel, responses={404: {"description": "not_found"}})
 async def upload_status(file_id: str, user: CurrentUser, uploads: UploadServiceDep) -> dict:
     return await uploads.status(user, file_id)
+
+
+@router.delete(
+    "/upload/{file_id}",
+    status_code=204,
+    response_class=Response,
+    responses={404: {"description": "not_found"}, 409: {"description": "assembling"}},
+)
+async def delete_upload(file_id: str, user: CurrentUser, uploads: UploadServiceDep) -> Response:
+    """Cancel an upload (staged bytes and state) or delete a complete file. Not in CONTRACT v1."""
+    await uploads.delete(user, file_id)
+    return Response(status_code=204)

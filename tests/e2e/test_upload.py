@@ -295,3 +295,21 @@ def test_swagger_authorize_uses_the_password_flow(stack, client):
     schemes = client.get(f"{stack.url}/openapi.json").json()["components"]["securitySchemes"]
     flows = [s["flows"]["password"]["tokenUrl"] for s in schemes.values() if s.get("type") == "oauth2"]
     assert flows == ["token"]
+
+
+def test_delete_cancels_an_upload_and_frees_the_id(stack, client, token):
+    data = os.urandom(1000)
+    file_id = new_id()
+    send_chunk(client, stack.url, token, file_id, data, 0, 999, X_File_SHA256="0" * 64)
+    assert wait_for_state(client, stack.url, token, file_id)["state"] == "failed"
+    other = stack.token()
+    assert client.delete(f"{stack.url}/upload/{file_id}", headers=bearer(other)).status_code == 404
+    assert client.delete(f"{stack.url}/upload/{file_id}", headers=bearer(token)).status_code == 204
+    assert client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).status_code == 404
+    assert not (stack.data_dir / "staging" / file_id).exists()
+    # The id is free again: the right bytes now complete.
+    assert send_chunk(client, stack.url, token, file_id, data, 0, 999).status_code == 200
+    assert wait_for_state(client, stack.url, token, file_id)["state"] == "complete"
+    assert client.delete(f"{stack.url}/upload/{file_id}", headers=bearer(token)).status_code == 204
+    assert not (stack.data_dir / "files" / file_id).exists()
+    assert client.get(f"{stack.url}/download/{file_id}", headers=bearer(token)).status_code == 404
