@@ -6,9 +6,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from limits.errors import StorageError
+from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.routing import iter_route_contexts
+from starlette.routing import compile_path
 
 from core import errors
 
@@ -50,6 +53,46 @@ _CODE_BY_STATUS = {
 }
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer (CONTRACT 2); some codes add fields (e.g. `next_expected_byte`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    detail: str
+
+
+_STRING = {"schema": {"type": "string"}}
+# Headers that always come with an error status (so the schema may call them required).
+_ERROR_HEADERS = {
+    416: {"Content-Range": {**_STRING, "required": True, "description": "bytes */SIZE"}},
+    429: {"Retry-After": {"schema": {"type": "integer"}, "required": True, "description": "seconds"}},
+}
+_NOT_AUTHENTICATED = {
+    "description": "not_authenticated: missing, malformed, expired or revoked token",
+    "headers": {"WWW-Authenticate": {**_STRING, "required": True, "description": "Bearer"}},
+}
+
+
+def documented_errors(codes: dict[int, str], *, authenticated: bool = True, redis: bool = True) -> dict:
+    """OpenAPI `responses` for the error answers of one operation: each a JSON ErrorBody, with
+    the headers that come with it. Any other 4xx (e.g. 405) has the same body: "4XX" says so,
+    and keeps FastAPI from documenting a 422 that this API never sends (validation errors are
+    400 `invalid_request`). The schema is inlined rather than given as `model`, which FastAPI
+    would document under the route's media type (octet-stream for downloads)."""
+    error_json = {"application/json": {"schema": ErrorBody.model_json_schema()}}
+    responses: dict = {"4XX": {"description": "any other client error", "content": error_json}}
+    if authenticated:
+        responses[401] = {**_NOT_AUTHENTICATED, "content": error_json}
+    if redis:
+        codes = {503: "unavailable: the state store (Redis) is down", **codes}
+    for status, description in sorted(codes.items()):
+        responses[status] = {"description": description, "content": error_json}
+        if status in _ERROR_HEADERS:
+            responses[status]["headers"] = _ERROR_HEADERS[status]
+    return responses
+
+
 def error_response(status: int, code: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse({"code": code, "detail": detail, **extra}, status_code=status, headers=headers)
 
@@ -62,6 +105,18 @@ def to_response(exc: errors.TransferError) -> JSONResponse:
     if isinstance(exc, errors.TooManyAttempts):
         headers["Retry-After"] = str(exc.retry_after)
     return error_response(status, exc.code, exc.detail, headers=headers or None, **exc.extra)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method of every route whose path matches (FastAPI wraps included routers, so they
+    are walked as FastAPI's own OpenAPI generation walks them)."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        path_format = route.path_format or route.path
+        if path_format and route.methods and compile_path(path_format)[0].match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -79,7 +134,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODE_BY_STATUS.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route with this path; GET and HEAD
+            # of /download, or POST and DELETE of /upload, are routes of their own.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         return error_response(503, "unavailable", "the state store (Redis) is unavailable; retry later")

@@ -6,7 +6,8 @@ import re
 
 from core.errors import InvalidFileId
 
-_FILE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+FILE_ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
+_FILE_ID = re.compile(FILE_ID_PATTERN)
 
 
 def validate_file_id(file_id: str) -> str:

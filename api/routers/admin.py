@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentAdmin, SettingsDep
+from api.errors import documented_errors
 
 router = APIRouter(tags=["admin"])
 
-_ADMIN_ERRORS = {401: {"description": "not_authenticated"}, 403: {"description": "forbidden"}}
+_ADMIN_ERRORS = documented_errors({403: "forbidden: for admins only"})
+
+
+class CleanupReportModel(BaseModel):
+    removed: list[str]
+    freed_bytes: int
+
+
+class TaskAcceptedModel(BaseModel):
+    task_id: str
+
+
+class TaskResultModel(BaseModel):
+    task_id: str
+    state: str
+    result: Any = None
+    error: str | None = None
 
 
 def _cleanup_body(result: dict) -> dict:
@@ -22,10 +40,16 @@ def _cleanup_body(result: dict) -> dict:
 
 @router.post(
     "/cleanup",
+    response_model=CleanupReportModel,
     responses={
-        200: {"description": '{"removed": [file_ids], "freed_bytes": N}'},
-        202: {"description": '{"task_id": ...}: still running after the wait; read it at /tasks/{task_id}'},
-        **_ADMIN_ERRORS,
+        200: {"description": "the removed uploads and the bytes freed"},
+        202: {"model": TaskAcceptedModel,
+              "description": "still running after the wait; read it at /tasks/{task_id}"},
+        **documented_errors({
+            400: "invalid_request: older_than is not 0..10^9 seconds",
+            403: "forbidden: for admins only",
+            502: "task_failed: the cleanup task raised",
+        }),
     },
 )
 async def run_cleanup(
@@ -45,7 +69,12 @@ async def run_cleanup(
     return JSONResponse(_cleanup_body(report))
 
 
-@router.get("/tasks/{task_id}", responses=_ADMIN_ERRORS)
+@router.get(
+    "/tasks/{task_id}",
+    response_model=TaskResultModel,
+    response_model_exclude_unset=True,
+    responses=_ADMIN_ERRORS,
+)
 async def task_result(task_id: str, request: Request, admin: CurrentAdmin) -> dict:
     result = request.app.state.jobs.result(task_id)
     state = await run_in_threadpool(lambda: result.state)

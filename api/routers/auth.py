@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SettingsDep, UserStoreDep
+from api.errors import documented_errors
 from core.errors import InvalidCredentials, InvalidRequest
 from core.tokens import issue_token
 
@@ -49,7 +50,14 @@ async def _read_credentials(request: Request) -> Credentials:
             },
         }
     },
-    responses={401: {"description": "invalid_credentials"}, 429: {"description": "too_many_attempts"}},
+    responses=documented_errors(
+        {
+            400: "invalid_request: neither JSON credentials nor an OAuth2 password form",
+            401: "invalid_credentials",
+            429: "too_many_attempts: too many failed logins for this user or from this address",
+        },
+        authenticated=False,
+    ),
 )
 async def login(request: Request, settings: SettingsDep, users: UserStoreDep) -> TokenResponse:
     creds = await _read_credentials(request)

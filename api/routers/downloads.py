@@ -5,28 +5,61 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import CurrentUser, SettingsDep
+from api.errors import documented_errors
 from api.responses import RangeFileResponse
-from api.routers.uploads import UploadServiceDep
+from api.routers.uploads import FileId, UploadServiceDep
 
 router = APIRouter(tags=["downloads"])
 
 
-@router.api_route(
-    "/download/{file_id}",
-    methods=["GET", "HEAD"],
-    response_class=RangeFileResponse,
-    status_code=200,
-    responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the whole file"},
-        206: {"description": "one range, or multipart/byteranges for several"},
-        304: {"description": "not modified (If-None-Match / If-Modified-Since)"},
-        404: {"description": "not_found"},
-        409: {"description": "not_complete"},
-        412: {"description": "precondition_failed (If-Match / If-Unmodified-Since)"},
-        416: {"description": "range_not_satisfiable, with Content-Range: bytes */SIZE"},
+_STRING = {"schema": {"type": "string"}}
+_VALIDATORS = {
+    "ETag": {**_STRING, "required": True, "description": "strong: the file's SHA-256 in quotes"},
+    "Last-Modified": {**_STRING, "required": True},
+}
+_FILE_HEADERS = {
+    **_VALIDATORS,
+    "Accept-Ranges": {**_STRING, "required": True, "description": "bytes"},
+    "Content-Disposition": {**_STRING, "required": True, "description": "attachment with RFC 6266 filename*"},
+    "Content-Length": {"schema": {"type": "integer"}, "required": True},
+}
+_BYTES = {"schema": {"type": "string", "format": "binary"}}
+_CONDITIONALS = [
+    {"name": name, "in": "header", "required": False, "schema": {"type": "string"}, "description": text}
+    for name, text in [
+        ("Range", "bytes=START-END, bytes=START-, bytes=-SUFFIX, or several separated by commas"),
+        ("If-Range", "an ETag or HTTP date: serve the Range only if the file still matches"),
+        ("If-Match", "ETags; 412 unless one matches"),
+        ("If-None-Match", "ETags; 304 if one matches"),
+        ("If-Modified-Since", "HTTP date; 304 if not modified since"),
+        ("If-Unmodified-Since", "HTTP date; 412 if modified since"),
+    ]
+]
+_DOWNLOAD_ROUTE = {
+    "response_class": RangeFileResponse,
+    "status_code": 200,
+    "responses": {
+        200: {"description": "the whole file", "content": {"application/octet-stream": _BYTES},
+              "headers": _FILE_HEADERS},
+        206: {"description": "one range (with Content-Range), or multipart/byteranges for several",
+              "content": {"application/octet-stream": _BYTES, "multipart/byteranges": _BYTES},
+              "headers": {**_FILE_HEADERS, "Content-Range": {**_STRING, "description": "for a single range"}}},
+        304: {"description": "not modified (If-None-Match / If-Modified-Since)", "headers": _VALIDATORS},
+        **documented_errors({
+            400: "invalid_file_id",
+            404: "not_found: no such file, or another user's",
+            409: "not_complete",
+            412: "precondition_failed (If-Match / If-Unmodified-Since)",
+            416: "range_not_satisfiable, with Content-Range: bytes */SIZE",
+        }),
     },
-)
-async def download(file_id: str, user: CurrentUser, uploads: UploadServiceDep, settings: SettingsDep) -> RangeFileResponse:
+    "openapi_extra": {"parameters": _CONDITIONALS},
+}
+
+
+@router.get("/download/{file_id}", **_DOWNLOAD_ROUTE)
+@router.head("/download/{file_id}", summary="Download (headers only)", **_DOWNLOAD_ROUTE)
+async def download(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep, settings: SettingsDep) -> RangeFileResponse:
     found = await uploads.completed_file(user, file_id)
     accel_uri = f"{settings.accel_prefix}/{file_id}/data" if settings.accel_redirect else None
     return RangeFileResponse(

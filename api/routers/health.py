@@ -4,19 +4,41 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
 from core.workers_registry import count_live
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", responses={503: {"description": "Redis unreachable or no worker alive"}})
+class HealthModel(BaseModel):
+    redis: str
+    workers: int
+
+
+class UnhealthyModel(HealthModel):
+    """A 503 is an error answer too (CONTRACT 2): `code` and `detail` besides the two counters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    detail: str
+
+
+@router.get(
+    "/health",
+    response_model=HealthModel,
+    responses={503: {"model": UnhealthyModel, "description": "unavailable: Redis unreachable or no worker alive"}},
+)
 async def health(request: Request) -> JSONResponse:
     redis = request.app.state.redis
     try:
         await redis.ping()
         workers = await count_live(redis)
     except Exception:  # any failure to reach Redis means unhealthy, never a 500
-        return JSONResponse({"redis": "unavailable", "workers": 0}, status_code=503)
-    status = 200 if workers > 0 else 503
-    return JSONResponse({"redis": "ok", "workers": workers}, status_code=status)
+        return JSONResponse({"code": "unavailable", "detail": "Redis is unreachable",
+                             "redis": "unavailable", "workers": 0}, status_code=503)
+    if workers == 0:
+        return JSONResponse({"code": "unavailable", "detail": "no worker is alive",
+                             "redis": "ok", "workers": 0}, status_code=503)
+    return JSONResponse({"redis": "ok", "workers": workers})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel, Field
 
 from api.deps import CurrentUser
+from api.errors import documented_errors
+from core.file_ids import FILE_ID_PATTERN
 from core.uploads import ChunkRequest, UploadService
 
 router = APIRouter(tags=["uploads"])
@@ -19,10 +21,17 @@ def get_upload_service(request: Request) -> UploadService:
 
 UploadServiceDep = Annotated[UploadService, Depends(get_upload_service)]
 
+# The schema tells clients what a file_id may be; core/file_ids.py enforces it (400 invalid_file_id).
+FileId = Annotated[str, Path(
+    description="1-128 characters of [A-Za-z0-9._-], not starting with '.'",
+    json_schema_extra={"pattern": f"^{FILE_ID_PATTERN}$", "minLength": 1, "maxLength": 128},
+)]
+State = Literal["uploading", "assembling", "complete", "failed"]
+
 
 class ChunkReceiptModel(BaseModel):
     file_id: str
-    state: str
+    state: State
     received_bytes: int
     total_bytes: int
     next_expected_byte: int
@@ -30,11 +39,13 @@ class ChunkReceiptModel(BaseModel):
 
 class StatusModel(BaseModel):
     file_id: str
-    state: str
+    state: State
     total_bytes: int
     received_bytes: int
     next_expected_byte: int
-    missing_ranges: list[tuple[int, int]]
+    # [start, end_inclusive] pairs; not tuple[int, int], whose `prefixItems` schema trips some
+    # OpenAPI tools (schemathesis 4 among them).
+    missing_ranges: list[Annotated[list[int], Field(min_length=2, max_length=2)]]
     file_name: str | None
     created_at: str | None
     updated_at: str | None
@@ -44,14 +55,14 @@ class StatusModel(BaseModel):
     error: str | None
 
 
-_ERRORS = {
-    400: {"description": "invalid_file_id, invalid_content_range, invalid_chunk_header, length_mismatch, checksum_mismatch"},
-    401: {"description": "not_authenticated"},
-    404: {"description": "not_found"},
-    409: {"description": "overlap, total_mismatch, already_complete, upload_failed"},
-    413: {"description": "chunk_too_large, file_too_large"},
-    507: {"description": "insufficient_storage"},
-}
+_ERRORS = documented_errors({
+    400: "invalid_file_id, invalid_content_range, invalid_chunk_header, length_mismatch, checksum_mismatch, "
+         "invalid_file_name, invalid_sha256",
+    404: "not_found: no such upload, or another user's",
+    409: "overlap, total_mismatch, already_complete, upload_failed",
+    413: "chunk_too_large, file_too_large",
+    507: "insufficient_storage",
+})
 
 
 @router.post(
@@ -60,10 +71,14 @@ _ERRORS = {
     responses=_ERRORS,
     openapi_extra={
         "parameters": [
-            {"name": "Content-Range", "in": "header", "required": True, "schema": {"type": "string"},
+            {"name": "Content-Range", "in": "header", "required": True,
+             "schema": {"type": "string", "pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"},
              "description": "bytes START-END/TOTAL (END inclusive)"},
-            {"name": "X-File-Name", "in": "header", "required": False, "schema": {"type": "string"}},
-            {"name": "X-File-SHA256", "in": "header", "required": False, "schema": {"type": "string"}},
+            {"name": "X-File-Name", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "the original name, percent-encoded UTF-8 (at most 1024 bytes, no control characters)"},
+            {"name": "X-File-SHA256", "in": "header", "required": False,
+             "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"},
+             "description": "hex SHA-256 of the whole file"},
         ],
         "requestBody": {
             "required": True,
@@ -72,7 +87,7 @@ _ERRORS = {
         },
     },
 )
-async def upload_chunk(file_id: str, request: Request, user: CurrentUser, uploads: UploadServiceDep) -> ChunkReceiptModel:
+async def upload_chunk(file_id: FileId, request: Request, user: CurrentUser, uploads: UploadServiceDep) -> ChunkReceiptModel:
     headers = request.headers
     chunk = ChunkRequest(
         content_range=headers.get("content-range"),
@@ -84,8 +99,12 @@ async def upload_chunk(file_id: str, request: Request, user: CurrentUser, upload
     return ChunkReceiptModel.model_validate(receipt, from_attributes=True)
 
 
-@router.get("/status/{file_id}", response_model=StatusModel, responses={404: {"description": "not_found"}})
-async def upload_status(file_id: str, user: CurrentUser, uploads: UploadServiceDep) -> dict:
+@router.get(
+    "/status/{file_id}",
+    response_model=StatusModel,
+    responses=documented_errors({400: "invalid_file_id", 404: "not_found: no such upload, or another user's"}),
+)
+async def upload_status(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep) -> dict:
     return await uploads.status(user, file_id)
 
 
@@ -93,9 +112,13 @@ async def upload_status(file_id: str, user: CurrentUser, uploads: UploadServiceD
     "/upload/{file_id}",
     status_code=204,
     response_class=Response,
-    responses={404: {"description": "not_found"}, 409: {"description": "assembling"}},
+    responses=documented_errors({
+        400: "invalid_file_id",
+        404: "not_found: no such upload, or another user's",
+        409: "assembling: the file is being assembled; retry when it is complete or failed",
+    }),
 )
-async def delete_upload(file_id: str, user: CurrentUser, uploads: UploadServiceDep) -> Response:
+async def delete_upload(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep) -> Response:
     """Cancel an upload (staged bytes and state) or delete a complete file. Not in CONTRACT v1."""
     await uploads.delete(user, file_id)
     return Response(status_code=204)
