@@ -62,11 +62,12 @@ class Launcher:
 
     def wait_ready(self) -> None:
         def healthy():
-            assert self.proc.alive(), f"launcher exited:\n{self.proc.log()}"
+            if not self.proc.alive():
+                return "exited"  # stop waiting at once
             body = httpx.get(f"{self.url}/health", timeout=2).json()
             return body.get("redis") == "ok" and body.get("workers", 0) >= 1
 
-        wait_until(healthy, timeout=90, what="/health green")
+        assert wait_until(healthy, timeout=90, what="/health green") != "exited", self.proc.log()
         wait_until(lambda: httpx.get(f"{self.flower}/", timeout=5).status_code == 401,
                    timeout=30, what="Flower asking for auth")
 

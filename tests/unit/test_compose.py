@@ -142,21 +142,18 @@ def test_service_commands_come_up(compose, redis_server, tmp_path):
             procs[name] = Proc(_local(service["command"], port_map), {**base_env, **env},
                                tmp_path / f"{name}.log").start()
 
-        def alive_and(name, check):
-            def predicate():
-                assert procs[name].alive(), f"{name} exited:\n{procs[name].log()}"
-                return check()
-            return predicate
+        def wait_up(name, check, what):
+            """Wait for `check`, but stop waiting at once when the process died."""
+            done = wait_until(lambda: "exited" if not procs[name].alive() else check(), timeout=60, what=what)
+            assert done != "exited", f"{name} exited:\n{procs[name].log()}"
 
         api = f"http://127.0.0.1:{port_map['8000']}"
         flower = f"http://127.0.0.1:{port_map['5555']}"
-        wait_until(alive_and("api", lambda: httpx.get(f"{api}/openapi.json", timeout=2).status_code == 200),
-                   timeout=60, what="the api service")
-        wait_until(alive_and("worker", lambda: client.zcard(WORKERS_KEY) >= 1), timeout=60, what="a worker heartbeat")
-        wait_until(alive_and("beat", lambda: client.exists("ft:redbeat:lock")), timeout=60, what="beat's lock")
+        wait_up("api", lambda: httpx.get(f"{api}/openapi.json", timeout=2).status_code == 200, "the api service")
+        wait_up("worker", lambda: client.zcard(WORKERS_KEY) >= 1, "a worker heartbeat")
+        wait_up("beat", lambda: client.exists("ft:redbeat:lock"), "beat's lock")
         assert "beat: Starting" in procs["beat"].log()
-        wait_until(alive_and("flower", lambda: httpx.get(f"{flower}/api/workers", timeout=5).status_code == 401),
-                   timeout=60, what="flower asking for auth")
+        wait_up("flower", lambda: httpx.get(f"{flower}/api/workers", timeout=5).status_code == 401, "flower's 401")
         auth = (USER_ENV["FT_ADMIN_USERNAME"], USER_ENV["FT_ADMIN_PASSWORD"])
         assert httpx.get(f"{flower}/api/workers", auth=auth, timeout=10).status_code == 200
         assert USER_ENV["FT_ADMIN_PASSWORD"] not in " ".join(procs["flower"].args)
