@@ -18,6 +18,7 @@ app.conf.update(celeryconfig.build(settings))
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 
 _heartbeat_stop = threading.Event()
+_heartbeat_thread: threading.Thread | None = None
 
 
 def _heartbeat(hostname: str, redis_url: str) -> None:
@@ -37,14 +38,19 @@ def _heartbeat(hostname: str, redis_url: str) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(sender=None, **_: object) -> None:
+    global _heartbeat_thread
     hostname = getattr(sender, "hostname", None) or "worker"
-    threading.Thread(
+    _heartbeat_thread = threading.Thread(
         target=_heartbeat, args=(hostname, settings.redis_url), name="ft-heartbeat", daemon=True
-    ).start()
+    )
+    _heartbeat_thread.start()
     # Pick up assemblies orphaned by a worker that died whole, without waiting for beat.
     app.send_task("uploads.persist")
 
 
 @worker_shutdown.connect
 def _stop_heartbeat(**_: object) -> None:
+    """Leave the live set before exiting, so /health stops counting this worker at once."""
     _heartbeat_stop.set()
+    if _heartbeat_thread is not None:
+        _heartbeat_thread.join(timeout=5)
