@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from fastapi.routing import iter_route_contexts
 from starlette.routing import compile_path
 
@@ -140,6 +141,13 @@ def install_error_handlers(app: FastAPI) -> None:
             # of /download, or POST and DELETE of /upload, are routes of their own.
             headers["Allow"] = ", ".join(_allowed_methods(request))
         return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client closed the connection mid-body: its chunk was already given back
+        # (core/uploads.py). Nobody is left to read this answer, but without a handler every
+        # dropped upload would log an "Exception in ASGI application" traceback.
+        return error_response(400, "client_disconnected", "the connection closed before the whole body arrived")
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         return error_response(503, "unavailable", "the state store (Redis) is unavailable; retry later")
