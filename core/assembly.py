@@ -75,10 +75,17 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
     if upload.state != "assembling":
         return {"file_id": file_id, "result": f"nothing to do: {upload.state}"}
 
-    lock = Lock(repo.redis, assembly_lock_key(file_id), timeout=lease_seconds, blocking=False)
+    # A run whose process was killed leaves its lease behind until it lapses, and its task is
+    # redelivered at once (reject_on_worker_lost): wait up to one lease period for it. A live
+    # run keeps renewing its lease, so a duplicate gives up after that and leaves the file to it.
+    lock = Lock(repo.redis, assembly_lock_key(file_id), timeout=lease_seconds, sleep=0.1,
+                blocking=True, blocking_timeout=lease_seconds + 1)
     if not await lock.acquire():
         return {"file_id": file_id, "result": "busy: another run holds the lease"}
     try:
+        upload = await service.load(file_id)  # another run may have finished while we waited
+        if upload is None or upload.state != "assembling":
+            return {"file_id": file_id, "result": f"nothing to do: {upload.state if upload else 'gone'}"}
         chunks = await repo.chunks(file_id)
         source = storage.staging_data(file_id)
         if not source.exists():

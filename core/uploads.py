@@ -241,15 +241,17 @@ class UploadService:
             async for piece in stream.rest():
                 if offset + len(piece) > limit:
                     raise LengthMismatch("the payload is longer than Content-Range says")
+                # Renew before writing: a piece arriving after a stall longer than the lease must
+                # not land in a range that another chunk may have claimed and stored meanwhile.
+                if time.monotonic() >= renew_at:
+                    if not await self.repo.renew(file_id, token, lease):
+                        raise Overlap("the chunk took too long and lost its claim; send it again")
+                    renew_at = time.monotonic() + lease / 3
                 written = os.pwrite(fd, piece, offset)
                 if written != len(piece):  # pragma: no cover - regular files write fully or raise
                     raise OSError(f"short write at {offset}")
                 crc = zlib.crc32(piece, crc)
                 offset += len(piece)
-                if time.monotonic() >= renew_at:
-                    if not await self.repo.renew(file_id, token, lease):
-                        raise Overlap("the chunk took too long and lost its claim; send it again")
-                    renew_at = time.monotonic() + lease / 3
             if offset != limit:
                 raise LengthMismatch(f"the payload is {offset - chunk.start} bytes; Content-Range says {limit - chunk.start}")
             if crc != chunk.crc32:
