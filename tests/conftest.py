@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -106,13 +107,18 @@ def _start_stack(root: Path, redis_url: str, **env: str) -> Stack:
     log_dir = root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     worker = start_worker(data_dir, redis_url, log_dir, **env)
-    api, url = start_api(data_dir, redis_url, log_dir, **env)
-    stack = Stack(url, data_dir, redis_url, log_dir, api, worker, UserStore(data_dir / "users.sqlite3"))
-    import httpx
-
-    wait_until(lambda: httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 1,
-               timeout=60, what="a worker heartbeat")
-    return stack
+    api = None
+    try:
+        api, url = start_api(data_dir, redis_url, log_dir, **env)
+        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 1,
+                   timeout=60, what="a worker heartbeat")
+    except BaseException:
+        # Never leave a worker behind: it would take tasks from a later test's database.
+        worker.stop()
+        if api is not None:
+            api.stop()
+        raise
+    return Stack(url, data_dir, redis_url, log_dir, api, worker, UserStore(data_dir / "users.sqlite3"))
 
 
 @pytest.fixture(scope="session")
