@@ -93,6 +93,8 @@ def iso(ts: float | None) -> str | None:
 def decode_file_name(raw: str | None) -> str | None:
     if raw is None or raw == "":
         return None
+    if not raw.isascii():
+        raise InvalidFileName("X-File-Name must be percent-encoded UTF-8 (raw non-ASCII bytes are ambiguous)")
     try:
         name = unquote(raw, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:

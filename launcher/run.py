@@ -188,7 +188,7 @@ def main() -> int:
         py, celery = [sys.executable, "-m"], [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         plan = [
             ("api", py + ["uvicorn", "api.main:create_app", "--factory", "--host", settings.host,
-                          "--port", str(settings.port), "--loop", "uvloop", "--http", "httptools",
+                          "--port", str(settings.port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol",
                           "--timeout-graceful-shutdown", "10"], env),
             ("worker", celery + ["worker", "--loglevel=INFO"], env),
             ("beat", celery + ["beat", "--loglevel=INFO"], env),

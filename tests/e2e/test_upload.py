@@ -313,3 +313,21 @@ def test_delete_cancels_an_upload_and_frees_the_id(stack, client, token):
     assert client.delete(f"{stack.url}/upload/{file_id}", headers=bearer(token)).status_code == 204
     assert not (stack.data_dir / "files" / file_id).exists()
     assert client.get(f"{stack.url}/download/{file_id}", headers=bearer(token)).status_code == 404
+
+
+def test_raw_non_ascii_file_name_is_refused(stack, token):
+    # httpx would refuse to send it; a raw socket can. Latin-1 bytes are not percent-encoded UTF-8.
+    import socket
+    from urllib.parse import urlsplit
+
+    body = chunk_body(b"abc", 0)
+    parts = urlsplit(stack.url)
+    head = (f"POST /upload/{new_id()} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Range: bytes 0-2/3\r\nContent-Length: {len(body)}\r\nConnection: close\r\n").encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(head + b"X-File-Name: r\xe9sum\xe9\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'"invalid_file_name"' in answer
