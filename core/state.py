@@ -135,15 +135,21 @@ return 0
 """
 
 # Restore an upload from its on-disk manifest, unless Redis already knows it.
-_RESTORE = """
+_HSET_ALL = """
+local function hset_all(key, fields)
+  local flat = {}
+  for k, v in pairs(fields) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = v
+  end
+  redis.call('HSET', key, unpack(flat))
+end
+"""
+
+_RESTORE = _HSET_ALL + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[1])
-local flat = {}
-for k, v in pairs(fields) do
-  flat[#flat + 1] = k
-  flat[#flat + 1] = v
-end
-redis.call('HSET', KEYS[1], unpack(flat))
+hset_all(KEYS[1], fields)
 local members = cjson.decode(ARGV[2])
 for i = 1, #members, 500 do
   local batch = {}
@@ -162,16 +168,11 @@ end
 return 1
 """
 
-_SET_STATE = """
+_SET_STATE = _HSET_ALL + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= ARGV[1] then return state or '' end
 local args = cjson.decode(ARGV[2])
-local flat = {}
-for k, v in pairs(args) do
-  flat[#flat + 1] = k
-  flat[#flat + 1] = v
-end
-redis.call('HSET', KEYS[1], unpack(flat))
+hset_all(KEYS[1], args)
 if args['state'] and args['state'] ~= 'assembling' then
   redis.call('ZREM', KEYS[5], ARGV[3])
 end

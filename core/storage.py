@@ -58,6 +58,17 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
+def _remove_record_dir(directory: Path, record: Path) -> int:
+    """Remove an upload's directory, its JSON record first: a half-removed upload must never
+    be restored from it. Returns the bytes freed."""
+    if not directory.exists():
+        return 0
+    freed = _tree_bytes(directory)
+    record.unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
+    return freed
+
+
 class Storage:
     def __init__(self, settings: Settings) -> None:
         self.data_dir = settings.data_dir
@@ -105,14 +116,7 @@ class Storage:
 
     def remove_staging(self, file_id: str) -> int:
         """Remove the staged bytes and manifest; returns the bytes freed."""
-        directory = self.staging_dir(file_id)
-        if not directory.exists():
-            return 0
-        freed = _tree_bytes(directory)
-        # Manifest first: a half-removed upload must never be restored from it.
-        self.manifest_path(file_id).unlink(missing_ok=True)
-        shutil.rmtree(directory, ignore_errors=True)
-        return freed
+        return _remove_record_dir(self.staging_dir(file_id), self.manifest_path(file_id))
 
     def staged_ids(self) -> list[str]:
         return sorted(p.name for p in self.staging_root.iterdir() if p.is_dir())
@@ -151,14 +155,8 @@ class Storage:
         return target
 
     def remove_final(self, file_id: str) -> int:
-        """Remove a final file and its meta (meta first: it is what restores a file)."""
-        directory = self.final_dir(file_id)
-        if not directory.exists():
-            return 0
-        freed = _tree_bytes(directory)
-        self.final_meta_path(file_id).unlink(missing_ok=True)
-        shutil.rmtree(directory, ignore_errors=True)
-        return freed
+        """Remove a final file and its meta; returns the bytes freed."""
+        return _remove_record_dir(self.final_dir(file_id), self.final_meta_path(file_id))
 
     def free_bytes(self) -> int:
         stats = os.statvfs(self.data_dir)
