@@ -118,9 +118,6 @@ class Storage:
         """Remove the staged bytes and manifest; returns the bytes freed."""
         return _remove_record_dir(self.staging_dir(file_id), self.manifest_path(file_id))
 
-    def staged_ids(self) -> list[str]:
-        return sorted(p.name for p in self.staging_root.iterdir() if p.is_dir())
-
     # --- final files -------------------------------------------------------------
     def final_dir(self, file_id: str) -> Path:
         return self.files_root / validate_file_id(file_id)
