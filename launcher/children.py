@@ -7,7 +7,6 @@ launcher is SIGKILLed, the kernel sends each child SIGTERM, so nothing is left b
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -16,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
-PR_SET_PDEATHSIG = 1
+from ops.process import die_with_parent
+
 NAME_WIDTH = 8
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _print_lock = threading.Lock()
 
 
@@ -32,16 +31,6 @@ def say(name: str, text: str) -> None:
             pass
 
 
-def _die_with_launcher(launcher_pid: int) -> Callable[[], None]:
-    def preexec() -> None:  # runs in the child between fork and exec
-        if _LIBC is not None:
-            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            if os.getppid() != launcher_pid:  # the launcher died before prctl took effect
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
 class Child:
     """One process (and its process group) started by the launcher."""
 
@@ -50,7 +39,7 @@ class Child:
         self.popen = subprocess.Popen(
             args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_launcher(os.getpid()),
+            preexec_fn=die_with_parent(os.getpid()),
         )
         self.pid = self.popen.pid
         self._pump = threading.Thread(target=self._copy_output, name=f"out-{name}", daemon=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import redis
 
+from ops.process import die_with_parent
+
 
 def find_redis_server() -> str:
     on_path = shutil.which("redis-server")
@@ -66,7 +68,7 @@ def start_redis(
         args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "3600 1 300 100 60 10000"]
     else:
         args += ["--appendonly", "no", "--save", ""]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
     url = f"redis://{host}:{port}/0"
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from ops.process import die_with_parent
 from ops.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ class Proc:
         log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
             self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent(),
         )
         log.close()
         return self
