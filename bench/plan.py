@@ -1,0 +1,58 @@
+"""What a run measures: sizes and trial counts of the full run and of `--quick`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.client import GiB, KiB, MiB
+
+
+@dataclass
+class Plan:
+    name: str
+    trials: int                      # interleaved rounds for every ratio table (>= 3)
+    single_size: int = 256 * MiB     # one connection, ours / tus / nginx sink
+    chunk: int = 8 * MiB
+    parallel: tuple[int, ...] = (1, 4, 16)
+    big_size: int = 1 * GiB          # memory stays flat; last chunk -> complete vs sha256sum
+    big_trials: int = 3
+    concurrent_files: int = 32
+    concurrent_size: int = 32 * MiB
+    concurrent_chunk: int = 1 * MiB
+    concurrent_trials: int = 3
+    sweep: tuple[int, ...] = (64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 32 * MiB)
+    sweep_max_chunks: int = 512      # a sweep file has at most this many chunks ...
+    sweep_file: int = 256 * MiB      # ... and at most this many bytes
+    download_size: int = 256 * MiB
+    download_trials: int = 5
+    download_repeat: int = 4         # each timed run fetches the file this many times (runs of ~0.5 s)
+    quiet_budget: float = 300.0      # seconds the whole run may wait for other people's load to pass
+    filesystems: tuple[str, ...] = ("disk", "tmpfs")
+    sections: set[str] = field(default_factory=lambda: set(SECTIONS))
+
+    def sweep_size(self, chunk: int) -> int:
+        return min(self.sweep_file, chunk * self.sweep_max_chunks)
+
+
+SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download")
+
+FULL = Plan(name="full", trials=5)
+
+QUICK = Plan(
+    name="quick",
+    trials=3,
+    single_size=128 * MiB,
+    parallel=(1, 4, 16),
+    big_size=256 * MiB,
+    big_trials=1,
+    concurrent_files=16,
+    concurrent_size=16 * MiB,
+    concurrent_trials=1,
+    sweep=(64 * KiB, 1 * MiB, 8 * MiB),
+    sweep_max_chunks=256,
+    sweep_file=64 * MiB,
+    download_size=128 * MiB,
+    download_trials=3,
+    download_repeat=2,
+    quiet_budget=20.0,
+)
