@@ -777,7 +777,9 @@ class Client:
                                     raise NotFoundError(f"not found: no file {file_id!r} for user "
                                                         f"{self.username!r} at {self.url}")
                                 raise error
-                            for block in response.iter_raw(256 * 1024):
+                            # No size: each block is written as it arrives, so a cut connection
+                            # loses nothing already received.
+                            for block in response.iter_raw():
                                 _write_all(fd, block)
                                 digest.update(block)
                                 offset += len(block)
