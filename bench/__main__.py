@@ -36,6 +36,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--disk-dir", default=os.environ.get("FT_BENCH_DISK_DIR", "/var/tmp"),
                         help="directory on the disk under test (default /var/tmp)")
     parser.add_argument("--tmpfs-dir", default=os.environ.get("FT_BENCH_TMPFS_DIR", "/dev/shm"))
+    parser.add_argument("--render", default="", metavar="JSON",
+                        help="only re-render the report from a saved bench/results/*.json (e.g. after editing"
+                             " bench/findings.md); writes --out or docs/BENCHMARKS.md")
     parser.add_argument("--out", default="", help="report path (default: docs/BENCHMARKS.md for a full run,"
                                                    " bench/results/BENCHMARKS-<kind>.md otherwise)")
     return parser.parse_args(argv)
@@ -43,6 +46,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.render:
+        from bench.report import Report
+
+        out = Path(args.out) if args.out else DOC
+        out.write_text(Report(json.loads(Path(args.render).read_text())).render())
+        log(f"wrote {out} from {args.render}")
+        return 0
     plan = dataclasses.replace(QUICK if args.quick else FULL)
     if args.only:
         wanted = {s.strip() for s in args.only.split(",") if s.strip()}

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from bench.client import MiB, Http, OursTarget, Payload, upload
 from bench.plan import Plan
-from bench.procs import descendants
 from bench.refs import Nginx
 from bench.runner import Contender, run_interleaved
 from bench.stack import OurStack
@@ -47,7 +46,7 @@ class DownloadBench:
         self.auth = {"Authorization": f"Bearer {self.ours.token}"}
         self.targets = {
             "ours": (self.ours.url, f"/download/{self.file_id}", self.auth, lambda: [self.ours.api.pid]),
-            "nginx": (self.nginx.url, f"/static/{self.file_id}/data", {}, lambda: descendants(self.nginx.proc.pid)),
+            "nginx": (self.nginx.url, f"/static/{self.file_id}/data", {}, lambda: self.nginx.pids),
         }
         for name in self.targets:  # warm-up
             self.full_python(name)

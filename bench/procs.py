@@ -65,7 +65,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def tree_cpu_seconds(pids: list[int]) -> float:
-    return sum(cpu_seconds(p) for root in pids for p in descendants(root))
+    """CPU seconds of `pids` and everything below them, each process counted once."""
+    return sum(cpu_seconds(p) for p in {p for root in pids for p in descendants(root)})
 
 
 def machine_busy_seconds() -> float:

@@ -69,9 +69,10 @@ def run_interleaved(contenders: list[Contender], trials: int, all_pids: Callable
             metrics["client_cores"] = (self_cpu_seconds() - c0) / seconds
             metrics["foreign_cores"] = meter.foreign_cores
             metrics["foreign_before"] = before
+            metrics["flush_seconds"] = sync_disks()  # what this run left dirty, before anything is deleted
             if contender.after is not None:
                 contender.after(metrics)
-            metrics["flush_seconds"] = sync_disks()
+            sync_disks()
             series[contender.name].add(metrics)
             shown = f"{metrics['mbps']:7.0f} MB/s" if "mbps" in metrics else f"{seconds:7.3f} s"
             log(f"  {label} trial {trial + 1}/{trials} {contender.name:<22} {shown}  server {metrics['server_cores']:.2f}"

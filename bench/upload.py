@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.client import MiB, OursTarget, Payload, SinkTarget, TusTarget, upload, upload_many
 from bench.plan import Plan
-from bench.procs import CpuMeter, descendants, peak_rss_mib, reset_peak, rss_mib, wait_quiet
+from bench.procs import CpuMeter, peak_rss_mib, reset_peak, rss_mib, wait_quiet
 from bench.refs import Nginx, TusServer
 from bench.runner import Contender, run_interleaved
 from bench.stack import OurStack
@@ -108,7 +108,7 @@ class UploadBench:
             return {"mbps": result.mbps, "seconds": result.seconds, "chunks_per_s": len(result.latencies) / result.seconds,
                     "p50_ms": statistics.median(result.latencies) * 1000}
 
-        return Contender(name, run, lambda: descendants(self.nginx.proc.pid))
+        return Contender(name, run, lambda: self.nginx.pids)
 
     def interleave(self, contenders: list[Contender], trials: int, label: str) -> dict:
         series = run_interleaved(contenders, trials, self.all_pids, self.log, f"{self.fs} {label}")
