@@ -16,11 +16,12 @@ from core.users import User, UserStore
 _bearer = OAuth2PasswordBearer(tokenUrl="token", auto_error=False, description="a token from POST /token")
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def`: a plain `def` costs a thread-pool hop on every request.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_user_store(request: Request) -> UserStore:
+async def get_user_store(request: Request) -> UserStore:
     return request.app.state.users
 
 
@@ -34,7 +35,7 @@ async def current_user(
     settings: Settings = request.app.state.settings
     claims = decode_token(token.strip(), settings.jwt_key())
     user = request.app.state.users.get(claims.sub)
-    if user is None or claims.iat < int(user.tokens_valid_after):
+    if user is None or claims.ver != user.token_version:
         raise NotAuthenticated("token no longer valid")
     return user
 

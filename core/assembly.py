@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import anyio
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
+from core.checksums import crc32
 from core.state import Chunk
 from core.uploads import UploadService
 
@@ -56,7 +56,7 @@ def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
             while pos < n and index < len(ordered):
                 chunk = ordered[index]
                 take = min(n - pos, chunk.end + 1 - (offset + pos))
-                crc = zlib.crc32(block[pos : pos + take], crc)
+                crc = crc32(block[pos : pos + take], crc)
                 pos += take
                 if offset + pos == chunk.end + 1:
                     if crc != chunk.crc32 and bad is None:

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from urllib.parse import unquote
 
 import anyio
 
+from core.checksums import crc32
 from core import intervals
 from core.chunk_header import HEADER_SIZE, check_header_matches, decode_header, parse_content_range
 from core.config import Settings
@@ -252,7 +252,7 @@ class UploadService:
                 written = os.pwrite(fd, piece, offset)
                 if written != len(piece):  # pragma: no cover - regular files write fully or raise
                     raise OSError(f"short write at {offset}")
-                crc = zlib.crc32(piece, crc)
+                crc = crc32(piece, crc)
                 offset += len(piece)
             if offset != limit:
                 raise LengthMismatch(f"the payload is {offset - chunk.start} bytes; Content-Range says {limit - chunk.start}")
@@ -270,7 +270,7 @@ class UploadService:
             size += len(piece)
             if size > chunk.end - chunk.start + 1:
                 raise LengthMismatch("the payload is longer than Content-Range says")
-            crc = zlib.crc32(piece, crc)
+            crc = crc32(piece, crc)
         if size != chunk.end - chunk.start + 1:
             raise LengthMismatch("the payload is shorter than Content-Range says")
         if crc != chunk.crc32:

@@ -15,7 +15,7 @@ from core.uploads import ChunkRequest, UploadService
 router = APIRouter(tags=["uploads"])
 
 
-def get_upload_service(request: Request) -> UploadService:
+async def get_upload_service(request: Request) -> UploadService:
     return request.app.state.uploads
 
 
