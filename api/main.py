@@ -22,10 +22,16 @@ log = logging.getLogger("ft.api")
 
 
 def bootstrap_admin(settings: Settings, users: UserStore) -> None:
-    """Create the admin named by FT_ADMIN_USERNAME, or reset its password."""
+    """Create the admin named by FT_ADMIN_USERNAME, or reset its password.
+
+    Left alone when it already is an admin with that password: a reset revokes its tokens,
+    which every restart (or every process of a multi-process API) would otherwise do."""
     if settings.admin_username and settings.admin_password:
-        users.set(settings.admin_username, settings.admin_password.get_secret_value(), role="admin")
-        log.info("admin %r is ready", settings.admin_username)
+        name, password = settings.admin_username, settings.admin_password.get_secret_value()
+        current = users.authenticate(name, password)
+        if current is None or not current.is_admin:
+            users.set(name, password, role="admin")
+        log.info("admin %r is ready", name)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

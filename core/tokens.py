@@ -1,4 +1,8 @@
-"""JWT access tokens (HS256). Only HS256 is accepted on decode: no `none`, no RS/HS confusion."""
+"""JWT access tokens (HS256). Only HS256 is accepted on decode: no `none`, no RS/HS confusion.
+
+Claims: `sub`, `role`, `iat`, `exp` (the contract's), and `ver`, the user's token version at
+issue time, so that a password reset revokes older tokens exactly.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from core.errors import NotAuthenticated
 from core.users import User
 
 ALGORITHM = "HS256"
-_REQUIRED_CLAIMS = ["sub", "role", "iat", "exp"]
+_REQUIRED_CLAIMS = ["sub", "role", "iat", "exp", "ver"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,11 +24,12 @@ class TokenClaims:
     role: str
     iat: int
     exp: int
+    ver: int
 
 
 def issue_token(user: User, secret: str, ttl: int, now: float | None = None) -> str:
     issued = int(now if now is not None else time.time())
-    claims = {"sub": user.name, "role": user.role, "iat": issued, "exp": issued + ttl}
+    claims = {"sub": user.name, "role": user.role, "iat": issued, "exp": issued + ttl, "ver": user.token_version}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -43,4 +48,6 @@ def decode_token(token: str, secret: str) -> TokenClaims:
         raise NotAuthenticated("invalid token: bad sub or role claim")
     if not isinstance(claims["iat"], int) or claims["iat"] > time.time() + 60:
         raise NotAuthenticated("invalid token: issued in the future")
-    return TokenClaims(claims["sub"], claims["role"], claims["iat"], claims["exp"])
+    if not isinstance(claims["ver"], int):
+        raise NotAuthenticated("invalid token: bad ver claim")
+    return TokenClaims(claims["sub"], claims["role"], claims["iat"], claims["exp"], claims["ver"])

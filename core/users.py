@@ -1,7 +1,8 @@
 """Durable user accounts: a small SQLite file under FT_DATA_DIR (survives any Redis loss).
 
-Passwords are stored only as Argon2 hashes. Removing a user or resetting a password
-moves `tokens_valid_after`, which invalidates every token issued before it.
+Passwords are stored only as Argon2 hashes. Every token carries the user's `token_version`;
+resetting the password bumps it, which invalidates every token issued before, even in the same
+second (a token's `iat` has whole seconds only). Removing the user invalidates them too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('admin', 'user')),
     created_at REAL NOT NULL,
-    tokens_valid_after REAL NOT NULL
+    token_version INTEGER NOT NULL DEFAULT 0
 )
 """
 
@@ -35,7 +36,7 @@ class User:
     name: str
     role: str
     created_at: float
-    tokens_valid_after: float
+    token_version: int
 
     @property
     def is_admin(self) -> bool:
@@ -63,13 +64,13 @@ class UserStore:
 
     def get(self, name: str) -> User | None:
         row = self._connect().execute(
-            "SELECT name, role, created_at, tokens_valid_after FROM users WHERE name = ?", (name,)
+            "SELECT name, role, created_at, token_version FROM users WHERE name = ?", (name,)
         ).fetchone()
         return User(*row) if row else None
 
     def list(self) -> list[User]:
         rows = self._connect().execute(
-            "SELECT name, role, created_at, tokens_valid_after FROM users ORDER BY name"
+            "SELECT name, role, created_at, token_version FROM users ORDER BY name"
         ).fetchall()
         return [User(*row) for row in rows]
 
@@ -83,11 +84,10 @@ class UserStore:
             raise ValueError("password must not be empty")
         now = time.time()
         self._connect().execute(
-            "INSERT INTO users (name, password_hash, role, created_at, tokens_valid_after)"
-            " VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO users (name, password_hash, role, created_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash,"
-            " role = excluded.role, tokens_valid_after = excluded.tokens_valid_after",
-            (name, _hasher.hash(password), role, now, now),
+            " role = excluded.role, token_version = token_version + 1",
+            (name, _hasher.hash(password), role, now),
         )
         user = self.get(name)
         assert user is not None

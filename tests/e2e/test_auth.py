@@ -87,7 +87,7 @@ def test_malformed_token(stack, header):
 
 def _claims(name: str, role: str = "user", **over) -> dict:
     now = int(time.time())
-    claims = {"sub": name, "role": role, "iat": now, "exp": now + 600}
+    claims = {"sub": name, "role": role, "iat": now, "exp": now + 600, "ver": 0}
     claims.update(over)
     return claims
 
@@ -117,7 +117,7 @@ def test_tampered_payload(stack):
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(forged)))
 
 
-@pytest.mark.parametrize("missing", ["sub", "role", "iat", "exp"])
+@pytest.mark.parametrize("missing", ["sub", "role", "iat", "exp", "ver"])
 def test_missing_claim(stack, missing):
     name, _ = stack.add_user()
     claims = _claims(name)
@@ -182,3 +182,26 @@ def test_repeated_failures_from_one_address_are_throttled(make_stack):
     blocked = httpx.post(f"{stack.url}/token", json={"username": name, "password": password})
     assert blocked.status_code == 429
     assert int(blocked.headers["retry-after"]) >= 1
+
+
+def test_admin_bootstrap_creates_keeps_and_resets(make_stack):
+    from tests.support import start_api
+
+    env = {"FT_ADMIN_USERNAME": "boss", "FT_ADMIN_PASSWORD": "first password"}
+    stack = make_stack(**env)
+    token = login(stack.url, "boss", "first password")
+    assert jwt.decode(token, JWT_SECRET, algorithms=["HS256"])["role"] == "admin"
+
+    def restart(**changes: str) -> str:
+        stack.api.stop()
+        stack.api, stack.url = start_api(stack.data_dir, stack.redis_url, stack.log_dir, **{**env, **changes})
+        return stack.url
+
+    # Same credentials: the admin is left alone, its tokens keep working.
+    url = restart()
+    assert httpx.post(f"{url}/cleanup", params={"older_than": 10**6}, headers=bearer(token)).status_code == 200
+    # New password: reset, and tokens issued before it stop working (even within the same second).
+    url = restart(FT_ADMIN_PASSWORD="second password")
+    _assert_not_authenticated(httpx.get(f"{url}{PROTECTED}", headers=bearer(token)))
+    assert httpx.post(f"{url}/token", json={"username": "boss", "password": "first password"}).status_code == 401
+    login(url, "boss", "second password")

@@ -49,7 +49,7 @@ def _b64(data: bytes | dict) -> str:
 
 def _claims(name: str, role: str = "user", **over) -> dict:
     now = int(time.time())
-    return {"sub": name, "role": role, "iat": now, "exp": now + 600, **over}
+    return {"sub": name, "role": role, "iat": now, "exp": now + 600, "ver": 0, **over}
 
 
 def _hmac_token(header: dict, claims: dict, key: bytes) -> str:

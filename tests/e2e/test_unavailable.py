@@ -23,7 +23,7 @@ def test_redis_down_is_503_unavailable(tmp_path, redis_server):
         assert token_response.status_code == 503 and token_response.json()["code"] == "unavailable"
         # A valid token (issued elsewhere) meets the same answer on every Redis-backed endpoint.
         now = int(time.time())
-        token = jwt.encode({"sub": "u", "role": "user", "iat": now, "exp": now + 60}, JWT_SECRET, algorithm="HS256")
+        token = jwt.encode({"sub": "u", "role": "user", "iat": now, "exp": now + 60, "ver": 0}, JWT_SECRET, algorithm="HS256")
         status = httpx.get(f"{url}/status/x", headers=bearer(token), timeout=10)
         assert status.status_code == 503 and status.json()["code"] == "unavailable"
         upload = httpx.post(
