@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     # Network
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    api_workers: int = Field(1, ge=1, le=64, description="API processes (uvicorn --workers); each uses up to one core")
     flower_port: int = Field(5555, ge=0, le=65535)
 
     # Storage and state

@@ -189,7 +189,9 @@ def main() -> int:
         plan = [
             ("api", py + ["uvicorn", "api.main:create_app", "--factory", "--host", settings.host,
                           "--port", str(settings.port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol",
-                          "--timeout-graceful-shutdown", "10"], env),
+                          "--timeout-graceful-shutdown", "10"],
+             # uvicorn reads its --workers default from WEB_CONCURRENCY.
+             {**env, "WEB_CONCURRENCY": str(settings.api_workers)}),
             ("worker", celery + ["worker", "--loglevel=INFO"], env),
             ("beat", celery + ["beat", "--loglevel=INFO"], env),
             # The credentials go through the environment, so they do not show in `ps`.

@@ -331,3 +331,27 @@ def test_raw_non_ascii_file_name_is_refused(stack, token):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400")
     assert b'"invalid_file_name"' in answer
+
+
+def test_several_api_processes_share_one_upload(make_stack, client):
+    """FT_API_WORKERS > 1 (uvicorn --workers): chunks of one file land on different processes."""
+    multi = make_stack(WEB_CONCURRENCY="2")
+    token = multi.token()
+    data = os.urandom(2 * MiB)
+    file_id = new_id()
+    ranges = chunks_of(len(data), 64 * 1024)
+    random.Random(11).shuffle(ranges)
+
+    def send(rng):
+        with httpx.Client(timeout=60) as c:  # a connection each: spread over both processes
+            return send_chunk(c, multi.url, token, file_id, data, *rng).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(send, ranges)) == {200}
+    assert wait_for_state(client, multi.url, token, file_id)["sha256"] == hashlib.sha256(data).hexdigest()
+    assert final_bytes(multi, file_id) == data
+    # uvicorn's supervisor really runs two serving processes.
+    import psutil
+
+    spawned = [p for p in psutil.Process(multi.api.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(spawned) == 2
