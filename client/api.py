@@ -324,6 +324,17 @@ class Client:
             raise NotFoundError(f"not found: no upload {file_id!r} for user {self.username!r} at {self.url}")
         raise error
 
+    def delete(self, file_id: str) -> None:
+        """`DELETE /upload/{file_id}`: cancel an upload or delete a complete file."""
+        self._check_id(file_id)
+        response = self._request("DELETE", f"/upload/{quote(file_id)}")
+        if response.status_code == 204:
+            return
+        error = api_error(response)
+        if error.code == "not_found":
+            raise NotFoundError(f"not found: no upload {file_id!r} for user {self.username!r} at {self.url}")
+        raise error
+
     def _status_or_none(self, file_id: str) -> dict[str, Any] | None:
         try:
             return self.status(file_id)

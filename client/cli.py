@@ -1,4 +1,4 @@
-"""`python -m client upload|download|status|login`: the command line over client.api.Client."""
+"""`python -m client upload|download|status|delete|login`: the command line over client.api.Client."""
 
 from __future__ import annotations
 
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("file_id")
     st.add_argument("--json", action="store_true", help="print the server's JSON")
 
+    rm = sub.add_parser("delete", help="cancel an upload or delete a complete file")
+    _common(rm, suppress=True)
+    rm.add_argument("file_id")
+
     login = sub.add_parser("login", help="log in and cache a token")
     _common(login, suppress=True)
     return parser
@@ -129,6 +133,10 @@ def run(args) -> int:
                 else:
                     _print_status(status)
                 return {"complete": EXIT_OK, "failed": EXIT_FAILED}.get(status["state"], EXIT_NOT_COMPLETE)
+            if args.command == "delete":
+                client.delete(args.file_id)
+                print(f"deleted {args.file_id}")
+                return EXIT_OK
             if args.command == "upload":
                 result = client.upload(args.path, args.file_id, args.chunk_size, args.parallel, wait=not args.no_wait)
                 if args.no_wait:

@@ -553,3 +553,17 @@ def test_token_expiring_mid_upload_is_renewed(make_stack, tmp_path):
     assert up.returncode == 0, up.stderr
     assert stored(short, fid) == data
     assert json.loads(cached.read_text())["access_token"] != first
+
+
+def test_cli_delete_frees_the_id(stack, env, tmp_path):
+    data = write_random(tmp_path / "gone.bin", 300_000)
+    file_id = new_id()
+    assert run_cli(env, "upload", str(tmp_path / "gone.bin"), "--file-id", file_id, "--quiet").returncode == 0
+    deleted = run_cli(env, "delete", file_id)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (stack.data_dir / "files" / file_id).exists()
+    again = run_cli(env, "delete", file_id)
+    assert again.returncode == 5 and "not found" in again.stderr
+    # The id can take the same bytes again.
+    assert run_cli(env, "upload", str(tmp_path / "gone.bin"), "--file-id", file_id, "--quiet").returncode == 0
+    assert stored(stack, file_id) == data
