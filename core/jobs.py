@@ -18,15 +18,28 @@ def celery_client(settings: Settings) -> Celery:
     return client
 
 
+def _issued_key(task_id: str) -> str:
+    return f"ft:task:{task_id}"
+
+
 class Jobs:
+    """Tasks the API sends. Ids it hands to clients are remembered (as long as their results
+    are kept), because Celery reports an id it never saw as merely `pending`."""
+
     def __init__(self, settings: Settings) -> None:
         self.celery = celery_client(settings)
+        self._keep = int(self.celery.conf.result_expires)
 
     def assemble(self, file_id: str) -> None:
         self.celery.send_task(ASSEMBLE, args=[file_id])
 
     def cleanup(self, older_than: int | None):
-        return self.celery.send_task(CLEANUP, kwargs={"older_than": older_than, "wait_for_lock": True})
+        result = self.celery.send_task(CLEANUP, kwargs={"older_than": older_than, "wait_for_lock": True})
+        self.celery.backend.client.set(_issued_key(result.id), 1, ex=self._keep)
+        return result
 
     def result(self, task_id: str):
+        """The task's AsyncResult, or None for an id this API never issued (or long expired)."""
+        if not self.celery.backend.client.exists(_issued_key(task_id)):
+            return None
         return self.celery.AsyncResult(task_id)

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentAdmin, SettingsDep
 from api.errors import documented_errors
+from core.errors import NotFound
 
 router = APIRouter(tags=["admin"])
 
@@ -73,10 +74,12 @@ async def run_cleanup(
     "/tasks/{task_id}",
     response_model=TaskResultModel,
     response_model_exclude_unset=True,
-    responses=_ADMIN_ERRORS,
+    responses=documented_errors({403: "forbidden: for admins only", 404: "not_found: no task with that id"}),
 )
 async def task_result(task_id: str, request: Request, admin: CurrentAdmin) -> dict:
-    result = request.app.state.jobs.result(task_id)
+    result = await run_in_threadpool(request.app.state.jobs.result, task_id)
+    if result is None:
+        raise NotFound("no such task")
     state = await run_in_threadpool(lambda: result.state)
     body: dict = {"task_id": task_id, "state": state.lower()}
     if state == "SUCCESS":

@@ -60,3 +60,9 @@ def test_slow_cleanup_answers_202_and_the_task_can_be_read(make_stack):
         timeout=30, what="the cleanup task to finish",
     )
     assert body["result"]["removed"] == [] and "freed_bytes" in body["result"]
+
+
+def test_unknown_task_is_404(stack):
+    admin = stack.token("admin")
+    r = httpx.get(f"{stack.url}/tasks/00000000-0000-0000-0000-000000000000", headers=bearer(admin))
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
