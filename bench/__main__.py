@@ -131,6 +131,7 @@ def main(argv: list[str]) -> int:
         log(f"== downloads ({dirs['disk']})")
         try:
             with DownloadBench(plan, dirs["disk"], payload, log) as bench:
+                results["download_checks"] = bench.checks
                 results["download"] = bench.run(have_curl=bool(shutil.which("curl")))
         except Exception as exc:  # noqa: BLE001
             log(f"!! downloads failed: {exc!r}\n{traceback.format_exc()}")

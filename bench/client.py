@@ -46,8 +46,12 @@ class Http:
         body = response.read()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, body
 
-    def download(self, path: str, headers: dict[str, str], buffer: memoryview) -> tuple[int, int]:
-        """GET `path`, reading the body into `buffer` over and over; returns (status, bytes)."""
+    def download(self, path: str, headers: dict[str, str], buffer: memoryview,
+                 expect: memoryview | None = None) -> tuple[int, int]:
+        """GET `path`, reading the body into `buffer` over and over; returns (status, bytes).
+
+        With `expect` (the bytes the body should start with), the start of the first block read
+        is compared with it (at most 64 KiB: ~50 us per response); a mismatch gives status -1."""
         conn = self.conn
         conn.putrequest("GET", path, skip_accept_encoding=True)
         for name, value in headers.items():
@@ -55,12 +59,13 @@ class Http:
         conn.endheaders()
         response = conn.getresponse()
         total = 0
-        while True:
-            n = response.readinto(buffer)
-            if not n:
-                break
+        n = response.readinto(buffer)
+        k = min(n, 64 * KiB)
+        mismatch = expect is not None and buffer[:k] != expect[:k]
+        while n:
             total += n
-        return response.status, total
+            n = response.readinto(buffer)
+        return (-1 if mismatch else response.status), total
 
     def close(self) -> None:
         self.conn.close()

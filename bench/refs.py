@@ -116,6 +116,63 @@ http {{
         return len(rows)
 
 
+class NginxAccel:
+    """deploy/nginx.conf as shipped, in front of an API run with FT_ACCEL_REDIRECT=1.
+
+    Rewritten as tests/integration/test_range_response.py does it: the listen port, the
+    upstream's port (`api_port`) and the `/_ft_files/` alias (`data_dir`/files/); plus this
+    run's own pid, error log, temp paths, `access_log off` (as the static nginx) and
+    `daemon off`, everything under `root`. The `mime.types` include points at the system's."""
+
+    DEPLOY = ROOT / "deploy" / "nginx.conf"
+
+    def __init__(self, root: Path, api_port: int, data_dir: Path) -> None:
+        self.root, self.api_port, self.data_dir = root, api_port, data_dir
+
+    def __enter__(self) -> "NginxAccel":
+        import re
+
+        root = self.root
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        mime = Path("/etc/nginx/mime.types")  # Debian's; left out where there is none (no effect here)
+        conf = self.DEPLOY.read_text()
+        for old, new in ((r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{self.port};"),
+                         (r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{self.api_port};"),
+                         (r"alias /\S+/files/;", f"alias {self.data_dir}/files/;"),
+                         (r"include mime\.types;", f"include {mime};" if mime.exists() else ""),
+                         (r"http \{\n", "http {\n" + "".join(f"    {kind}_temp_path {root}/tmp/{kind};\n" for kind in
+                                                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+                          + "    access_log off;\n")):
+            conf, n = re.subn(old, lambda _m, new=new: new, conf)
+            if n != 1:
+                raise RuntimeError(f"deploy/nginx.conf no longer has {old!r}: update bench/refs.py")
+        self.conf = root / "nginx.conf"
+        self.conf.write_text(conf)
+        globals_ = f"daemon off; pid {root}/nginx.pid;" + (" user root;" if os.geteuid() == 0 else "")
+        with open(root / "nginx.out", "ab") as out:
+            self.proc = subprocess.Popen([shutil.which("nginx"), "-p", str(root), "-e", str(root / "error.log"),
+                                          "-c", str(self.conf), "-g", globals_],
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            wait_port(self.port, self.proc)
+        except BaseException as exc:
+            self.__exit__()
+            logs = "".join(p.read_text(errors="replace") for p in (root / "error.log", root / "nginx.out") if p.exists())
+            raise RuntimeError(f"nginx (deploy/nginx.conf, accel) did not start: {exc!r}\n{logs[-2000:]}") from exc
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+
 def nginx_version() -> str | None:
     exe = shutil.which("nginx")
     if not exe:
