@@ -154,3 +154,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for exc_type in (RedisConnectionError, RedisTimeoutError, StorageError):
         app.add_exception_handler(exc_type, _unavailable)
+
+    @app.exception_handler(Exception)
+    async def _broken(request: Request, exc: Exception) -> JSONResponse:
+        # A bug or a broken disk, never the client's input: still the contract's JSON shape.
+        # Starlette logs the traceback after this answer.
+        return error_response(500, "internal_error", "the server failed to handle this request")

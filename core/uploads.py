@@ -11,6 +11,7 @@ releases its claim and leaves the upload as it was.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -249,7 +250,12 @@ class UploadService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the chunk took too long and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                written = os.pwrite(fd, piece, offset)
+                try:
+                    written = os.pwrite(fd, piece, offset)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise InsufficientStorage("the disk filled up while storing this chunk; retry later") from None
+                    raise
                 if written != len(piece):  # pragma: no cover - regular files write fully or raise
                     raise OSError(f"short write at {offset}")
                 crc = crc32(piece, crc)
