@@ -12,6 +12,7 @@ releases its claim and leaves the upload as it was.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import secrets
@@ -50,6 +51,7 @@ from core.state import Chunk, Progress, Upload, UploadRepository
 from core.storage import Storage
 from core.users import User
 
+log = logging.getLogger("ft.uploads")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 MAX_FILE_NAME_BYTES = 1024
 MANIFEST_VERSION = 1
@@ -286,7 +288,10 @@ class UploadService:
         """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue."""
         upload = await self.repo.get(file_id)
         if upload is not None:
-            await anyio.to_thread.run_sync(self.write_manifest, upload, await self.repo.chunks(file_id))
+            try:
+                await anyio.to_thread.run_sync(self.write_manifest, upload, await self.repo.chunks(file_id))
+            except OSError as exc:  # e.g. a full disk: the chunk is stored; assembly must still start
+                log.warning("no manifest for %s before assembly: %s", file_id, exc)
         if self.enqueue_assembly is not None:
             await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
 
