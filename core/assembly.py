@@ -92,13 +92,12 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             source = storage.final_data(file_id)  # a previous run moved it, then died
         started = time.monotonic()
         verification = await _verify_with_lease(lock, source, chunks, upload.total, lease_seconds)
-        if verification.bad_chunk is not None:
-            bad = verification.bad_chunk
+        error = None
+        if (bad := verification.bad_chunk) is not None:
             error = f"stored bytes {bad.start}-{bad.end} no longer match their CRC-32; upload them again"
-            await repo.transition(file_id, "assembling", state="failed", error=error)
-            return {"file_id": file_id, "result": "failed", "error": error}
-        if upload.expected_sha256 and verification.sha256 != upload.expected_sha256:
+        elif upload.expected_sha256 and verification.sha256 != upload.expected_sha256:
             error = f"SHA-256 mismatch: expected {upload.expected_sha256}, got {verification.sha256}"
+        if error is not None:
             await repo.transition(file_id, "assembling", state="failed", error=error)
             return {"file_id": file_id, "result": "failed", "error": error}
 

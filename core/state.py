@@ -26,7 +26,6 @@ import redis.asyncio as aioredis
 
 ACTIVITY_KEY = "ft:activity"
 ASSEMBLING_KEY = "ft:assembling"
-STATES = ("uploading", "assembling", "complete", "failed")
 
 
 def upload_key(file_id: str) -> str:
