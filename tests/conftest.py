@@ -61,6 +61,13 @@ def redis_server(tmp_path_factory) -> RedisServer:
 
 
 @pytest.fixture
+def client():
+    """One HTTP client (keep-alive connection) for a test's requests to a stack."""
+    with httpx.Client(timeout=120) as c:
+        yield c
+
+
+@pytest.fixture
 def redis_db(redis_server) -> redis.Redis:
     """A clean database 1 on our own server (the session stack uses database 0)."""
     client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/1")

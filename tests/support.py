@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,11 @@ def start_worker(data_dir: Path, redis_url: str, log_dir: Path, name: str = "w1"
         service_env(data_dir, redis_url, **extra_env),
         log_dir / f"worker-{name}.log",
     ).start()
+
+
+def new_id(prefix: str = "f") -> str:
+    """A fresh file id, so that tests sharing one stack never meet each other's uploads."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def login(url: str, username: str, password: str) -> str:

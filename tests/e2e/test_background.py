@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import time
-import uuid
 from datetime import datetime
 
 import httpx
@@ -23,19 +22,11 @@ from tests.faults import (
     status,
     wait_for_log,
 )
-from tests.support import wait_for_state, wait_until
+from tests.support import new_id, wait_for_state, wait_until
 
 FAST = {"FT_PERSIST_INTERVAL": "1", "FT_PERSIST_AFTER": "1"}
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def client():
-    with httpx.Client(timeout=60) as c:
-        yield c
 
 
 def persist_runs(*workers) -> list[tuple[str, str]]:

@@ -17,7 +17,6 @@ import stat
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,7 +24,7 @@ import httpx
 import pytest
 
 from client import ApiError, Client, LocalFileChanged
-from tests.support import PYTHON, ROOT, Proc, bearer, login, send_chunk, wait_for_state, wait_until
+from tests.support import PYTHON, Proc, ROOT, bearer, login, new_id, send_chunk, wait_for_state, wait_until
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -191,9 +190,6 @@ def write_random(path: Path, size: int) -> bytes:
     path.write_bytes(data)
     return data
 
-
-def new_id() -> str:
-    return f"c-{uuid.uuid4().hex[:12]}"
 
 
 def stored(stack, file_id: str) -> bytes:

@@ -7,9 +7,7 @@ import hashlib
 import os
 import signal
 import time
-import uuid
 
-import httpx
 import pytest
 
 from core.assembly import assembly_lock_key
@@ -29,17 +27,9 @@ from tests.faults import (
     status,
     task_events,
 )
-from tests.support import JWT_SECRET, bearer, start_worker, wait_for_state, wait_until
+from tests.support import JWT_SECRET, bearer, new_id, start_worker, wait_for_state, wait_until
 
 
-def new_id(prefix: str = "fault") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def client():
-    with httpx.Client(timeout=120) as c:
-        yield c
 
 
 def progress(body: dict) -> tuple:

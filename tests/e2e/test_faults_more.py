@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -26,17 +25,9 @@ from core.state import ASSEMBLING_KEY, upload_key
 from core.users import UserStore
 from ops.redis_server import free_port, start_redis
 from tests.faults import MiB, claims_key, drop, open_partial_chunk, post_chunk, stack_redis, status
-from tests.support import JWT_SECRET, login, start_api, start_worker, wait_for_state, wait_until
+from tests.support import JWT_SECRET, login, new_id, start_api, start_worker, wait_for_state, wait_until
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def client():
-    with httpx.Client(timeout=60) as c:
-        yield c
 
 
 def report(what: str, **figures) -> None:

@@ -29,7 +29,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.support import bearer, send_chunk, wait_for_state
+from tests.support import send_chunk, wait_for_state
 
 pytest.importorskip("schemathesis")
 

@@ -34,7 +34,7 @@ import pytest
 from core.chunk_header import encode_header
 from core.file_ids import FILE_ID_PATTERN
 from ops.redis_server import free_port
-from tests.support import JWT_SECRET, bearer, chunk_body, login, send_chunk, start_api, wait_for_state, wait_until
+from tests.support import JWT_SECRET, bearer, chunk_body, new_id, send_chunk, start_api, wait_for_state, wait_until
 
 MiB = 1024 * 1024
 
@@ -437,9 +437,6 @@ def test_framing_errors_answer_json(stack):
         assert json.loads(answer.body)["code"] == "bad_request"
 
 
-def _fresh_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
 
 def test_bodies_that_do_not_match_their_framing(stack):
     """Longer than Content-Range, Content-Length lying both ways, chunked without Content-Length:
@@ -456,14 +453,14 @@ def test_bodies_that_do_not_match_their_framing(stack):
         return httpx.get(f"{url}/status/{file_id}", headers=bearer(token)).status_code
 
     # Body longer than Content-Range promises (Content-Length honest about it).
-    fid = _fresh_id("longer")
+    fid = new_id("longer")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=len(body) + 500) + body + b"x" * 500)
     refused["longer than Content-Range"] = answer
     assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
     assert status_of(fid) == 404
 
     # The same, with a header that also claims the longer range (and a CRC over all of it).
-    fid = _fresh_id("longer-hdr")
+    fid = new_id("longer-hdr")
     longer = payload + b"x" * 500
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=12 + len(longer))
                       + encode_header(0, 999, zlib.crc32(longer)) + longer)
@@ -472,14 +469,14 @@ def test_bodies_that_do_not_match_their_framing(stack):
     assert status_of(fid) == 404
 
     # Content-Length smaller than the body: the rest would be a second, garbage request.
-    fid = _fresh_id("cl-small")
+    fid = new_id("cl-small")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=500) + body)
     refused["Content-Length < body"] = answer
     assert answer.status is None or 400 <= answer.status < 500
     assert status_of(fid) == 404
 
     # Content-Length larger than the body; the client then waits: refused at once, before reading.
-    fid = _fresh_id("cl-large")
+    fid = new_id("cl-large")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=len(body) + 4096) + body)
     refused["Content-Length > body"] = answer
     assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
@@ -487,7 +484,7 @@ def test_bodies_that_do_not_match_their_framing(stack):
 
     # Content-Length absurd or not a number.
     for label, value in (("Content-Length 2^63", str(2**63)), ("Content-Length -1", "-1"), ("Content-Length abc", "abc")):
-        fid = _fresh_id("cl-odd")
+        fid = new_id("cl-odd")
         answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None,
                                            extra=f"Content-Length: {value}\r\n") + body)
         refused[label] = answer
@@ -495,7 +492,7 @@ def test_bodies_that_do_not_match_their_framing(stack):
         assert status_of(fid) == 404
 
     # Both Content-Length and Transfer-Encoding (a smuggling shape): refused.
-    fid = _fresh_id("cl-te")
+    fid = new_id("cl-te")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=5, extra="Transfer-Encoding: chunked\r\n")
                       + chunked(body))
     refused["Content-Length and chunked"] = answer
@@ -504,15 +501,15 @@ def test_bodies_that_do_not_match_their_framing(stack):
 
     # Chunked transfer encoding without Content-Length: exact, too long, too short.
     te = "Transfer-Encoding: chunked\r\n"
-    fid = _fresh_id("te-ok")
+    fid = new_id("te-ok")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te) + chunked(body))
     assert answer.status == 200, answer  # a well-formed chunked upload is fine
-    fid = _fresh_id("te-long")
+    fid = new_id("te-long")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te) + chunked(body + b"x" * 100))
     refused["chunked, longer"] = answer
     assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
     assert status_of(fid) == 404
-    fid = _fresh_id("te-short")
+    fid = new_id("te-short")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te)
                       + chunked(encode_header(0, 999, zlib.crc32(payload)) + payload[:600]))
     refused["chunked, shorter"] = answer
@@ -520,7 +517,7 @@ def test_bodies_that_do_not_match_their_framing(stack):
     assert status_of(fid) == 404
 
     # 64 MiB of chunked body for a 1000-byte range: cut off early, nothing written past the range.
-    fid = _fresh_id("te-flood")
+    fid = new_id("te-flood")
     flood = body + b"\0" * (64 * MiB)
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te) + chunked(flood, MiB),
                       timeout=60)
@@ -539,7 +536,7 @@ def test_client_dropping_mid_chunk_loses_only_that_chunk_and_logs_no_traceback(s
     since = len(stack.api.log())
     token = stack.token()
     data = os.urandom(2000)
-    fid = _fresh_id("drop")
+    fid = new_id("drop")
     with httpx.Client(timeout=30) as client:
         assert send_chunk(client, stack.url, token, fid, data, 0, 999).status_code == 200
     body = chunk_body(data[1000:], 1000)

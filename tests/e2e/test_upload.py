@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,23 +12,15 @@ import httpx
 import pytest
 
 from core.chunk_header import encode_header
-from tests.support import bearer, chunk_body, send_chunk, wait_for_state
+from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state
 
 MiB = 1024 * 1024
 
-
-def new_id() -> str:
-    return f"f-{uuid.uuid4().hex[:12]}"
 
 
 def chunks_of(size: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, size) - 1) for s in range(0, size, chunk)]
 
-
-@pytest.fixture
-def client():
-    with httpx.Client(timeout=60) as c:
-        yield c
 
 
 @pytest.fixture
