@@ -228,7 +228,7 @@ class UploadService:
         return _receipt(file_id, progress)
 
     async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str) -> Progress:
-        args = (file_id, user.name, user.is_admin, chunk.start, chunk.end, total, chunk.crc32, token,
+        args = (file_id, user.owner_id, user.is_admin, chunk.start, chunk.end, total, chunk.crc32, token,
                 self.settings.claim_lease)
         progress = await self.repo.claim(*args, create=False)
         if progress.outcome == "absent":
@@ -307,7 +307,7 @@ class UploadService:
         """The upload if `user` may see it; anyone else is told it does not exist."""
         validate_file_id(file_id)
         upload = await self.load(file_id)
-        if upload is None or (upload.owner != user.name and not user.is_admin):
+        if upload is None or (upload.owner != user.owner_id and not user.is_admin):
             raise NotFound("no such upload")
         return upload
 

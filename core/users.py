@@ -42,6 +42,11 @@ class User:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def owner_id(self) -> str:
+        """What uploads record as their owner. Compare ownership only through this."""
+        return self.name
+
 
 class UserStore:
     """One connection per thread; SQLite's own locking serialises writers across processes."""
