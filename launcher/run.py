@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from core.config import MIN_JWT_SECRET_BYTES, Settings
 from launcher.children import Child, say
+from launcher.disk_reserve import DiskReserve
 from launcher.data_dir import PRIVATE_UMASK, DataDirBusy, DataDirLock, make_private
 from launcher.embedded_redis import EmbeddedRedis
 from launcher.secret_files import read_or_create
@@ -28,6 +29,7 @@ from ops.redis_server import answers
 ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT = 15.0
 HEALTH_EVERY = 1.0
+RESERVE_EVERY = 5.0
 FLOWER_USER = "flower"
 
 
@@ -140,6 +142,7 @@ class Launch:
         self.flower_url = http_url("127.0.0.1", settings.flower_port)
         self.summary: list[str] = []
         self.supervisor = Supervisor([])
+        self.reserve: DiskReserve | None = None
 
     def prepare(self) -> tuple[dict[str, str], EmbeddedRedis | None, str]:
         """Secrets and Redis; prints the summary block. Returns the children's environment."""
@@ -149,9 +152,11 @@ class Launch:
         if redis_url is None:
             embedded = EmbeddedRedis(self.data_dir, self.settings.redis_server)
             redis_url = embedded.url
-            redis_line = (f"embedded, on {embedded.address} (password in {embedded.password_path}), "
+            self.reserve = DiskReserve(embedded.dir)
+            self.reserve.allocate()
+            redis_line = (f"embedded redis-server {embedded.version()} ({embedded.chosen_by}) on {embedded.address}, "
                           f"data in {embedded.dir}\n"
-                          f"          redis-server {embedded.version()} from {embedded.chosen_by}: {embedded.binary}\n"
+                          f"          binary {embedded.binary}\n"
                           "          (FT_REDIS_SERVER=PATH runs another binary; FT_REDIS_URL=URL uses your own Redis)")
         else:
             redis_line = f"FT_REDIS_URL {mask(redis_url)}"
@@ -223,28 +228,27 @@ class Launch:
         return 0
 
     def supervise(self, started: float) -> None:
-        """Restart what dies; report when /health turns red and green again."""
-        healthy, red_since, next_probe = False, started, 0.0
-        ready = False
+        """Restart what dies; report when /health turns red and when it is green again."""
+        ready, healthy, red_since, next_probe, next_reserve = False, False, started, 0.0, 0.0
         while not self.stopper.event.wait(0.2):
             self.supervisor.check()
             now = time.monotonic()
-            if self.supervisor.last_death is not None and healthy and self.supervisor.last_death >= red_since:
-                healthy, red_since = False, self.supervisor.last_death
+            if self.reserve is not None and now >= next_reserve:
+                next_reserve = now + RESERVE_EVERY
+                self.reserve.check()
             if now < next_probe:
                 continue
             next_probe = now + (HEALTH_EVERY if ready else 0.25)
             ok = health_ok(self.api_url)
-            if ok and not healthy:
+            if ok and not ready:
+                ready = healthy = True
+                self.say_ready(now - started)
+            elif ok and not healthy:
                 healthy = True
-                if not ready:
-                    ready = True
-                    self.say_ready(now - started)
-                else:
-                    say(f"/health green again, {now - red_since:.1f} s after it went red")
+                say(f"/health green again after {now - red_since:.1f} s")
             elif not ok and healthy:
                 healthy, red_since = False, now
-                say("/health is red (Redis or the worker away); waiting for it to come back")
+                say("/health is red (the API, Redis or the worker is away); waiting for it to come back")
 
     def say_ready(self, seconds: float) -> None:
         say(f"ready in {seconds:.1f} s")

@@ -33,7 +33,6 @@ class Service:
     child: Child | None = None
     quick_deaths: int = 0
     restart_at: float | None = None
-    restarts: int = 0
     stop_last: bool = False  # the embedded Redis: stopped after everything that talks to it
 
     def run(self) -> None:
@@ -48,11 +47,6 @@ def restart_delay(quick_deaths: int) -> float:
 class Supervisor:
     def __init__(self, services: list[Service]) -> None:
         self.services = services
-        self.last_death: float | None = None  # when the most recent child died
-
-    def start_all(self) -> None:
-        for service in self.services:
-            service.run()
 
     def check(self, now: float | None = None) -> None:
         """Notice deaths, restart what is due; raises CrashLoop when a child keeps dying."""
@@ -63,7 +57,6 @@ class Supervisor:
                 self._died(service, child, now)
             elif child is None and service.restart_at is not None and now >= service.restart_at:
                 service.run()
-                service.restarts += 1
                 say(f"{service.name} restarted (pid {service.child.pid})")
 
     def _died(self, service: Service, child: Child, now: float) -> None:
@@ -71,7 +64,6 @@ class Supervisor:
         lived = now - child.started_at
         service.quick_deaths = 0 if lived >= STABLE_AFTER else service.quick_deaths + 1
         service.child = None
-        self.last_death = now
         reason = describe_exit(child.popen.returncode)
         tail = child.log_tail()
         if service.quick_deaths >= GIVE_UP_AFTER:

