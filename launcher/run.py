@@ -150,7 +150,10 @@ class Launch:
         redis_url = external_redis(self.settings)
         embedded = None
         if redis_url is None:
-            embedded = EmbeddedRedis(self.data_dir, self.settings.redis_server)
+            try:
+                embedded = EmbeddedRedis(self.data_dir, self.settings.redis_server)
+            except RuntimeError as exc:
+                raise LaunchError(str(exc)) from None
             redis_url = embedded.url
             self.reserve = DiskReserve(embedded.dir)
             self.reserve.allocate()
