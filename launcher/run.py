@@ -31,6 +31,7 @@ STOP_TIMEOUT = 15.0
 HEALTH_EVERY = 1.0
 RESERVE_EVERY = 5.0
 FLOWER_USER = "flower"
+LOG_KEEP_BYTES = 10 * 1024 * 1024
 
 
 class LaunchError(Exception):
@@ -122,6 +123,13 @@ def health_ok(url: str) -> bool:
         return False
 
 
+def rotate_logs(logs_dir: Path) -> None:
+    """At start, a child's log over LOG_KEEP_BYTES becomes NAME.log.1 (replacing the older one)."""
+    for log in logs_dir.glob("*.log"):
+        if log.stat().st_size > LOG_KEEP_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make run", description="Run the whole service in the foreground.")
     parser.add_argument("--verbose", action="store_true",
@@ -144,25 +152,29 @@ class Launch:
         self.supervisor = Supervisor([])
         self.reserve: DiskReserve | None = None
 
-    def prepare(self) -> tuple[dict[str, str], EmbeddedRedis | None, str]:
-        """Secrets and Redis; prints the summary block. Returns the children's environment."""
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+    def choose_redis(self) -> tuple[str, EmbeddedRedis | None, str]:
+        """FT_REDIS_URL, else an embedded Redis (with its disk reserve); and the summary line."""
         redis_url = external_redis(self.settings)
-        embedded = None
-        if redis_url is None:
-            try:
-                embedded = EmbeddedRedis(self.data_dir, self.settings.redis_server)
-            except RuntimeError as exc:
-                raise LaunchError(str(exc)) from None
-            redis_url = embedded.url
-            self.reserve = DiskReserve(embedded.dir)
-            self.reserve.allocate()
-            redis_line = (f"embedded redis-server {embedded.version()} ({embedded.chosen_by}) on {embedded.address}, "
-                          f"data in {embedded.dir}\n"
-                          f"          binary {embedded.binary}\n"
-                          "          (FT_REDIS_SERVER=PATH runs another binary; FT_REDIS_URL=URL uses your own Redis)")
-        else:
-            redis_line = f"FT_REDIS_URL {mask(redis_url)}"
+        if redis_url is not None:
+            return redis_url, None, f"FT_REDIS_URL {mask(redis_url)}"
+        try:
+            embedded = EmbeddedRedis(self.data_dir, self.settings.redis_server)
+        except RuntimeError as exc:
+            raise LaunchError(str(exc)) from None
+        self.reserve = DiskReserve(embedded.dir)
+        self.reserve.allocate()
+        return embedded.url, embedded, (
+            f"embedded redis-server {embedded.version()} ({embedded.chosen_by}) on {embedded.address}, "
+            f"data in {embedded.dir}\n"
+            f"          binary {embedded.binary}\n"
+            "          (FT_REDIS_SERVER=PATH runs another binary; FT_REDIS_URL=URL uses your own Redis)")
+
+    def prepare(self) -> tuple[dict[str, str], EmbeddedRedis | None, str]:
+        """Redis and secrets; prints the summary block. Returns the children's environment,
+        the embedded Redis if any, and Flower's credentials."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        rotate_logs(self.logs_dir)
+        redis_url, embedded, redis_line = self.choose_redis()
         secret, secret_source = jwt_secret(self.settings, self.data_dir)
         flower_auth, flower_hint = flower_credentials(self.settings, self.data_dir)
         self.summary = [
