@@ -69,6 +69,7 @@ def test_every_key_in_a_shared_redis_is_prefixed(launchers, own_db, client):
     """Celery's queues, bindings, unacked messages and results, RedBeat's schedule, ours: all `ft:`."""
     launcher = launchers(FT_REDIS_URL=own_db, FT_ADMIN_USERNAME="boss", FT_ADMIN_PASSWORD="boss-password")
     launcher.wait_ready()
+    assert client.post(f"{launcher.url}/token", json={"username": "boss", "password": "wrong"}).status_code == 401
     token = login(launcher.url, "boss", "boss-password")
     data, file_id = os.urandom(300_000), new_id()
     assert send_chunk(client, launcher.url, token, file_id, data, 0, len(data) - 1).status_code == 200
@@ -77,6 +78,7 @@ def test_every_key_in_a_shared_redis_is_prefixed(launchers, own_db, client):
     keys = {key.decode() for key in redis.Redis.from_url(own_db).keys("*")}
     assert any(key.startswith("ft:celery:") for key in keys), keys  # Celery did write
     assert any("celery-task-meta" in key for key in keys), keys  # results too
+    assert any(key.startswith("ft:login") for key in keys), keys  # the login throttle's counters
     assert [key for key in keys if not key.startswith("ft:")] == []
     launcher.stop(signal.SIGTERM)
 
