@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` and `make test`.
 # The venv is rebuilt only when requirements.txt changes (stamp file).
+# `make run ARGS=--verbose` also shows the children's output (always in FT_DATA_DIR/logs).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -17,7 +18,7 @@ $(STAMP): requirements.txt
 	@touch $(STAMP)
 
 run: $(STAMP)
-	@exec $(PY) -m launcher
+	@exec $(PY) -m launcher $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

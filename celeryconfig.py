@@ -13,18 +13,35 @@ from __future__ import annotations
 
 from core.config import Settings
 
+# Every key Celery writes (queues, unacked messages, bindings, task results) starts with this,
+# as ours start with `ft:`, so that a Redis shared by choice holds nothing unprefixed of ours.
+CELERY_KEY_PREFIX = "ft:celery:"
+BEAT_LOOP_SECONDS = 2
+# A beat renews its lock every loop; one that dies lets the next take over within this.
+BEAT_LOCK_SECONDS = 10
+
 
 def build(settings: Settings) -> dict:
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
+        # Ride out a Redis that is restarting or stalled: retry the broker connection forever
+        # (at start-up too) instead of exiting after Celery's default 100 attempts.
+        "broker_connection_retry": True,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # A task running when the broker connection drops (Redis restarting or stalled) goes on
+        # to the end rather than being cancelled: an assembly is not thrown away half done. Its
+        # ack cannot reach the old connection, so Redis may deliver it again after the visibility
+        # timeout; every task is idempotent, so that second run finds the work done.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_transport_options": {
             "visibility_timeout": settings.task_visibility_timeout,
             # Restore unacked tasks of dead workers at most this often (seconds).
             "unacked_restore_throttle": 10,
+            "global_keyprefix": CELERY_KEY_PREFIX,
         },
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}, "global_keyprefix": CELERY_KEY_PREFIX},
         "result_expires": 86400,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -41,11 +58,13 @@ def build(settings: Settings) -> dict:
         "enable_utc": True,
         # Periodic jobs. RedBeat keeps the schedule in Redis and holds a lock so that only
         # one beat process schedules at a time; each task also takes its own Redis lock.
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "workers.beat:SteadyRedBeatScheduler",
         "redbeat_redis_url": settings.redis_url,
         "redbeat_key_prefix": "ft:redbeat",
-        "redbeat_lock_timeout": 5 * 60,
-        "beat_max_loop_interval": 5,
+        "redbeat_lock_timeout": BEAT_LOCK_SECONDS,
+        # RedBeat retries its own Redis calls (not the lock's) for ever on connection errors.
+        "redbeat_redis_options": {"retry_period": -1, "socket_timeout": 5, "socket_connect_timeout": 5},
+        "beat_max_loop_interval": BEAT_LOOP_SECONDS,
         "beat_schedule": {
             "cleanup": {"task": "uploads.cleanup", "schedule": float(settings.cleanup_interval)},
             "persist": {"task": "uploads.persist", "schedule": float(settings.persist_interval)},

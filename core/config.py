@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # Storage and state
     data_dir: Path = Path("./data")
     redis_url: str = DEFAULT_REDIS_URL
+    redis_server: str | None = Field(None, description="make run: the embedded redis-server binary to run")
+    verbose: bool = Field(False, description="make run: show the children's output too")
 
     # Auth
     jwt_secret: SecretStr | None = None

@@ -1,39 +1,41 @@
-"""The launcher's steps: choose Redis, prepare secrets, run the children, stop them all."""
+"""The launcher's steps: lock the data dir, choose Redis, prepare secrets, supervise the
+children until Ctrl-C / SIGTERM, stop them all."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from core.config import DEFAULT_REDIS_URL, MIN_JWT_SECRET_BYTES, Settings
-from launcher.children import Child, say, stop_all
+from core.config import MIN_JWT_SECRET_BYTES, Settings
+from launcher.children import Child, say
+from launcher.disk_reserve import DiskReserve
+from launcher.data_dir import PRIVATE_UMASK, DataDirBusy, DataDirLock, make_private
+from launcher.embedded_redis import EmbeddedRedis
 from launcher.secret_files import read_or_create
-from ops.redis_server import answers, find_redis_server, free_port
+from launcher.supervisor import CrashLoop, Service, Supervisor
+from ops.redis_server import answers
 
 ROOT = Path(__file__).resolve().parent.parent
-# Test-only: the Redis URL probed when FT_REDIS_URL is unset (tests point it at a free port,
-# because the real default may belong to someone else). Not a user setting.
-DEFAULT_URL_OVERRIDE = "FT_LAUNCHER_DEFAULT_REDIS_URL"
 STOP_TIMEOUT = 15.0
+HEALTH_EVERY = 1.0
+RESERVE_EVERY = 5.0
+FLOWER_USER = "flower"
+LOG_KEEP_BYTES = 10 * 1024 * 1024
 
 
 class LaunchError(Exception):
     """A problem the user must fix; printed as one clear line."""
-
-
-def info(text: str) -> None:
-    say("launcher", text)
 
 
 def mask(url: str) -> str:
@@ -41,18 +43,20 @@ def mask(url: str) -> str:
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def http_url(host: str, port: int) -> str:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def api_command(settings: Settings) -> list[str]:
+    """The API's command line (uvicorn reads its --workers default from WEB_CONCURRENCY)."""
+    return [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", settings.host,
+            "--port", str(settings.port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol",
+            "--timeout-graceful-shutdown", "10"]
+
+
+def celery_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
 
 
 class Stopper:
@@ -73,81 +77,42 @@ class Stopper:
         self.event.set()
 
 
-def choose_redis(settings: Settings, data_dir: Path, stopper: Stopper) -> tuple[str, Child | None]:
-    """The Redis URL to use, and the embedded redis-server when we had to start one."""
-    if "redis_url" in settings.model_fields_set and settings.redis_url:
-        if not answers(settings.redis_url, timeout=3):
-            raise LaunchError(f"FT_REDIS_URL={mask(settings.redis_url)} does not answer PING: start that Redis, "
-                              "fix the URL, or unset FT_REDIS_URL to get an embedded Redis")
-        info(f"Redis: using FT_REDIS_URL {mask(settings.redis_url)}")
-        return settings.redis_url, None
-    default = os.environ.get(DEFAULT_URL_OVERRIDE) or DEFAULT_REDIS_URL
-    if answers(default, timeout=1):
-        info(f"Redis: using the Redis answering at {mask(default)}")
-        return default, None
-
-    parts = urlsplit(default)
-    port = parts.port or 6379
-    if not port_is_free(port):
-        port = free_port()
-    url = f"redis://127.0.0.1:{port}{parts.path or '/0'}"
-    redis_dir = data_dir / "redis"
-    redis_dir.mkdir(parents=True, exist_ok=True)
-    info(f"Redis: nothing answers at {mask(default)}; starting an EMBEDDED redis-server on 127.0.0.1:{port} "
-         f"(data and redis.log in {redis_dir})")
-    child = Child("redis", embedded_redis_args(port, redis_dir), dict(os.environ), str(redis_dir))
-    deadline = time.monotonic() + 15
-    while not answers(url, timeout=0.2):
-        if child.poll() is not None or stopper.event.is_set() or time.monotonic() > deadline:
-            stop_all([child], STOP_TIMEOUT)
-            if stopper.event.is_set():
-                return url, None
-            raise LaunchError(f"the embedded redis-server did not come up; see {redis_dir / 'redis.log'}")
-        time.sleep(0.05)
-    return url, child
+def external_redis(settings: Settings) -> str | None:
+    """FT_REDIS_URL when the user set it (it must answer), else None: we embed one."""
+    if "redis_url" not in settings.model_fields_set or not settings.redis_url:
+        return None
+    if not answers(settings.redis_url, timeout=3):
+        raise LaunchError(f"FT_REDIS_URL={mask(settings.redis_url)} does not answer PING: start that Redis, "
+                          "fix the URL, or unset FT_REDIS_URL to get an embedded Redis")
+    return settings.redis_url
 
 
-def embedded_redis_args(port: int, redis_dir: Path) -> list[str]:
-    """The same persistent set-up as ops.redis_server.start_redis(persistent=True).
-
-    Started here rather than through start_redis so that it gets its own session (a
-    Ctrl-C must not stop Redis before the workers) and dies with the launcher.
-    """
-    return [
-        find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(redis_dir),
-        "--daemonize", "no", "--protected-mode", "yes", "--logfile", str(redis_dir / "redis.log"),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "3600 1 300 100 60 10000",
-    ]
-
-
-def jwt_secret(settings: Settings, data_dir: Path) -> str:
+def jwt_secret(settings: Settings, data_dir: Path) -> tuple[str, str]:
+    """The secret, and where it came from."""
     if settings.jwt_secret is not None:
-        secret, source = settings.jwt_secret.get_secret_value(), "FT_JWT_SECRET"
+        secret, source = settings.jwt_secret.get_secret_value(), "from FT_JWT_SECRET"
     else:
         path = data_dir / "jwt_secret"
         secret, created = read_or_create(path, lambda: secrets.token_urlsafe(48))
         source = f"{'generated into' if created else 'read from'} {path}"
     if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
         raise LaunchError(f"the JWT secret ({source}) is shorter than {MIN_JWT_SECRET_BYTES} bytes")
-    info(f"JWT secret: {source}")
-    return secret
+    return secret, source
 
 
 def flower_credentials(settings: Settings, data_dir: Path) -> tuple[str, str]:
-    """`user:password` for Flower's basic auth, and how to tell the user about it."""
+    """`user:password` for Flower's basic auth, and how to tell the user about it.
+
+    Never the admin's API password: Flower has credentials of its own.
+    """
     if settings.flower_basic_auth is not None:
         credential = settings.flower_basic_auth.get_secret_value()
         if ":" not in credential or "," in credential:
             raise LaunchError("FT_FLOWER_BASIC_AUTH must be user:password, without commas")
-        return credential, f"user {credential.split(':', 1)[0]!r}, password from FT_FLOWER_BASIC_AUTH"
-    if settings.admin_username and settings.admin_password:
-        credential = f"{settings.admin_username}:{settings.admin_password.get_secret_value()}"
-        if "," not in credential:  # Flower splits its credential list on commas
-            return credential, f"user {settings.admin_username!r}, password FT_ADMIN_PASSWORD"
-        info("Flower cannot take credentials with a comma; using a generated password instead")
+        return credential, f"user {credential.split(':', 1)[0]}, password from FT_FLOWER_BASIC_AUTH"
     path = data_dir / "flower_password"
     password, _ = read_or_create(path, lambda: secrets.token_urlsafe(18))
-    return f"admin:{password}", f"user 'admin', password {password} (kept in {path})"
+    return f"{FLOWER_USER}:{password}", f"user {FLOWER_USER}, password {password}  (kept in {path})"
 
 
 def health_ok(url: str) -> bool:
@@ -158,72 +123,177 @@ def health_ok(url: str) -> bool:
         return False
 
 
-def main() -> int:
+def rotate_logs(logs_dir: Path) -> None:
+    """At start, a child's log over LOG_KEEP_BYTES becomes NAME.log.1 (replacing the older one)."""
+    for log in logs_dir.glob("*.log"):
+        if log.stat().st_size > LOG_KEEP_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="make run", description="Run the whole service in the foreground.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the children's output (always in FT_DATA_DIR/logs); or FT_VERBOSE=1")
+    return parser.parse_args(argv)
+
+
+class Launch:
+    """One `make run`: what it prepared, and the loop that keeps it running."""
+
+    def __init__(self, settings: Settings, verbose: bool, stopper: Stopper) -> None:
+        self.settings = settings
+        self.verbose = verbose
+        self.stopper = stopper
+        self.data_dir = settings.data_dir.resolve()
+        self.logs_dir = self.data_dir / "logs"
+        self.api_url = http_url(settings.host, settings.port)
+        self.flower_url = http_url("127.0.0.1", settings.flower_port)
+        self.summary: list[str] = []
+        self.supervisor = Supervisor([])
+        self.reserve: DiskReserve | None = None
+
+    def choose_redis(self) -> tuple[str, EmbeddedRedis | None, str]:
+        """FT_REDIS_URL, else an embedded Redis (with its disk reserve); and the summary line."""
+        redis_url = external_redis(self.settings)
+        if redis_url is not None:
+            return redis_url, None, f"FT_REDIS_URL {mask(redis_url)}"
+        try:
+            embedded = EmbeddedRedis(self.data_dir, self.settings.redis_server)
+        except RuntimeError as exc:
+            raise LaunchError(str(exc)) from None
+        self.reserve = DiskReserve(embedded.dir)
+        self.reserve.allocate()
+        return embedded.url, embedded, (
+            f"embedded redis-server {embedded.version()} ({embedded.chosen_by}) on {embedded.address}, "
+            f"data in {embedded.dir}\n"
+            f"          binary {embedded.binary}\n"
+            "          (FT_REDIS_SERVER=PATH runs another binary; FT_REDIS_URL=URL uses your own Redis)")
+
+    def prepare(self) -> tuple[dict[str, str], EmbeddedRedis | None, str]:
+        """Redis and secrets; prints the summary block. Returns the children's environment,
+        the embedded Redis if any, and Flower's credentials."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        rotate_logs(self.logs_dir)
+        redis_url, embedded, redis_line = self.choose_redis()
+        secret, secret_source = jwt_secret(self.settings, self.data_dir)
+        flower_auth, flower_hint = flower_credentials(self.settings, self.data_dir)
+        self.summary = [
+            f"  data    {self.data_dir}  (logs in {self.logs_dir})",
+            f"  redis   {redis_line}",
+            f"  jwt     secret {secret_source}",
+            f"  api     {self.api_url}   docs: {self.api_url}/docs",
+            f"  flower  {self.flower_url}   {flower_hint}",
+        ]
+        say("File Transfer API (make run): API, Celery worker, beat and Flower; Ctrl-C stops them all")
+        for line in self.summary:
+            say(line)
+        env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+        env.update(FT_REDIS_URL=redis_url, FT_JWT_SECRET=secret, FT_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+        return env, embedded, flower_auth
+
+    def child(self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT) -> Callable[[], Child]:
+        return lambda: Child(name, args, env, str(cwd), self.logs_dir / f"{name}.log", echo=self.verbose)
+
+    def services(self, env: dict[str, str], embedded: EmbeddedRedis | None, flower_auth: str) -> list[Service]:
+        services = []
+        if embedded is not None:
+            services.append(Service("redis", self.start_redis(embedded, env), stop_last=True))
+        services += [
+            Service("api", self.child("api", api_command(self.settings),
+                                      {**env, "WEB_CONCURRENCY": str(self.settings.api_workers)})),
+            Service("worker", self.child("worker", celery_command("worker", "--loglevel=INFO"), env)),
+            Service("beat", self.child("beat", celery_command("beat", "--loglevel=INFO"), env)),
+            # The credentials go through the environment, so they do not show in `ps`.
+            Service("flower", self.child("flower", [sys.executable, "-m", "workers.flower", "--address=127.0.0.1",
+                                                    f"--port={self.settings.flower_port}"],
+                                         {**env, "FLOWER_BASIC_AUTH": flower_auth})),
+        ]
+        return services
+
+    def start_redis(self, embedded: EmbeddedRedis, env: dict[str, str]) -> Callable[[], Child]:
+        start = self.child("redis", embedded.args(), env, embedded.dir)
+
+        def run() -> Child:
+            embedded.write_config()
+            return start()
+
+        return run
+
+    def run(self) -> int:
+        env, embedded, flower_auth = self.prepare()
+        services = self.services(env, embedded, flower_auth)
+        self.supervisor = Supervisor(services)
+        started = time.monotonic()
+        if embedded is not None:
+            services[0].run()
+            redis_child = services[0].child
+            if not embedded.wait_ready(lambda: redis_child.poll() is None and not self.stopper.event.is_set()):
+                if self.stopper.event.is_set():
+                    return 0
+                tail = "\n".join(f"    {line}" for line in redis_child.log_tail())
+                raise LaunchError(f"the embedded redis-server did not come up; {redis_child.log_path}:\n{tail}")
+        for service in services:
+            if service.child is None:
+                service.run()
+        say(f"starting {', '.join(s.name for s in services)} ..."
+            + ("" if self.verbose else f" (their output: {self.logs_dir}/NAME.log; --verbose shows it here)"))
+        self.supervise(started)
+        say(f"{self.stopper.signame} received; stopping")
+        return 0
+
+    def supervise(self, started: float) -> None:
+        """Restart what dies; report when /health turns red and when it is green again."""
+        ready, healthy, red_since, next_probe, next_reserve = False, False, started, 0.0, 0.0
+        while not self.stopper.event.wait(0.2):
+            self.supervisor.check()
+            now = time.monotonic()
+            if self.reserve is not None and now >= next_reserve:
+                next_reserve = now + RESERVE_EVERY
+                self.reserve.check()
+            if now < next_probe:
+                continue
+            next_probe = now + (HEALTH_EVERY if ready else 0.25)
+            ok = health_ok(self.api_url)
+            if ok and not ready:
+                ready = healthy = True
+                self.say_ready(now - started)
+            elif ok and not healthy:
+                healthy = True
+                say(f"/health green again after {now - red_since:.1f} s")
+            elif not ok and healthy:
+                healthy, red_since = False, now
+                say("/health is red (the API, Redis or the worker is away); waiting for it to come back")
+
+    def say_ready(self, seconds: float) -> None:
+        say(f"ready in {seconds:.1f} s")
+        for line in self.summary:
+            say(line)
+        say(f"  next    open {self.api_url}/ in a browser, after adding a user:")
+        say("          FT_PASSWORD=... .venv/bin/python -m api.users add NAME --admin")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.umask(PRIVATE_UMASK)
     stopper = Stopper()
     try:
         settings = Settings()
     except ValidationError as exc:
-        info(f"error: invalid FT_ settings:\n{exc}")
+        say(f"error: invalid FT_ settings:\n{exc}")
         return 2
-    data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    api_url = http_url(settings.host, settings.port)
-    flower_url = http_url("127.0.0.1", settings.flower_port)
-    info("File Transfer API: runs the API, one Celery worker, Celery beat and Flower "
-         "in the foreground; Ctrl-C stops them all")
-    info(f"Data directory: {data_dir}")
-
-    children: list[Child] = []
-    redis_child: Child | None = None
+    launch = Launch(settings, args.verbose or settings.verbose, stopper)
+    lock = DataDirLock(launch.data_dir)
     try:
-        redis_url, redis_child = choose_redis(settings, data_dir, stopper)
-        secret = jwt_secret(settings, data_dir)
-        flower_auth, flower_hint = flower_credentials(settings, data_dir)
-        if stopper.event.is_set():
-            return 0
-
-        env = {k: v for k, v in os.environ.items() if k not in (DEFAULT_URL_OVERRIDE, "FLOWER_BASIC_AUTH")}
-        env.update(FT_REDIS_URL=redis_url, FT_JWT_SECRET=secret, FT_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
-        py, celery = [sys.executable, "-m"], [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
-        plan = [
-            ("api", py + ["uvicorn", "api.main:create_app", "--factory", "--host", settings.host,
-                          "--port", str(settings.port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol",
-                          "--timeout-graceful-shutdown", "10"],
-             # uvicorn reads its --workers default from WEB_CONCURRENCY.
-             {**env, "WEB_CONCURRENCY": str(settings.api_workers)}),
-            ("worker", celery + ["worker", "--loglevel=INFO"], env),
-            ("beat", celery + ["beat", "--loglevel=INFO"], env),
-            # The credentials go through the environment, so they do not show in `ps`.
-            ("flower", celery + ["flower", "--address=127.0.0.1", f"--port={settings.flower_port}"],
-             {**env, "FLOWER_BASIC_AUTH": flower_auth}),
-        ]
-        for name, args, child_env in plan:
-            children.append(Child(name, args, child_env, str(ROOT)))
-
-        info(f"API:    {api_url}   docs: {api_url}/docs")
-        info(f"Flower: {flower_url}   basic auth: {flower_hint}")
-        info(f"Redis:  {mask(redis_url)}{'  (embedded)' if redis_child else ''}")
-
-        started, ready, next_probe = time.monotonic(), False, 0.0
-        while not stopper.event.wait(0.25):
-            dead = next((c for c in children + [redis_child] if c and c.poll() is not None), None)
-            if dead is not None:
-                info(f"{dead.name} exited unexpectedly (status {dead.poll()}); stopping the others")
-                return 1
-            if not ready and time.monotonic() >= next_probe:
-                next_probe = time.monotonic() + 0.5
-                if health_ok(api_url):
-                    ready = True
-                    info(f"ready in {time.monotonic() - started:.1f}s: {api_url} (GET /health is green)")
-        info(f"{stopper.signame} received; stopping")
-        return 0
-    except LaunchError as exc:
-        info(f"error: {exc}")
+        launch.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock.acquire()
+        make_private(launch.data_dir)
+        return launch.run()
+    except (LaunchError, DataDirBusy, CrashLoop) as exc:
+        say(f"error: {exc}")
         return 1
     finally:
-        stop_all(children, STOP_TIMEOUT, lambda: stopper.hurry)
-        if redis_child is not None:
-            stop_all([redis_child], STOP_TIMEOUT, lambda: stopper.hurry)
-            info("embedded Redis stopped")
-        info("all stopped")
+        launch.supervisor.stop(STOP_TIMEOUT, lambda: stopper.hurry)
+        lock.release()
+        if launch.supervisor.services:
+            say("all stopped")

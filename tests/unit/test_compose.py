@@ -23,7 +23,8 @@ from tests.support import JWT_SECRET, ROOT, Proc, wait_until
 
 APP_SERVICES = ("api", "worker", "beat", "flower")
 DB = 15  # a database of our own redis-server for this module; conftest's fixtures use the low ones
-USER_ENV = {"FT_JWT_SECRET": JWT_SECRET, "FT_ADMIN_USERNAME": "root", "FT_ADMIN_PASSWORD": "compose-test-pw"}
+USER_ENV = {"FT_JWT_SECRET": JWT_SECRET, "FT_ADMIN_USERNAME": "root", "FT_ADMIN_PASSWORD": "compose-test-pw",
+            "FT_FLOWER_BASIC_AUTH": "ops:flower-test-pw"}
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +155,13 @@ def test_service_commands_come_up(compose, redis_server, tmp_path):
         wait_up("beat", lambda: client.exists("ft:redbeat:lock"), "beat's lock")
         assert "beat: Starting" in procs["beat"].log()
         wait_up("flower", lambda: httpx.get(f"{flower}/api/workers", timeout=5).status_code == 401, "flower's 401")
-        auth = (USER_ENV["FT_ADMIN_USERNAME"], USER_ENV["FT_ADMIN_PASSWORD"])
-        assert httpx.get(f"{flower}/api/workers", auth=auth, timeout=10).status_code == 200
-        assert USER_ENV["FT_ADMIN_PASSWORD"] not in " ".join(procs["flower"].args)
+        admin = (USER_ENV["FT_ADMIN_USERNAME"], USER_ENV["FT_ADMIN_PASSWORD"])
+        auth = tuple(USER_ENV["FT_FLOWER_BASIC_AUTH"].split(":"))
+        for path in ("/api/workers", "/metrics", "/healthcheck"):
+            assert httpx.get(f"{flower}{path}", timeout=10).status_code == 401, path
+            assert httpx.get(f"{flower}{path}", auth=admin, timeout=10).status_code == 401, path  # not the admin's
+            assert httpx.get(f"{flower}{path}", auth=auth, timeout=10).status_code == 200, path
+        assert USER_ENV["FT_FLOWER_BASIC_AUTH"] not in " ".join(procs["flower"].args)
 
         # The api healthcheck, as written, passes once /health is green.
         check = compose["services"]["api"]["healthcheck"]["test"]
