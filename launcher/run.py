@@ -189,7 +189,9 @@ def main() -> int:
         plan = [
             ("api", py + ["uvicorn", "api.main:create_app", "--factory", "--host", settings.host,
                           "--port", str(settings.port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol",
-                          "--timeout-graceful-shutdown", "10"],
+                          "--timeout-graceful-shutdown", "10",
+                          # X-Forwarded-For/-Proto believed from FT_TRUSTED_PROXIES only (default: nobody).
+                          "--forwarded-allow-ips", settings.trusted_proxies],
              # uvicorn reads its --workers default from WEB_CONCURRENCY.
              {**env, "WEB_CONCURRENCY": str(settings.api_workers)}),
             ("worker", celery + ["worker", "--loglevel=INFO"], env),
