@@ -19,7 +19,7 @@ import hashlib
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import ip_address, ip_network
 
 import anyio
@@ -68,6 +68,8 @@ def client_key(address: str) -> str:
 
 
 class LoginThrottle:
+    """The limits (keys `ft:login:*`, kept by this module alone) and the hashing slots of one API process."""
+
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self._redis = redis
         self._reserve = redis.register_script(_RESERVE)
@@ -107,7 +109,7 @@ class LoginThrottle:
         await self._give_back([address_key], member)
         return user
 
-    async def _check_in_slot(self, check: Callable[[str, str], User | None], username: str, password: str):
+    async def _check_in_slot(self, check: Callable[[str, str], User | None], username: str, password: str) -> User | None:
         try:
             with anyio.fail_after(self._slot_wait):
                 await self._slots.acquire()
@@ -118,6 +120,6 @@ class LoginThrottle:
         finally:
             self._slots.release()
 
-    async def _give_back(self, keys, member: str) -> None:
+    async def _give_back(self, keys: Iterable[str], member: str) -> None:
         for key in keys:
             await self._redis.zrem(key, member)
