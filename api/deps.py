@@ -1,19 +1,43 @@
-"""FastAPI dependencies: the settings, the stores, and the current user."""
+"""FastAPI dependencies: the settings, the stores, the client's address and the current user."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from ipaddress import ip_address
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from core.config import Settings
+from core.config import IPNetwork, Settings
 from core.errors import Forbidden, NotAuthenticated
 from core.tokens import decode_token
 from core.users import User, UserStore
 
 # OAuth2 password flow in the schema, so Swagger UI's Authorize button logs in at /token.
 _bearer = OAuth2PasswordBearer(tokenUrl="token", auto_error=False, description="a token from POST /token")
+
+
+def _trusted(address: str, proxies: tuple[IPNetwork, ...]) -> bool:
+    try:
+        parsed = ip_address(address)
+    except ValueError:
+        return False
+    parsed = getattr(parsed, "ipv4_mapped", None) or parsed
+    return any(parsed in network for network in proxies)
+
+
+def client_address(peer: str, forwarded_for: Iterable[str], proxies: tuple[IPNetwork, ...]) -> str:
+    """Who sent the request: the peer, unless it is a trusted proxy; then the right-most
+    address of X-Forwarded-For that is not a trusted proxy (the left part is the client's to
+    write, so it proves nothing). All trusted: the left-most."""
+    if not _trusted(peer, proxies):
+        return peer
+    chain = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    for hop in reversed(chain):
+        if not _trusted(hop, proxies):
+            return hop
+    return chain[0] if chain else peer
 
 
 # Dependencies are `async def`: a plain `def` costs a thread-pool hop on every request.
@@ -25,17 +49,24 @@ async def get_user_store(request: Request) -> UserStore:
     return request.app.state.users
 
 
+async def get_client_address(request: Request) -> str:
+    peer = request.client.host if request.client else "unknown"
+    proxies = request.app.state.settings.trusted_proxy_networks
+    return client_address(peer, request.headers.getlist("x-forwarded-for"), proxies)
+
+
 async def current_user(
     request: Request,
     token: Annotated[str | None, Depends(_bearer)],
 ) -> User:
-    """The user behind a valid bearer token who still exists and whose token is not revoked."""
+    """The user behind a valid bearer token: same name, same id (not a later user of that
+    name), and a token version not revoked since."""
     if not token:
         raise NotAuthenticated("missing bearer token")
     settings: Settings = request.app.state.settings
     claims = decode_token(token.strip(), settings.jwt_key())
-    user = request.app.state.users.get(claims.sub)
-    if user is None or claims.ver != user.token_version:
+    user = await request.app.state.recent_users.matching(claims.sub, claims.uid, claims.ver)
+    if user is None:
         raise NotAuthenticated("token no longer valid")
     return user
 
@@ -48,5 +79,6 @@ async def current_admin(user: Annotated[User, Depends(current_user)]) -> User:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 UserStoreDep = Annotated[UserStore, Depends(get_user_store)]
+ClientAddress = Annotated[str, Depends(get_client_address)]
 CurrentUser = Annotated[User, Depends(current_user)]
 CurrentAdmin = Annotated[User, Depends(current_admin)]

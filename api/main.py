@@ -16,7 +16,7 @@ from core.login_throttle import LoginThrottle
 from core.state import UploadRepository
 from core.storage import Storage
 from core.uploads import UploadService
-from core.users import UserStore
+from core.users import RecentUsers, UserStore
 
 log = logging.getLogger("ft.api")
 
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = aioredis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, health_check_interval=30
         )
+        app.state.login_throttle = LoginThrottle(settings, app.state.redis)
         app.state.jobs = Jobs(settings)
         app.state.uploads = UploadService(
             settings, UploadRepository(app.state.redis), Storage(settings), app.state.jobs.assemble
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.users = users
-    app.state.login_throttle = LoginThrottle(settings)
+    app.state.recent_users = RecentUsers(users, settings.user_cache_ttl)
     install_error_handlers(app)
     app.include_router(auth.router)
     app.include_router(health.router)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KiB = 1024
@@ -15,6 +16,13 @@ TiB = 1024 * GiB
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MIN_JWT_SECRET_BYTES = 32
+
+IPNetwork = IPv4Network | IPv6Network
+
+
+def parse_networks(value: str) -> tuple[IPNetwork, ...]:
+    """`10.0.0.1, 192.168.0.0/16, ::1` -> networks (a bare address is a /32 or /128)."""
+    return tuple(ip_network(item.strip(), strict=False) for item in value.split(",") if item.strip())
 
 
 class Settings(BaseSettings):
@@ -39,9 +47,13 @@ class Settings(BaseSettings):
     token_ttl: int = Field(3600, gt=0)
     admin_username: str | None = None
     admin_password: SecretStr | None = None
-    login_max_failures: int = Field(5, gt=0, description="failed logins per user name per window")
+    login_max_failures: int = Field(5, gt=0, description="failed logins per (user name, client address) per window")
     login_max_failures_per_address: int = Field(30, gt=0, description="failed logins per client address per window")
     login_window: int = Field(300, gt=0, description="seconds")
+    login_hash_concurrency: int = Field(2, gt=0, description="passwords checked at once per API process (Argon2: 64 MiB each)")
+    login_hash_wait: float = Field(2.0, ge=0, description="seconds a login waits for a free slot, then 429")
+    trusted_proxies: str = Field("", description="comma-separated IPs/CIDRs whose X-Forwarded-For is believed")
+    user_cache_ttl: float = Field(2.0, ge=0, description="seconds a token's user lookup is reused")
     flower_basic_auth: SecretStr | None = None
 
     # Upload limits
@@ -64,6 +76,16 @@ class Settings(BaseSettings):
     assembly_lease: float = Field(60.0, gt=0, description="seconds; an assembly killed mid-way is retried after this")
     task_visibility_timeout: int = Field(4 * 3600, gt=0)
     cleanup_wait: float = Field(10.0, ge=0, description="seconds POST /cleanup waits before answering 202")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @cached_property
     def staging_dir(self) -> Path:

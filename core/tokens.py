@@ -1,7 +1,8 @@
 """JWT access tokens (HS256). Only HS256 is accepted on decode: no `none`, no RS/HS confusion.
 
-Claims: `sub`, `role`, `iat`, `exp` (the contract's), and `ver`, the user's token version at
-issue time, so that a password reset revokes older tokens exactly.
+Claims: `sub` (the user name), `role`, `iat`, `exp` (the contract's); `uid`, the user's stable
+id, so that a token never works for a later user of the same name; and `ver`, the user's token
+version at issue time, so that a password reset revokes older tokens exactly.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from dataclasses import dataclass
 import jwt
 
 from core.errors import NotAuthenticated
-from core.users import User
+from core.users import ROLES, User
 
 ALGORITHM = "HS256"
-_REQUIRED_CLAIMS = ["sub", "role", "iat", "exp", "ver"]
+_REQUIRED_CLAIMS = ["sub", "uid", "role", "iat", "exp", "ver"]
 
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
     sub: str
+    uid: str
     role: str
     iat: int
     exp: int
@@ -29,7 +31,8 @@ class TokenClaims:
 
 def issue_token(user: User, secret: str, ttl: int, now: float | None = None) -> str:
     issued = int(now if now is not None else time.time())
-    claims = {"sub": user.name, "role": user.role, "iat": issued, "exp": issued + ttl, "ver": user.token_version}
+    claims = {"sub": user.name, "uid": user.id, "role": user.role, "iat": issued, "exp": issued + ttl,
+              "ver": user.token_version}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -44,10 +47,10 @@ def decode_token(token: str, secret: str) -> TokenClaims:
         )
     except jwt.PyJWTError as exc:
         raise NotAuthenticated(f"invalid token: {exc}") from None
-    if not isinstance(claims.get("sub"), str) or claims.get("role") not in ("admin", "user"):
-        raise NotAuthenticated("invalid token: bad sub or role claim")
+    if not all(isinstance(claims[name], str) for name in ("sub", "uid")) or claims["role"] not in ROLES:
+        raise NotAuthenticated("invalid token: bad sub, uid or role claim")
     if not isinstance(claims["iat"], int) or claims["iat"] > time.time() + 60:
         raise NotAuthenticated("invalid token: issued in the future")
     if not isinstance(claims["ver"], int):
         raise NotAuthenticated("invalid token: bad ver claim")
-    return TokenClaims(claims["sub"], claims["role"], claims["iat"], claims["exp"], claims["ver"])
+    return TokenClaims(claims["sub"], claims["uid"], claims["role"], claims["iat"], claims["exp"], claims["ver"])

@@ -52,7 +52,9 @@ def api_command(settings: Settings) -> list[str]:
     """The API's command line (uvicorn reads its --workers default from WEB_CONCURRENCY)."""
     return [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", settings.host,
             "--port", str(settings.port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol",
-            "--timeout-graceful-shutdown", "10"]
+            "--timeout-graceful-shutdown", "10",
+            # X-Forwarded-For/-Proto believed from FT_TRUSTED_PROXIES only (default: nobody).
+            "--forwarded-allow-ips", settings.trusted_proxies]
 
 
 def celery_command(*args: str) -> list[str]:

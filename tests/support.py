@@ -102,7 +102,9 @@ def start_api(data_dir: Path, redis_url: str, log_dir: Path, **extra_env: str) -
     port = free_port()
     proc = Proc(
         [PYTHON, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol", "--log-level", "warning"],
+         "--port", str(port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol", "--log-level", "warning",
+         # uvicorn believes X-Forwarded-* from the same proxies as the app (none unless set).
+         "--forwarded-allow-ips", extra_env.get("FT_TRUSTED_PROXIES", "")],
         service_env(data_dir, redis_url, **extra_env),
         log_dir / f"api-{port}.log",
     ).start()

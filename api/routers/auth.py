@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import SettingsDep, UserStoreDep
+from api.deps import ClientAddress, SettingsDep, UserStoreDep
 from api.errors import documented_errors
-from core.errors import InvalidCredentials, InvalidRequest
+from core.errors import InvalidRequest
 from core.tokens import issue_token
 
 router = APIRouter(tags=["auth"])
@@ -54,20 +53,15 @@ async def _read_credentials(request: Request) -> Credentials:
         {
             400: "invalid_request: neither JSON credentials nor an OAuth2 password form",
             401: "invalid_credentials",
-            429: "too_many_attempts: too many failed logins for this user or from this address",
+            429: "too_many_attempts: too many failed logins for this user from this address, or from "
+                 "this address in all; or too many logins being checked at once (see Retry-After)",
         },
         authenticated=False,
     ),
 )
-async def login(request: Request, settings: SettingsDep, users: UserStoreDep) -> TokenResponse:
+async def login(request: Request, settings: SettingsDep, users: UserStoreDep, address: ClientAddress) -> TokenResponse:
     creds = await _read_credentials(request)
-    throttle = request.app.state.login_throttle
-    address = request.client.host if request.client else "unknown"
-    await run_in_threadpool(throttle.check, creds.username, address)
-    user = await run_in_threadpool(users.authenticate, creds.username, creds.password)
-    if user is None:
-        await run_in_threadpool(throttle.record_failure, creds.username, address)
-        raise InvalidCredentials("wrong user name or password")
-    await run_in_threadpool(throttle.reset_user, creds.username)
+    user = await request.app.state.login_throttle.login(creds.username, creds.password, address, users.authenticate)
+    request.app.state.recent_users.remember(user)
     token = issue_token(user, settings.jwt_key(), settings.token_ttl)
     return TokenResponse(access_token=token, expires_in=settings.token_ttl)

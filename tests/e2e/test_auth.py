@@ -10,7 +10,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.support import JWT_SECRET, bearer, login
+from tests.support import JWT_SECRET, bearer, login, wait_until
 
 PROTECTED = "/status/some-file"
 
@@ -85,42 +85,42 @@ def test_malformed_token(stack, header):
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers={"Authorization": header}))
 
 
-def _claims(name: str, role: str = "user", **over) -> dict:
+def _claims(stack, name: str, role: str = "user", **over) -> dict:
     now = int(time.time())
-    claims = {"sub": name, "role": role, "iat": now, "exp": now + 600, "ver": 0}
+    claims = {"sub": name, "uid": stack.users.get(name).id, "role": role, "iat": now, "exp": now + 600, "ver": 0}
     claims.update(over)
     return claims
 
 
 def test_expired_token(stack):
     name, _ = stack.add_user()
-    token = jwt.encode(_claims(name, iat=int(time.time()) - 100, exp=int(time.time()) - 10), JWT_SECRET, algorithm="HS256")
+    token = jwt.encode(_claims(stack, name, iat=int(time.time()) - 100, exp=int(time.time()) - 10), JWT_SECRET, algorithm="HS256")
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
 
 
 def test_wrongly_signed_token(stack):
     name, _ = stack.add_user()
-    token = jwt.encode(_claims(name), "another-secret-another-secret-1234", algorithm="HS256")
+    token = jwt.encode(_claims(stack, name), "another-secret-another-secret-1234", algorithm="HS256")
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
 
 
 def test_alg_none_token(stack):
     name, _ = stack.add_user("admin")
-    token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims(name, 'admin'))}."
+    token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims(stack, name, 'admin'))}."
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
 
 
 def test_tampered_payload(stack):
     name, password = stack.add_user()
     header, _, signature = login(stack.url, name, password).split(".")
-    forged = f"{header}.{_b64(_claims(name, 'admin'))}.{signature}"
+    forged = f"{header}.{_b64(_claims(stack, name, 'admin'))}.{signature}"
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(forged)))
 
 
-@pytest.mark.parametrize("missing", ["sub", "role", "iat", "exp", "ver"])
+@pytest.mark.parametrize("missing", ["sub", "uid", "role", "iat", "exp", "ver"])
 def test_missing_claim(stack, missing):
     name, _ = stack.add_user()
-    claims = _claims(name)
+    claims = _claims(stack, name)
     del claims[missing]
     token = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
@@ -128,7 +128,7 @@ def test_missing_claim(stack, missing):
 
 def test_hs256_key_confusion_with_another_algorithm(stack):
     name, _ = stack.add_user()
-    token = jwt.encode(_claims(name), JWT_SECRET, algorithm="HS512")
+    token = jwt.encode(_claims(stack, name), JWT_SECRET, algorithm="HS512")
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
 
 
@@ -137,12 +137,27 @@ def test_removed_user_token_stops_working(stack):
     token = login(stack.url, name, password)
     assert httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)).status_code != 401
     stack.users.remove(name)
+    # The API reuses a user lookup for FT_USER_CACHE_TTL (2 s): refused within that bound.
+    wait_until(lambda: httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)).status_code == 401,
+               timeout=10, what="the removed user's token to be refused")
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
+
+
+def test_token_issued_after_a_reset_works_at_once(stack):
+    """The user cache may be late to refuse an old token, never wrong to refuse a new one."""
+    name, password = stack.add_user()
+    old = login(stack.url, name, password)
+    assert httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(old)).status_code == 404  # now cached
+    stack.users.set(name, "a new password", "user")
+    new = login(stack.url, name, "a new password")
+    assert httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(new)).status_code == 404
+    wait_until(lambda: httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(old)).status_code == 401,
+               timeout=10, what="the token from before the reset to be refused")
 
 
 def test_password_reset_revokes_older_tokens(stack):
     name, password = stack.add_user()
-    token = jwt.encode(_claims(name, iat=int(time.time()) - 30), JWT_SECRET, algorithm="HS256")
+    token = jwt.encode(_claims(stack, name, iat=int(time.time()) - 30), JWT_SECRET, algorithm="HS256")
     stack.users.set(name, "a new password", "user")
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
 
