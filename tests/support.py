@@ -100,12 +100,8 @@ class Proc:
 
 def start_api(data_dir: Path, redis_url: str, log_dir: Path, **extra_env: str) -> tuple[Proc, str]:
     port = free_port()
-    proc = Proc(
-        [PYTHON, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol", "--log-level", "warning"],
-        service_env(data_dir, redis_url, **extra_env),
-        log_dir / f"api-{port}.log",
-    ).start()
+    env = service_env(data_dir, redis_url, FT_HOST="127.0.0.1", FT_PORT=str(port), FT_LOG_LEVEL="warning", **extra_env)
+    proc = Proc([PYTHON, "-m", "api"], env, log_dir / f"api-{port}.log").start()
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
