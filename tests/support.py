@@ -165,3 +165,27 @@ def wait_for_state(client: httpx.Client, url: str, token: str, file_id: str, sta
         return body if body.get("state") in states else None
 
     return wait_until(done, timeout=timeout, what=f"{file_id} to reach {states}")
+
+
+def read_answer(sock) -> tuple[int | None, dict[str, str], bytes]:
+    """Read one HTTP answer from a raw socket: (status, headers, body); status None when the
+    server closed (or reset) the connection before a whole head arrived."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(65536)
+            if not piece:
+                return None, {}, data
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            body += piece
+        return int(lines[0].split()[1]), headers, body[:length]
+    except ConnectionResetError:
+        return None, {}, data
