@@ -68,6 +68,7 @@ _STRING = {"schema": {"type": "string"}}
 _ERROR_HEADERS = {
     416: {"Content-Range": {**_STRING, "required": True, "description": "bytes */SIZE"}},
     429: {"Retry-After": {"schema": {"type": "integer"}, "required": True, "description": "seconds"}},
+    503: {"Retry-After": {"schema": {"type": "integer"}, "required": True, "description": "seconds"}},
 }
 _NOT_AUTHENTICATED = {
     "description": "not_authenticated: missing, malformed, expired or revoked token",
@@ -98,6 +99,12 @@ def error_response(status: int, code: str, detail: str, headers: dict | None = N
     return JSONResponse({"code": code, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
+def unavailable_response(retry_after: int, detail: str = "the state store (Redis) is unavailable; retry later",
+                         **extra) -> JSONResponse:
+    """503 `unavailable` (Redis down), with when to try again."""
+    return error_response(503, "unavailable", detail, headers={"Retry-After": str(retry_after)}, **extra)
+
+
 def to_response(exc: errors.TransferError) -> JSONResponse:
     status = STATUS_BY_ERROR.get(type(exc), 400)
     headers = {}
@@ -123,7 +130,10 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.TransferError)
     async def _domain(request: Request, exc: errors.TransferError) -> JSONResponse:
-        return to_response(exc)
+        response = to_response(exc)
+        if response.status_code == 503:
+            response.headers.setdefault("Retry-After", str(request.app.state.settings.unavailable_retry_after))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -150,7 +160,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, "client_disconnected", "the connection closed before the whole body arrived")
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(503, "unavailable", "the state store (Redis) is unavailable; retry later")
+        return unavailable_response(request.app.state.settings.unavailable_retry_after)
 
     for exc_type in (RedisConnectionError, RedisTimeoutError, StorageError):
         app.add_exception_handler(exc_type, _unavailable)

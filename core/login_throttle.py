@@ -16,6 +16,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from core.config import Settings
 from core.errors import TooManyAttempts
+from core.redis_clients import sync_pool
 
 
 class LoginThrottle:
@@ -24,7 +25,9 @@ class LoginThrottle:
             "user": RateLimitItemPerSecond(settings.login_max_failures, settings.login_window),
             "addr": RateLimitItemPerSecond(settings.login_max_failures_per_address, settings.login_window),
         }
-        storage = RedisStorage(settings.redis_url, key_prefix="ft:login", wrap_exceptions=True)
+        # A bounded pool with the API's timeouts: a Redis that is down fails the login fast (503).
+        storage = RedisStorage(settings.redis_url, connection_pool=sync_pool(settings), key_prefix="ft:login",
+                               wrap_exceptions=True)
         self._limiter = MovingWindowRateLimiter(storage)
 
     def _keys(self, username: str, address: str):
