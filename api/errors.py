@@ -35,6 +35,7 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.UploadFailed: 409,
     errors.NotComplete: 409,
     errors.Assembling: 409,
+    errors.BodyStalled: 408,
     errors.ChunkTooLarge: 413,
     errors.FileTooLarge: 413,
     errors.TooManyAttempts: 429,
@@ -112,6 +113,8 @@ def to_response(exc: errors.TransferError) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, errors.TooManyAttempts):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, errors.BodyStalled):
+        headers["Connection"] = "close"  # the rest of a stalled body is not worth waiting for
     return error_response(status, exc.code, exc.detail, headers=headers or None, **exc.extra)
 
 

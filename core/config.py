@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     keepalive_timeout: float = Field(15.0, gt=0, description="seconds an idle keep-alive connection is kept")
     body_idle_timeout: float = Field(30.0, gt=0, description="seconds a chunk body may send no byte before it"
                                                               " is dropped and its range released")
+    body_min_rate: float = Field(2048.0, ge=0, description="bytes/s a chunk body must average after its first"
+                                                             " FT_BODY_IDLE_TIMEOUT seconds; 0: no minimum")
 
     # Redis client of the API: a bounded pool that waits when busy and fails fast when Redis is down
     redis_max_connections: int = Field(64, gt=0, description="Redis connections per API process")

@@ -11,10 +11,11 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import redis
 
-from tests.support import chunk_body, login, new_id, read_answer, start_api, wait_until
+from tests.support import bearer, chunk_body, login, new_id, read_answer, send_chunk, start_api, wait_until
 
 KiB = 1024
 DB = 12  # a database of the session's redis-server of our own (conftest uses the low ones)
@@ -192,3 +193,63 @@ def test_a_request_on_a_connection_over_the_limit_gets_503_and_a_close(api):
     finally:
         for sock in idle:
             sock.close()
+
+
+# --- a chunk body that stalls or trickles lets go of its range -----------------------------------
+
+@pytest.mark.parametrize("how", ["stops", "trickles"])
+def test_a_stalled_chunk_is_dropped_and_its_range_released(api, how):
+    url = api(FT_BODY_IDLE_TIMEOUT="2", FT_BODY_MIN_RATE="2048", **ADMIN)
+    token = login(url, ADMIN["FT_ADMIN_USERNAME"], ADMIN["FT_ADMIN_PASSWORD"])
+    file_id = new_id("stall")
+    payload = bytes(range(256)) * 64  # 16 KiB
+    body = chunk_body(payload, 0)
+    head = (f"POST /upload/{file_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Range: bytes 0-{len(payload) - 1}/{len(payload) * 2}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with connect(url) as slow, httpx.Client(base_url=url, headers=bearer(token), timeout=10) as other:
+        slow.sendall(head + body[:1000])
+        # While the slow chunk holds bytes 0-..., the same range from another client is refused.
+        wait_until(lambda: other.get(f"/status/{file_id}").status_code == 200, timeout=5, what="the slow chunk's claim")
+        refused = send_chunk(other, url, token, file_id, payload * 2, 0, len(payload) - 1)
+        assert refused.status_code == 409 and refused.json()["code"] == "overlap", refused.text
+        slow.settimeout(10)
+        sent = 1000
+        if how == "trickles":  # 100 bytes every 0.1 s: ~1 KB/s, never idle for 2 s
+            def trickle_answer():
+                nonlocal sent
+                slow.sendall(body[sent : sent + 100])
+                sent += 100
+                slow.settimeout(0.1)
+                try:
+                    return slow.recv(65536)
+                except TimeoutError:
+                    return None
+            first = wait_until(trickle_answer, timeout=10, interval=0, what="the trickle to be cut")
+            slow.settimeout(10)
+            rest = b""
+            while b"}" not in first + rest:
+                rest += slow.recv(65536)
+            status, headers, answer = read_answer(_Replay(first + rest))
+        else:
+            status, headers, answer = read_answer(slow)
+        assert status == 408, answer
+        assert json.loads(answer)["code"] == "body_timeout"
+        assert headers["connection"] == "close"
+        assert closed_by_server(slow)
+        assert sent < len(body)
+        # The claim was released at once: the same range now goes through.
+        response = send_chunk(other, url, token, file_id, payload * 2, 0, len(payload) - 1)
+        assert response.status_code == 200, response.text
+        assert response.json()["received_bytes"] == len(payload)
+
+
+class _Replay:
+    """Bytes already read from a socket, offered again through recv()."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def recv(self, size: int) -> bytes:
+        piece, self.data = self.data[:size], self.data[size:]
+        return piece
