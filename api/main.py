@@ -1,4 +1,4 @@
-"""The FastAPI application: `uvicorn api.main:create_app --factory`."""
+"""The FastAPI application, built per process by `python -m api` (uvicorn factory `api.main:create_app`)."""
 
 from __future__ import annotations
 

@@ -166,8 +166,8 @@ class Report:
             "## Method",
             "",
             "- Everything is started by the benchmark on fresh temporary directories: our own `redis-server`"
-            " on a free port (never the one on 6379), the API (`uvicorn api.main:create_app --factory --loop"
-            " uvloop --http api.http_protocol:BoundedHttpToolsProtocol` (httptools with a capped request head), one process, as `tests/support.start_api` runs it), one Celery worker"
+            " on a free port (never the one on 6379), the API (`python -m api`: uvicorn on uvloop with"
+            " api.http_protocol's bounded httptools protocol, one process, as `tests/support.start_api` runs it), one Celery worker"
             " (prefork, concurrency 1), nginx, and @tus/server (Node) with @tus/file-store. Client, servers,"
             " Redis and kernel share the same machine: loopback TCP, no network.",
             "- **One client loop for every server** (`bench/client.py`): one `http.client` keep-alive connection per"
