@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -102,7 +101,6 @@ def test_a_head_of_exactly_64_kib_is_served_and_its_body_is_not_counted(api):
 def test_a_head_that_trickles_is_cut_after_the_header_timeout(api):
     url = api(FT_HEADER_TIMEOUT="1")
     with connect(url) as sock:
-        started = time.monotonic()
         sock.sendall(b"GET /openapi.json HTTP/1.1\r\n")
         answer = None
         for _ in range(40):  # one header byte every 0.1 s: never a complete head
@@ -116,10 +114,9 @@ def test_a_head_that_trickles_is_cut_after_the_header_timeout(api):
             except TimeoutError:
                 continue
             break
-        elapsed = time.monotonic() - started
+        # Cut within the 4 s the trickle lasts: otherwise `answer` would still be None.
         assert answer and answer.startswith(b"HTTP/1.1 408"), answer
         assert b'"request_timeout"' in answer
-    assert elapsed < 3.5
 
 
 def test_a_connection_that_sends_nothing_is_closed(api):
@@ -174,7 +171,6 @@ def test_a_request_on_a_connection_over_the_limit_gets_503_and_a_close(api):
     url = api(FT_MAX_CONNECTIONS="3", FT_HEADER_TIMEOUT="30")
     idle = [connect(url) for _ in range(3)]
     try:
-        time.sleep(0)  # the three are accepted before the fourth: the server sees them in order
         with connect(url) as sock:
             def answer():
                 sock.sendall(get("/openapi.json"))

