@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 
 from core import errors
+from core.redis_clients import RedisBusy
 
 STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.InvalidRequest: 400,
@@ -167,6 +168,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for exc_type in (RedisConnectionError, RedisTimeoutError, StorageError):
         app.add_exception_handler(exc_type, _unavailable)
+
+    @app.exception_handler(RedisBusy)
+    async def _busy(request: Request, exc: RedisBusy) -> JSONResponse:
+        return error_response(503, "overloaded", "the server is handling as many requests as it can; retry later",
+                              headers={"Retry-After": str(request.app.state.settings.overload_retry_after)})
 
     @app.exception_handler(Exception)
     async def _broken(request: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,21 @@ BACKOFF = dict(base=0.02, cap=0.1)  # seconds before that try
 HEALTH_CHECK_INTERVAL = 30  # a connection idle this long is pinged before use
 
 
+class RedisBusy(redis.ConnectionError):
+    """Every pooled connection stayed in use for FT_REDIS_POOL_TIMEOUT: Redis (or this process)
+    is saturated, not down. Answered 503 `overloaded`, not `unavailable`."""
+
+
+class _WaitingPool(aioredis.BlockingConnectionPool):
+    async def get_connection(self, *args, **kwargs):
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except redis.ConnectionError as exc:
+            if isinstance(exc.__cause__, TimeoutError):  # the wait for a free connection ran out
+                raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from exc
+            raise
+
+
 def _connection_options(settings: Settings) -> dict:
     return {
         "max_connections": settings.redis_max_connections,
@@ -37,7 +52,7 @@ def _connection_options(settings: Settings) -> dict:
 def async_redis(settings: Settings) -> aioredis.Redis:
     """The API's event-loop client (uploads, status, health, ...)."""
     # With a pool given, the client uses the retry policy of the pool's connections.
-    pool = aioredis.BlockingConnectionPool.from_url(
+    pool = _WaitingPool.from_url(
         settings.redis_url, retry=AsyncRetry(ExponentialWithJitterBackoff(**BACKOFF), RETRIES),
         **_connection_options(settings))
     return aioredis.Redis(connection_pool=pool)
