@@ -13,7 +13,9 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    FT_DATA_DIR=/data
+    FT_DATA_DIR=/data \
+    FT_HOST=0.0.0.0 \
+    FT_PORT=8000
 COPY requirements.txt /tmp/requirements.txt
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels -r /tmp/requirements.txt
@@ -25,4 +27,5 @@ WORKDIR /app
 COPY . .
 USER ft
 EXPOSE 8000 5555
-CMD ["python", "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+# The API server, built from FT_* settings (api/__main__.py).
+CMD ["python", "-m", "api"]

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 
 from core import errors
+from core.redis_clients import RedisBusy
 
 STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.InvalidRequest: 400,
@@ -35,6 +36,7 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.UploadFailed: 409,
     errors.NotComplete: 409,
     errors.Assembling: 409,
+    errors.BodyStalled: 408,
     errors.ChunkTooLarge: 413,
     errors.FileTooLarge: 413,
     errors.TooManyAttempts: 429,
@@ -68,6 +70,7 @@ _STRING = {"schema": {"type": "string"}}
 _ERROR_HEADERS = {
     416: {"Content-Range": {**_STRING, "required": True, "description": "bytes */SIZE"}},
     429: {"Retry-After": {"schema": {"type": "integer"}, "required": True, "description": "seconds"}},
+    503: {"Retry-After": {"schema": {"type": "integer"}, "required": True, "description": "seconds"}},
 }
 _NOT_AUTHENTICATED = {
     "description": "not_authenticated: missing, malformed, expired or revoked token",
@@ -98,6 +101,12 @@ def error_response(status: int, code: str, detail: str, headers: dict | None = N
     return JSONResponse({"code": code, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
+def unavailable_response(retry_after: int, detail: str = "the state store (Redis) is unavailable; retry later",
+                         **extra) -> JSONResponse:
+    """503 `unavailable` (Redis down), with when to try again."""
+    return error_response(503, "unavailable", detail, headers={"Retry-After": str(retry_after)}, **extra)
+
+
 def to_response(exc: errors.TransferError) -> JSONResponse:
     status = STATUS_BY_ERROR.get(type(exc), 400)
     headers = {}
@@ -105,6 +114,8 @@ def to_response(exc: errors.TransferError) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, errors.TooManyAttempts):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, errors.BodyStalled):
+        headers["Connection"] = "close"  # the rest of a stalled body is not worth waiting for
     return error_response(status, exc.code, exc.detail, headers=headers or None, **exc.extra)
 
 
@@ -123,7 +134,10 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.TransferError)
     async def _domain(request: Request, exc: errors.TransferError) -> JSONResponse:
-        return to_response(exc)
+        response = to_response(exc)
+        if response.status_code == 503:
+            response.headers.setdefault("Retry-After", str(request.app.state.settings.unavailable_retry_after))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -150,10 +164,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, "client_disconnected", "the connection closed before the whole body arrived")
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(503, "unavailable", "the state store (Redis) is unavailable; retry later")
+        return unavailable_response(request.app.state.settings.unavailable_retry_after)
 
     for exc_type in (RedisConnectionError, RedisTimeoutError, StorageError):
         app.add_exception_handler(exc_type, _unavailable)
+
+    @app.exception_handler(RedisBusy)
+    async def _busy(request: Request, exc: RedisBusy) -> JSONResponse:
+        return error_response(503, "overloaded", "the server is handling as many requests as it can; retry later",
+                              headers={"Retry-After": str(request.app.state.settings.overload_retry_after)})
 
     @app.exception_handler(Exception)
     async def _broken(request: Request, exc: Exception) -> JSONResponse:

@@ -1,11 +1,10 @@
-"""The FastAPI application: `uvicorn api.main:create_app --factory`."""
+"""The FastAPI application, built per process by `python -m api` (uvicorn factory `api.main:create_app`)."""
 
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
@@ -13,6 +12,7 @@ from api.routers import admin, auth, downloads, health, uploads
 from core.config import Settings
 from core.jobs import Jobs
 from core.login_throttle import LoginThrottle
+from core.redis_clients import async_redis
 from core.state import UploadRepository
 from core.storage import Storage
 from core.uploads import UploadService
@@ -43,9 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, health_check_interval=30
-        )
+        app.state.redis = async_redis(settings)  # one bounded pool per process (core/redis_clients.py)
         app.state.login_throttle = LoginThrottle(settings, app.state.redis)
         app.state.jobs = Jobs(settings)
         app.state.uploads = UploadService(

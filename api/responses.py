@@ -14,10 +14,12 @@ from starlette.types import Receive, Scope, Send
 
 from api.errors import error_response
 from core.byte_ranges import (
+    DEFAULT_MAX_RANGES,
     content_disposition,
     evaluate_preconditions,
     http_date,
     if_range_allows,
+    limit_ranges,
     parse_range,
     strong_etag,
 )
@@ -48,14 +50,20 @@ class RangeFileResponse(Response):
     worker thread, `read_size` bytes at a time: 1 MiB reads run ~4.5x faster than Starlette's
     64 KiB and keep up with nginx's sendfile over loopback (bench/download_probe.py).
 
+    Overlapping and adjacent ranges are merged; more than `max_ranges` after that and the
+    whole file is sent (core/byte_ranges.limit_ranges).
+
     With `accel_uri` (an nginx `internal` location, e.g. /_ft_files/<file_id>/data), the answers
-    that need no bytes (304, 412, 416) are still given here, the rest is left to nginx."""
+    that need no bytes (304, 412, 416) are still given here, the rest is left to nginx, except
+    a Range that merging or the cap changed: nginx would serve it as asked."""
 
     media_type = OCTET_STREAM
 
     def __init__(self, path: str | os.PathLike[str], size: int, etag: str, last_modified: float,
-                 filename: str, *, read_size: int = MiB, accel_uri: str | None = None) -> None:
+                 filename: str, *, read_size: int = MiB, accel_uri: str | None = None,
+                 max_ranges: int = DEFAULT_MAX_RANGES) -> None:
         self.path = os.fspath(path)
+        self.max_ranges = max_ranges
         self.accel_uri = accel_uri
         self.size = size
         self.etag = strong_etag(etag)
@@ -75,15 +83,17 @@ class RangeFileResponse(Response):
         status = evaluate_preconditions(method, request, self.etag, self.last_modified)
         if status is not None:
             return await _precondition_response(status, self.etag, self.last_modified)(scope, receive, send)
-        ranges = None
+        asked = None
         if if_range_allows(request.get("if-range"), self.etag, self.last_modified):
-            ranges = parse_range(request.get("range"), self.size)
+            asked = parse_range(request.get("range"), self.size)
+        ranges = limit_ranges(asked, self.max_ranges)
         if ranges == []:
             response = error_response(416, "range_not_satisfiable",
                                       f"no satisfiable range in the Range header for a file of {self.size} bytes",
                                       headers={"Content-Range": f"bytes */{self.size}"})
             return await response(scope, receive, send)
-        if self.accel_uri is not None and "if-match" not in request and "if-unmodified-since" not in request:
+        if (self.accel_uri is not None and ranges == asked
+                and "if-match" not in request and "if-unmodified-since" not in request):
             return await self._accel_redirect(scope, receive, send)
 
         headers = self.headers.mutablecopy()

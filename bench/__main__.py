@@ -137,6 +137,19 @@ def main(argv: list[str]) -> int:
             log(f"!! downloads failed: {exc!r}\n{traceback.format_exc()}")
             skipped.append(f"downloads: failed with {exc!r}")
 
+    if "devices" in plan.sections:
+        from bench.devices import bench_devices
+
+        fs = "tmpfs" if "tmpfs" in plan.filesystems else plan.filesystems[-1]
+        log(f"== {', '.join(map(str, plan.devices))} devices at once on {fs} ({dirs[fs]})")
+        try:
+            results["devices"] = bench_devices(plan.devices, ("ours", "ours-tus", "tus"), dirs[fs], log,
+                                               plan.devices_deadline)
+            results["devices_fs"] = fs
+        except Exception as exc:  # noqa: BLE001
+            log(f"!! devices failed: {exc!r}\n{traceback.format_exc()}")
+            skipped.append(f"devices: failed with {exc!r}")
+
     results["duration_s"] = time.monotonic() - started
     results["quiet_wait_s"] = quiet_spent()
     foreign = [v for fs in results["upload"].values() for table in fs.values() if isinstance(table, dict)

@@ -26,6 +26,8 @@ class Plan:
     download_size: int = 256 * MiB
     download_trials: int = 5
     download_repeat: int = 4         # each timed run fetches the file this many times (runs of ~0.5 s)
+    devices: tuple[int, ...] = (64, 256, 1000)  # devices at once, 1 MiB in 64 KiB chunks each (bench/devices.py)
+    devices_deadline: float = 180.0  # seconds one devices run may take
     quiet_budget: float = 300.0      # seconds the whole run may wait for other people's load to pass
     filesystems: tuple[str, ...] = ("disk", "tmpfs")
     sections: set[str] = field(default_factory=lambda: set(SECTIONS))
@@ -34,7 +36,7 @@ class Plan:
         return min(self.sweep_file, chunk * self.sweep_max_chunks)
 
 
-SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download")
+SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download", "devices")
 
 FULL = Plan(name="full", trials=5)
 
@@ -54,5 +56,6 @@ QUICK = Plan(
     download_size=128 * MiB,
     download_trials=3,
     download_repeat=2,
+    devices=(64, 256),
     quiet_budget=20.0,
 )

@@ -166,8 +166,8 @@ class Report:
             "## Method",
             "",
             "- Everything is started by the benchmark on fresh temporary directories: our own `redis-server`"
-            " on a free port (never the one on 6379), the API (`uvicorn api.main:create_app --factory --loop"
-            " uvloop --http api.http_protocol:BoundedHttpToolsProtocol` (httptools with a capped request head), one process, as `tests/support.start_api` runs it), one Celery worker"
+            " on a free port (never the one on 6379), the API (`python -m api`: uvicorn on uvloop with"
+            " api.http_protocol's bounded httptools protocol, one process, as `tests/support.start_api` runs it), one Celery worker"
             " (prefork, concurrency 1), nginx, and @tus/server (Node) with @tus/file-store. Client, servers,"
             " Redis and kernel share the same machine: loopback TCP, no network.",
             "- **One client loop for every server** (`bench/client.py`): one `http.client` keep-alive connection per"
@@ -363,6 +363,33 @@ class Report:
                          f" {spread(row.get('foreign_cores'), '{:.2f}')} |")
         self.add("")
 
+    def devices(self) -> None:
+        runs = self.r.get("devices")
+        if not runs:
+            return
+        self.add(f"## Many devices at once (bench/devices.py, data on {self.r.get('devices_fs', 'tmpfs')})", "",
+                 "N devices start together, each on its own keep-alive connection, each uploading one 1 MiB file"
+                 " in 64 KiB chunks (16 requests); one client process (asyncio, raw streams). A device stops at its"
+                 " first error; an upload counts when all its chunks were accepted. Chunk latency: request sent ->"
+                 " answer read. Ours: POST /upload with the chunk header (then the worker assembles every file:"
+                 " `complete` counts them); tus: @tus/server + @tus/file-store, POST then PATCHes.", "",
+                 "| devices | server | uploads done | uploads/s | errors | chunk p50 ms | chunk p99 ms | max ms |"
+                 " server peak RSS | files complete |",
+                 "|---|---|---|---|---|---|---|---|---|---|")
+        names = {"ours": "ours", "ours-tus": "ours (tus /files/)", "tus": "@tus/server"}
+        counts = sorted({int(n) for rows in runs.values() for n in rows})
+        for count in counts:
+            for name, rows in runs.items():
+                row = rows.get(str(count))
+                if not row:
+                    continue
+                errors = ", ".join(f"{k}: {v}" for k, v in row["errors"].items()) or "0"
+                complete = (f"{row['complete']} after {row['complete_after_s']:.1f} s" if "complete" in row else "–")
+                self.add(f"| {count} | {names.get(name, name)} | {row['completed']}/{count} |"
+                         f" {row['uploads_per_s']:.1f} | {errors} | {row['p50_ms'] or 0:.0f} | {row['p99_ms'] or 0:.0f} |"
+                         f" {row['max_ms'] or 0:.0f} | {row['peak_rss_mib']:.0f} MiB | {complete} |")
+        self.add("")
+
     def notes(self) -> None:
         if self.r.get("skipped"):
             self.add("## Left out of this run", "")
@@ -382,5 +409,6 @@ class Report:
         self.sweep()
         self.concurrent()
         self.download()
+        self.devices()
         self.notes()
         return "\n".join(self.lines).rstrip() + "\n"

@@ -23,6 +23,9 @@ row below was asked of a real nginx 1.22.1 serving a 1000-byte file (and an empt
     members are read left to right: the first malformed one is a 416, the first "starts at 0 but
     empty" one (empty file) a 200, whatever follows.
 
+What is served then differs from nginx in one way (`limit_ranges`): overlapping and adjacent
+ranges are merged, and more than FT_MAX_RANGES ranges after that get the whole file (200).
+
 Conditionals follow RFC 9110 §13.2.2 where nginx differs: nginx checks If-Unmodified-Since even
 when If-Match is present, wants both If-None-Match and If-Modified-Since to say "not modified",
 answers 412 to an unparsable If-Unmodified-Since and, by default, 304s only on an exact
@@ -118,6 +121,41 @@ def parse_range(header: str | None, size: int) -> Ranges | None:
     if total > size:
         return None  # more bytes asked than the file has: cheaper to send it once
     return ranges
+
+
+# --- what is served of the ranges asked ------------------------------------------------------
+
+DEFAULT_MAX_RANGES = 100  # FT_MAX_RANGES
+
+
+def coalesce(ranges: Ranges) -> Ranges:
+    """Overlapping and adjacent ranges merged into one (RFC 9110 §14.2 lets a server do so).
+
+    A merged range takes the place of its first member as asked; ranges that touch no other
+    keep the order asked (CONTRACT 6). "0-9,5-14" -> 0-14; "20-29,0-9,10-14" -> 20-29, 0-14."""
+    if len(ranges) < 2:
+        return ranges
+    groups: list[list[int]] = []  # [first position asked, start, end], by start
+    for position in sorted(range(len(ranges)), key=ranges.__getitem__):
+        start, end = ranges[position]
+        if groups and start <= groups[-1][2] + 1:
+            group = groups[-1]
+            group[0], group[2] = min(group[0], position), max(group[2], end)
+        else:
+            groups.append([position, start, end])
+    groups.sort()
+    return [(start, end) for _, start, end in groups]
+
+
+def limit_ranges(ranges: Ranges | None, max_ranges: int = DEFAULT_MAX_RANGES) -> Ranges | None:
+    """The ranges to send for what parse_range read: merged, and `None` (the whole file, 200,
+    as nginx's max_ranges does) when more than `max_ranges` remain. A Range of thousands of
+    small pieces would otherwise cost a multipart header per piece (~80 bytes each) and a
+    read per piece, for bytes a single 200 sends cheaper."""
+    if not ranges:
+        return ranges
+    merged = coalesce(ranges)
+    return None if len(merged) > max_ranges else merged
 
 
 # --- validators -----------------------------------------------------------------------------

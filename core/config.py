@@ -36,6 +36,27 @@ class Settings(BaseSettings):
     api_workers: int = Field(1, ge=1, le=64, description="API processes (uvicorn --workers); each uses up to one core")
     flower_port: int = Field(5555, ge=0, le=65535)
 
+    # Serving (`python -m api`): what one API process accepts before it answers 503 + Retry-After
+    log_level: str = Field("info", description="uvicorn's log level")
+    backlog: int = Field(2048, gt=0, description="listen() backlog: connections the kernel queues before accept")
+    max_connections: int = Field(4096, gt=0, description="open connections per API process; a request on one more"
+                                                           " is answered 503 overloaded and the connection closed")
+    max_inflight: int = Field(1024, gt=0, description="requests handled at once per API process; more get 503")
+    overload_retry_after: int = Field(1, ge=0, description="Retry-After seconds of a 503 overloaded")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a client has to send a whole request head")
+    keepalive_timeout: float = Field(15.0, gt=0, description="seconds an idle keep-alive connection is kept")
+    body_idle_timeout: float = Field(30.0, gt=0, description="seconds a chunk body may send no byte before it"
+                                                              " is dropped and its range released")
+    body_min_rate: float = Field(2048.0, ge=0, description="bytes/s a chunk body must average after its first"
+                                                             " FT_BODY_IDLE_TIMEOUT seconds; 0: no minimum")
+
+    # Redis client of the API: a bounded pool that waits when busy and fails fast when Redis is down
+    redis_max_connections: int = Field(64, gt=0, description="Redis connections per API process")
+    redis_pool_timeout: float = Field(30.0, gt=0, description="seconds a request waits for a free Redis connection")
+    redis_connect_timeout: float = Field(0.5, gt=0, description="seconds; a Redis that does not accept is down")
+    redis_socket_timeout: float = Field(30.0, gt=0, description="seconds one Redis command may take")
+    unavailable_retry_after: int = Field(5, ge=0, description="Retry-After seconds of a 503 unavailable")
+
     # Storage and state
     data_dir: Path = Path("./data")
     redis_url: str = DEFAULT_REDIS_URL
@@ -67,6 +88,8 @@ class Settings(BaseSettings):
     download_read_size: int = Field(1 * MiB, gt=0)
     accel_redirect: bool = False
     accel_prefix: str = "/_ft_files"
+    max_ranges: int = Field(100, ge=1, description="ranges served per request after merging overlapping and"
+                                                    " adjacent ones; more and the whole file is sent (200)")
 
     # Background work
     cleanup_interval: int = Field(3600, gt=0)

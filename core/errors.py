@@ -111,6 +111,12 @@ class TooManyAttempts(TransferError):
         self.retry_after = retry_after
 
 
+class BodyStalled(TransferError):
+    """The request body stopped arriving (FT_BODY_IDLE_TIMEOUT): the chunk is dropped."""
+
+    code = "body_timeout"
+
+
 # --- infrastructure ---------------------------------------------------------
 class Unavailable(TransferError):
     """A dependency (Redis) is down: the server's fault, not the client's."""

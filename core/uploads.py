@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 import anyio
 
+from core.body_pace import paced
 from core.checksums import crc32
 from core import intervals
 from core.chunk_header import HEADER_SIZE, check_header_matches, decode_header, parse_content_range
@@ -197,7 +198,7 @@ class UploadService:
         file_name = decode_file_name(request.file_name)
         sha256 = check_sha256(request.sha256)
 
-        stream = _Body(body)
+        stream = _Body(paced(body, self.settings.body_idle_timeout, self.settings.body_min_rate))  # core/body_pace.py
         raw_header = await stream.read_exact(HEADER_SIZE)
         if len(raw_header) < HEADER_SIZE:
             raise InvalidChunkHeader("the body is shorter than the 12-byte chunk header")

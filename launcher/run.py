@@ -49,12 +49,9 @@ def http_url(host: str, port: int) -> str:
 
 
 def api_command(settings: Settings) -> list[str]:
-    """The API's command line (uvicorn reads its --workers default from WEB_CONCURRENCY)."""
-    return [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", settings.host,
-            "--port", str(settings.port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol",
-            "--timeout-graceful-shutdown", "10",
-            # X-Forwarded-For/-Proto believed from FT_TRUSTED_PROXIES only (default: nobody).
-            "--forwarded-allow-ips", settings.trusted_proxies]
+    """The API's command line: `python -m api` builds uvicorn from the FT_* settings."""
+    return [sys.executable, "-m", "api"]
+
 
 
 def celery_command(*args: str) -> list[str]:
@@ -202,8 +199,7 @@ class Launch:
         if embedded is not None:
             services.append(Service("redis", self.start_redis(embedded, env), stop_last=True))
         services += [
-            Service("api", self.child("api", api_command(self.settings),
-                                      {**env, "WEB_CONCURRENCY": str(self.settings.api_workers)})),
+            Service("api", self.child("api", api_command(self.settings), env)),
             Service("worker", self.child("worker", celery_command("worker", "--loglevel=INFO"), env)),
             Service("beat", self.child("beat", celery_command("beat", "--loglevel=INFO"), env)),
             # The credentials go through the environment, so they do not show in `ps`.

@@ -100,14 +100,8 @@ class Proc:
 
 def start_api(data_dir: Path, redis_url: str, log_dir: Path, **extra_env: str) -> tuple[Proc, str]:
     port = free_port()
-    proc = Proc(
-        [PYTHON, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--loop", "uvloop", "--http", "api.http_protocol:BoundedHttpToolsProtocol", "--log-level", "warning",
-         # uvicorn believes X-Forwarded-* from the same proxies as the app (none unless set).
-         "--forwarded-allow-ips", extra_env.get("FT_TRUSTED_PROXIES", "")],
-        service_env(data_dir, redis_url, **extra_env),
-        log_dir / f"api-{port}.log",
-    ).start()
+    env = service_env(data_dir, redis_url, FT_HOST="127.0.0.1", FT_PORT=str(port), FT_LOG_LEVEL="warning", **extra_env)
+    proc = Proc([PYTHON, "-m", "api"], env, log_dir / f"api-{port}.log").start()
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -171,3 +165,27 @@ def wait_for_state(client: httpx.Client, url: str, token: str, file_id: str, sta
         return body if body.get("state") in states else None
 
     return wait_until(done, timeout=timeout, what=f"{file_id} to reach {states}")
+
+
+def read_answer(sock) -> tuple[int | None, dict[str, str], bytes]:
+    """Read one HTTP answer from a raw socket: (status, headers, body); status None when the
+    server closed (or reset) the connection before a whole head arrived."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(65536)
+            if not piece:
+                return None, {}, data
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            body += piece
+        return int(lines[0].split()[1]), headers, body[:length]
+    except ConnectionResetError:
+        return None, {}, data

@@ -64,5 +64,5 @@ async def download(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep
     accel_uri = f"{settings.accel_prefix}/{file_id}/data" if settings.accel_redirect else None
     return RangeFileResponse(
         found.path, found.size, found.sha256, found.completed_at, found.file_name,
-        read_size=settings.download_read_size, accel_uri=accel_uri,
+        read_size=settings.download_read_size, accel_uri=accel_uri, max_ranges=settings.max_ranges,
     )

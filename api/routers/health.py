@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from api.errors import unavailable_response
 from core.workers_registry import count_live
 
 router = APIRouter(tags=["health"])
@@ -32,13 +33,12 @@ class UnhealthyModel(HealthModel):
 )
 async def health(request: Request) -> JSONResponse:
     redis = request.app.state.redis
+    retry_after = request.app.state.settings.unavailable_retry_after
     try:
         await redis.ping()
         workers = await count_live(redis)
     except Exception:  # any failure to reach Redis means unhealthy, never a 500
-        return JSONResponse({"code": "unavailable", "detail": "Redis is unreachable",
-                             "redis": "unavailable", "workers": 0}, status_code=503)
+        return unavailable_response(retry_after, "Redis is unreachable", redis="unavailable", workers=0)
     if workers == 0:
-        return JSONResponse({"code": "unavailable", "detail": "no worker is alive",
-                             "redis": "ok", "workers": 0}, status_code=503)
+        return unavailable_response(retry_after, "no worker is alive", redis="ok", workers=0)
     return JSONResponse({"redis": "ok", "workers": workers})

@@ -35,7 +35,8 @@ from core.chunk_header import encode_header
 from core.file_ids import FILE_ID_PATTERN
 from core.users import new_user_id
 from ops.redis_server import free_port
-from tests.support import JWT_SECRET, bearer, chunk_body, new_id, send_chunk, start_api, wait_for_state, wait_until
+from tests.support import (JWT_SECRET, bearer, chunk_body, new_id, read_answer, send_chunk, start_api, wait_for_state,
+                           wait_until)
 
 MiB = 1024 * 1024
 
@@ -79,27 +80,7 @@ def raw_http(url: str, request: bytes, timeout: float = 15.0, chunk_size: int = 
                 sock.sendall(request[offset : offset + chunk_size])
         except (BrokenPipeError, ConnectionResetError):
             pass
-        data = b""
-        try:
-            while b"\r\n\r\n" not in data:
-                piece = sock.recv(65536)
-                if not piece:
-                    break
-                data += piece
-            if b"\r\n\r\n" not in data:
-                return RawResponse(None, {}, data)
-            head, _, body = data.partition(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-            length = int(headers.get("content-length", "0"))
-            while len(body) < length:
-                piece = sock.recv(65536)
-                if not piece:
-                    break
-                body += piece
-            return RawResponse(int(lines[0].split()[1]), headers, body[:length])
-        except ConnectionResetError:
-            return RawResponse(None, {}, data)
+        return RawResponse(*read_answer(sock))
 
 
 def upload_head(url: str, token: str, file_id: str, content_range: str, *, content_length: int | None,

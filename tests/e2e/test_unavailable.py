@@ -28,5 +28,8 @@ def test_redis_down_is_503_unavailable(tmp_path, redis_server):
             headers={**bearer(token), "Content-Range": "bytes 0-2/3"}, timeout=10,
         )
         assert upload.status_code == 503 and upload.json()["code"] == "unavailable"
+        # Every 503 says when to come back (FT_UNAVAILABLE_RETRY_AFTER, default 5 s).
+        for answer in (health, token_response, status, upload):
+            assert answer.headers["retry-after"] == "5", answer
     finally:
         api.stop()

@@ -326,7 +326,7 @@ def test_raw_non_ascii_file_name_is_refused(stack, token):
 
 def test_several_api_processes_share_one_upload(make_stack, client):
     """FT_API_WORKERS > 1 (uvicorn --workers): chunks of one file land on different processes."""
-    multi = make_stack(WEB_CONCURRENCY="2")
+    multi = make_stack(FT_API_WORKERS="2")
     token = multi.token()
     data = os.urandom(2 * MiB)
     file_id = new_id()

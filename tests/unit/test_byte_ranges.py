@@ -10,11 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.byte_ranges import (
+    DEFAULT_MAX_RANGES,
     MAX_OFFSET,
+    coalesce,
     content_disposition,
     evaluate_preconditions,
     http_date,
     if_range_allows,
+    limit_ranges,
     parse_http_date,
     parse_range,
     strong_etag,
@@ -110,6 +113,58 @@ def test_absent_header_is_ignored():
 def test_many_small_ranges_are_all_served_in_order():
     header = "bytes=" + ",".join(f"{i}-{i}" for i in reversed(range(1000)))
     assert parse_range(header, 1000) == [(i, i) for i in reversed(range(1000))]
+
+
+# --- what is served: merged, capped ---------------------------------------------------------
+
+COALESCED = {
+    "bytes=0-1,0-1": [(0, 1)],
+    "bytes=5-14,0-9": [(0, 14)],
+    "bytes=0-9,10-19": [(0, 19)],            # adjacent: one range
+    "bytes=0-9,11-19": [(0, 9), (11, 19)],   # a gap of one byte: two
+    "bytes=500-599,0-9,100-199": [(500, 599), (0, 9), (100, 199)],  # touching nothing: as asked
+    "bytes=500-599,0-9,5-14": [(500, 599), (0, 14)],  # a merged range stands where its first member was
+    "bytes=20-29,0-9,10-14": [(20, 29), (0, 14)],
+    "bytes=0-0,-1": [(0, 0), (999, 999)],
+    "bytes=0-1,3-4,1-3": [(0, 4)],           # merging is transitive
+}
+
+
+@pytest.mark.parametrize("header", COALESCED)
+def test_overlapping_and_adjacent_ranges_are_merged_in_the_order_asked(header):
+    assert limit_ranges(parse_range(header, 1000)) == COALESCED[header]
+
+
+def test_more_ranges_than_the_cap_send_the_whole_file():
+    """nginx's max_ranges: over the cap, the Range is ignored (200 with the whole file)."""
+    spaced = [(i * 10, i * 10 + 4) for i in range(DEFAULT_MAX_RANGES + 1)]
+    header = "bytes=" + ",".join(f"{a}-{b}" for a, b in spaced)
+    assert limit_ranges(parse_range(header, 100_000)) is None
+    assert limit_ranges(spaced[:-1]) == spaced[:-1]
+    assert limit_ranges(spaced, max_ranges=len(spaced)) == spaced
+
+
+def test_fifteen_thousand_touching_ranges_become_one():
+    header = "bytes=" + ",".join(f"{i}-{i}" for i in range(15_000))
+    assert limit_ranges(parse_range(header, 20_000)) == [(0, 14_999)]
+
+
+def test_no_range_and_no_satisfiable_range_pass_through():
+    assert limit_ranges(None) is None
+    assert limit_ranges([]) == []
+
+
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 50)).map(lambda t: (t[0], t[0] + t[1])),
+                min_size=1, max_size=12))
+def test_coalesce_keeps_the_same_bytes_in_disjoint_ranges(ranges):
+    merged = coalesce(ranges)
+    asked_bytes = {b for start, end in ranges for b in range(start, end + 1)}
+    assert {b for start, end in merged for b in range(start, end + 1)} == asked_bytes
+    ordered = sorted(merged)
+    assert all(a[1] + 1 < b[0] for a, b in zip(ordered, ordered[1:]))  # neither overlap nor touch
+    # Each merged range stands where the first member it absorbed was asked.
+    firsts = [min(i for i, (s, e) in enumerate(ranges) if start <= s and e <= end) for start, end in merged]
+    assert firsts == sorted(firsts)
 
 
 # --- properties ---------------------------------------------------------------------------

@@ -62,6 +62,9 @@ def test_services_and_their_wiring(compose):
         assert service["environment"]["FT_REDIS_URL"] == "redis://redis:6379/0"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "requirements.txt" in dockerfile
+    # The image and the api service serve through the one entry point, built from FT_* settings.
+    assert 'CMD ["python", "-m", "api"]' in dockerfile
+    assert services["api"]["command"] == ["python", "-m", "api"]
 
 
 def test_all_services_share_one_data_volume(compose):
@@ -140,6 +143,9 @@ def test_service_commands_come_up(compose, redis_server, tmp_path):
             assert env["FT_REDIS_URL"].startswith("redis://redis:6379/")
             env.update(FT_REDIS_URL=redis_url, FT_DATA_DIR=str(tmp_path / "data"), FT_MIN_FREE_BYTES="0",
                        PYTHONUNBUFFERED="1")
+            if "FT_HOST" in env:  # the api (`python -m api`) listens where its settings say
+                assert env["FT_HOST"] == "0.0.0.0"
+                env.update(FT_HOST="127.0.0.1", FT_PORT=str(port_map[str(env["FT_PORT"])]))
             procs[name] = Proc(_local(service["command"], port_map), {**base_env, **env},
                                tmp_path / f"{name}.log").start()
 

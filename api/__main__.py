@@ -1,0 +1,48 @@
+"""`python -m api`: the one way to serve the API (tests, `make run`, the Docker image, compose).
+
+Everything comes from Settings (FT_HOST, FT_PORT, FT_API_WORKERS, FT_KEEPALIVE_TIMEOUT, ...):
+uvicorn on uvloop with our bounded httptools protocol (api/http_protocol.py), which adds the
+head-size cap, the header-read timeout and the 503 + Retry-After answers when a process is
+saturated. Each worker process builds the app with `api.main:create_app` (a factory, as
+`uvicorn --factory api.main:create_app` would) and reads the same environment.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from core.config import Settings
+
+PROTOCOL = "api.http_protocol:BoundedHttpToolsProtocol"
+GRACEFUL_SHUTDOWN = 10  # seconds running requests get at SIGTERM before their connections are cut
+
+
+def server_options(settings: Settings) -> dict:
+    """uvicorn.run's arguments for these settings."""
+    return {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.api_workers,
+        "loop": "uvloop",
+        "http": PROTOCOL,
+        "backlog": settings.backlog,
+        "timeout_keep_alive": settings.keepalive_timeout,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
+        "log_level": settings.log_level.lower(),
+        # X-Forwarded-For/-Proto believed from FT_TRUSTED_PROXIES only (uvicorn's default trusts 127.0.0.1).
+        "forwarded_allow_ips": settings.trusted_proxies,
+        # Saturation is answered by our protocol (JSON body, Retry-After), not uvicorn's bare 503.
+        "limit_concurrency": None,
+    }
+
+
+def main() -> int:
+    uvicorn.run("api.main:create_app", **server_options(Settings()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

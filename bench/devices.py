@@ -1,0 +1,316 @@
+"""Many devices at once: N clients, each on its own keep-alive connection, each uploading one
+1 MiB file in 64 KiB chunks, all starting together. One process, one asyncio loop, raw streams.
+
+    .venv/bin/python -m bench.devices [--devices 64,256,1000] [--servers ours,tus] [--dir /dev/shm]
+    .venv/bin/python -m bench --only devices          (the same inside `make bench`, into BENCHMARKS.md)
+
+What it reports per server and N: uploads whose every chunk was acknowledged (and, for ours,
+how many files then reached `complete` and when), completed uploads per second, errors by
+status, p50/p99/max chunk latency (request sent -> answer read), and the server's peak RSS.
+A device that gets an error stops (as a client without retries would): an upload counts only
+when all of its chunks were accepted. Every run is bounded (`--deadline` seconds).
+
+Servers: `ours` (POST /upload/{id} with the chunk header), `tus` (@tus/server + @tus/file-store
+from bench/refs.py: POST /files then PATCHes). `ours-tus` (our own /files/ tus endpoint) is
+measured too once the API answers `OPTIONS /files/` with `Tus-Version`: the same tus device
+with our bearer token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.procs import descendants, peak_rss_mib, reset_peak  # noqa: E402
+from core.chunk_header import encode_header  # noqa: E402
+
+KiB, MiB = 1024, 1024 * 1024
+FILE_SIZE = 1 * MiB
+CHUNK = 64 * KiB
+COUNTS = (64, 256, 1000)
+
+
+# --- one connection ---------------------------------------------------------------------------
+
+class Connection:
+    """A raw HTTP/1.1 keep-alive connection: send a head and a body, read one answer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> "Connection":
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=1 * MiB)
+        return cls(reader, writer, parts.netloc)
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict, bytes]:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+        self.writer.write(head.encode("latin-1"))
+        if body:
+            self.writer.write(body)
+        await self.writer.drain()
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        answer = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if answer.get("transfer-encoding", "").lower() == "chunked":
+            content = await self._read_chunked()
+        else:
+            content = await self.reader.readexactly(int(answer.get("content-length", "0")))
+        return status, answer, content
+
+    async def _read_chunked(self) -> bytes:
+        content = b""
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            content += await self.reader.readexactly(size + 2)
+            if size == 0:
+                return content
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# --- what a device sends -----------------------------------------------------------------------
+
+@dataclass
+class Tally:
+    """What the devices of one run saw."""
+
+    completed: int = 0
+    errors: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    finished_at: list[float] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+
+    def error(self, what: str, detail: str = "") -> None:
+        self.errors[what] += 1
+        if len(self.samples) < 5:
+            self.samples.append(f"{what}: {detail[:200]}")
+
+    async def timed(self, conn: Connection, *args, **kwargs) -> tuple[int, dict, bytes]:
+        started = time.perf_counter()
+        answer = await conn.request(*args, **kwargs)
+        self.latencies.append(time.perf_counter() - started)
+        return answer
+
+
+class Payload:
+    """One random 1 MiB file shared by every device, cut into 64 KiB chunks once."""
+
+    def __init__(self) -> None:
+        self.data = os.urandom(FILE_SIZE)
+        self.chunks = [(start, min(start + CHUNK, FILE_SIZE) - 1) for start in range(0, FILE_SIZE, CHUNK)]
+        self.ours = [encode_header(s, e, zlib.crc32(self.data[s : e + 1])) + self.data[s : e + 1]
+                     for s, e in self.chunks]
+
+
+class OurChunks:
+    """Our protocol: POST /upload/{file_id}, Content-Range, a 12-byte chunk header, the payload."""
+
+    name = "ours"
+
+    def __init__(self, token: str) -> None:
+        self.auth = {"Authorization": f"Bearer {token}"}
+
+    async def upload(self, conn: Connection, file_id: str, payload: Payload, tally: Tally) -> bool:
+        for (start, end), body in zip(payload.chunks, payload.ours):
+            headers = {**self.auth, "Content-Type": "application/octet-stream",
+                       "Content-Range": f"bytes {start}-{end}/{FILE_SIZE}"}
+            status, _, content = await tally.timed(conn, "POST", f"/upload/{file_id}", headers, body)
+            if status != 200:
+                tally.error(str(status), content.decode(errors="replace"))
+                return False
+        return True
+
+
+class TusChunks:
+    """tus 1.0: POST {path} (creation) then one PATCH per chunk. `headers` adds e.g. a token."""
+
+    def __init__(self, name: str, path: str = "/files", headers: dict[str, str] | None = None) -> None:
+        self.name, self.path = name, path.rstrip("/")
+        self.base = {"Tus-Resumable": "1.0.0", **(headers or {})}
+
+    async def upload(self, conn: Connection, file_id: str, payload: Payload, tally: Tally) -> bool:
+        status, answer, content = await conn.request("POST", self.path + "/", {**self.base, "Upload-Length": str(FILE_SIZE)})
+        if status != 201 or "location" not in answer:
+            tally.error(f"create {status}", content.decode(errors="replace"))
+            return False
+        location = urlsplit(answer["location"]).path
+        for start, end in payload.chunks:
+            headers = {**self.base, "Upload-Offset": str(start), "Content-Type": "application/offset+octet-stream"}
+            status, _, content = await tally.timed(conn, "PATCH", location, headers, payload.data[start : end + 1])
+            if status != 204:
+                tally.error(str(status), content.decode(errors="replace"))
+                return False
+        return True
+
+
+# --- one run: N devices at once -----------------------------------------------------------------
+
+async def run_devices(url: str, protocol, count: int, payload: Payload, run_id: str, deadline: float) -> dict:
+    """`count` devices, each its own connection, started together; bounded by `deadline` seconds."""
+    tally = Tally()
+    go = asyncio.Event()
+    connected = 0
+
+    async def device(index: int) -> None:
+        nonlocal connected
+        try:
+            conn = await Connection.open(url)
+        except OSError as exc:
+            tally.error("connect", repr(exc))
+            return
+        connected += 1
+        try:
+            await go.wait()
+            if await protocol.upload(conn, f"{run_id}-{index}", payload, tally):
+                tally.completed += 1
+                tally.finished_at.append(time.perf_counter())
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            tally.error("connection", repr(exc))
+        finally:
+            conn.close()
+
+    tasks = [asyncio.create_task(device(i)) for i in range(count)]
+    while connected + sum(tally.errors.values()) < count and not all(t.done() for t in tasks):
+        await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    go.set()
+    done, pending = await asyncio.wait(tasks, timeout=deadline)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if pending:
+        tally.errors["unfinished at deadline"] += len(pending)
+    elapsed = (max(tally.finished_at) if tally.finished_at else time.perf_counter()) - started
+    lat = sorted(tally.latencies)
+
+    def pct(p: float) -> float | None:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else None
+
+    return {
+        "devices": count, "completed": tally.completed, "seconds": elapsed,
+        "uploads_per_s": tally.completed / elapsed if elapsed > 0 else 0.0,
+        "errors": dict(tally.errors), "error_samples": tally.samples,
+        "chunks": len(lat), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": lat[-1] * 1000 if lat else None,
+    }
+
+
+def peak_rss_of(pids: list[int]) -> float:
+    return sum(peak_rss_mib(p) for pid in pids for p in descendants(pid))
+
+
+def measure(url: str, protocol, count: int, payload: Payload, pids: list[int], run_id: str, deadline: float) -> dict:
+    for pid in pids:
+        for p in descendants(pid):
+            reset_peak(p)
+    row = uvloop.run(run_devices(url, protocol, count, payload, run_id, deadline))
+    row["peak_rss_mib"] = peak_rss_of(pids)
+    return row
+
+
+def wait_all_complete(stack, run_id: str, count: int, deadline: float) -> tuple[int, float]:
+    """How many of our run's files reached `complete`, and the seconds it took from now."""
+    started = time.monotonic()
+    pending = {f"{run_id}-{i}" for i in range(count)}
+    complete = 0
+    while pending and time.monotonic() - started < deadline:
+        for file_id in list(pending):
+            state = stack.status(file_id).get("state")
+            if state in ("complete", "failed"):
+                pending.discard(file_id)
+                complete += state == "complete"
+        if pending:
+            time.sleep(0.2)
+    return complete, time.monotonic() - started
+
+
+def ours_tus_available(stack) -> bool:
+    """Whether our API serves tus on /files/ yet (another part of the project adds it)."""
+    answer = stack.client.options("/files/", headers={"Tus-Resumable": "1.0.0"})
+    return answer.status_code in (200, 204) and "tus-version" in answer.headers
+
+
+def bench_devices(counts: tuple[int, ...], servers: tuple[str, ...], work_dir: str, log, deadline: float = 180.0,
+                  env: dict[str, str] | None = None) -> dict:
+    """Every server at every N, on fresh data directories under `work_dir`; rows by server then N."""
+    from bench.refs import TusServer, tus_install
+    from bench.stack import OurStack
+
+    payload = Payload()
+    results: dict[str, dict] = {}
+    root = Path(tempfile.mkdtemp(prefix="ft-devices-", dir=work_dir))
+    with ExitStack() as exits:
+        targets = []
+        if "ours" in servers or "ours-tus" in servers:
+            stack = exits.enter_context(OurStack(root / "ours", **(env or {})))
+            if "ours" in servers:
+                targets.append((OurChunks(stack.token), stack.url, [stack.api.pid], stack))
+            if "ours-tus" in servers and ours_tus_available(stack):
+                targets.append((TusChunks("ours-tus", "/files", {"Authorization": f"Bearer {stack.token}"}),
+                                stack.url, [stack.api.pid], stack))
+        if "tus" in servers and tus_install(log) is not None:
+            tus = exits.enter_context(TusServer(root / "tus-store", root / "tus.log"))
+            targets.append((TusChunks("tus"), tus.url, tus.pids, None))
+        for count in counts:
+            for protocol, url, pids, stack in targets:
+                run_id = f"dev{count}-{protocol.name}-{os.urandom(3).hex()}"
+                log(f"devices: {count} x {protocol.name} ...")
+                row = measure(url, protocol, count, payload, pids, run_id, deadline)
+                if stack is not None and protocol.name == "ours":
+                    row["complete"], row["complete_after_s"] = wait_all_complete(stack, run_id, count, deadline)
+                    for i in range(count):
+                        stack.remove(f"{run_id}-{i}")
+                log(f"  {describe(protocol.name, row)}")
+                results.setdefault(protocol.name, {})[str(count)] = row
+            if "tus" in servers and any(p.name == "tus" for p, *_ in targets):
+                tus.clear()
+    return results
+
+
+def describe(name: str, row: dict) -> str:
+    errors = ", ".join(f"{k}: {v}" for k, v in row["errors"].items()) or "none"
+    complete = f", {row['complete']} complete after {row['complete_after_s']:.1f} s" if "complete" in row else ""
+    p50, p99 = row["p50_ms"] or 0.0, row["p99_ms"] or 0.0
+    return (f"{name:8s} {row['devices']:5d} devices: {row['completed']}/{row['devices']} uploads in {row['seconds']:.1f} s"
+            f" = {row['uploads_per_s']:.1f}/s, chunk p50 {p50:.0f} ms p99 {p99:.0f} ms, errors {errors},"
+            f" peak RSS {row['peak_rss_mib']:.0f} MiB{complete}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.devices", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", default=",".join(map(str, COUNTS)), help="comma-separated device counts")
+    parser.add_argument("--servers", default="ours,ours-tus,tus", help="ours, ours-tus, tus")
+    parser.add_argument("--dir", default=os.environ.get("FT_BENCH_TMPFS_DIR", "/dev/shm"), help="data directories here")
+    parser.add_argument("--deadline", type=float, default=180.0, help="seconds one run may take")
+    args = parser.parse_args(argv)
+    counts = tuple(int(n) for n in args.devices.split(",") if n)
+    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    results = bench_devices(counts, servers, args.dir, lambda m: print(m, flush=True), args.deadline)
+    for name, rows in results.items():
+        for row in rows.values():
+            print(describe(name, row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
