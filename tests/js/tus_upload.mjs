@@ -63,7 +63,8 @@ const options = {
 }
 if (config.chunkSize) options.chunkSize = config.chunkSize
 if (config.bytesPerSecond) options.httpStack = new SlowHttpStack(config.bytesPerSecond)
-if (!options.uploadLengthDeferred) options.uploadSize = size
+// A file stream knows its size; parallel uploads refuse the option.
+if (!options.uploadLengthDeferred && options.parallelUploads === 1) options.uploadSize = size
 // A deferred length needs a stream source (its end is discovered); a file stream otherwise.
 const input = options.uploadLengthDeferred ? Readable.from(fs.createReadStream(config.path)) : fs.createReadStream(config.path)
 const upload = new Upload(input, options)
