@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
 
-from tests.support import ROOT, bearer
+from tests.support import ROOT, bearer, wait_for_state
 
 JS_DIR = ROOT / "tests" / "js"
 TUS_JS = JS_DIR / "tus_upload.mjs"
@@ -67,3 +70,33 @@ def patch(client: httpx.Client, url: str, token: str, at: int, body: bytes, **he
     hdrs = {**bearer(token), **TUS, **PATCH_TYPE, "Upload-Offset": str(at)}
     hdrs.update({k.replace("_", "-"): v for k, v in headers.items()})
     return client.patch(url, content=body, headers=hdrs)
+
+
+def sample(tmp_path: Path, size: int, name: str = "sample.bin") -> tuple[Path, bytes]:
+    data = os.urandom(size)
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path, data
+
+
+def check_complete(client: httpx.Client, stack, token: str, file_id: str, data: bytes, name: str) -> dict:
+    """Verified by a worker, downloaded byte-identical, under its own name."""
+    done = wait_for_state(client, stack.url, token, file_id)
+    assert done["state"] == "complete", done
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert done["file_name"] == name
+    got = client.get(f"{stack.url}/download/{file_id}", headers=bearer(token))
+    assert got.status_code == 200
+    assert got.content == data
+    assert f"filename*=UTF-8''{quote(name)}" in got.headers["content-disposition"]
+    return done
+
+
+def js_round_trip(stack, client: httpx.Client, tmp_path: Path, size: int, name: str, **options) -> list[dict]:
+    """tus-js-client uploads `size` random bytes; the file must then be complete and identical."""
+    token = stack.token()
+    path, data = sample(tmp_path, size, name)
+    events = run_js(js_config(stack, token, path, filename=name, **options))
+    assert events[-1]["event"] == "success"
+    check_complete(client, stack, token, upload_id(events[-1]["url"]), data, name)
+    return events

@@ -27,6 +27,7 @@ from api.deps import CurrentUser
 from api.errors import documented_errors, to_response
 from api.routers.uploads import FileId
 from core.config import Settings
+from core.file_ids import validate_file_id
 from core.errors import InvalidTusHeader, TransferError, UnsupportedMediaType, UnsupportedTusVersion
 from core.tus import (
     CHECKSUM_ALGORITHMS,
@@ -192,6 +193,25 @@ _ERRORS = documented_errors({
 })
 
 
+def _header(name: str, description: str, required: bool = True, **schema) -> dict:
+    return {"name": name, "in": "header", "required": required, "description": description,
+            "schema": {"type": "string", **schema}}
+
+
+_TUS_RESUMABLE = _header("Tus-Resumable", "tus requests: 1.0.0 (else 412). IETF draft requests send "
+                         "Upload-Draft-Interop-Version (5 or 6) instead", enum=[TUS_VERSION])
+_OFFSET = _header("Upload-Offset", "where this body starts: the upload's current offset (else 409)",
+                  pattern="^[0-9]{1,15}$")
+_CHECKSUM = _header("Upload-Checksum", "`algorithm base64digest` of this body (sha1, md5, crc32, sha256, sha512);"
+                    " a mismatch answers 460 and keeps nothing", required=False)
+
+
+def _documented(*parameters: dict) -> dict:
+    """The tus headers of an operation. Bodies (application/offset+octet-stream) are said in
+    the descriptions: OpenAPI tools cannot send that media type."""
+    return {"parameters": list(parameters)}
+
+
 # --- routes --------------------------------------------------------------------------------
 @router.options("/files", status_code=204, response_class=Response, responses=_ERRORS)
 @router.options("/files/", status_code=204, response_class=Response, include_in_schema=False)
@@ -201,11 +221,17 @@ async def capabilities(request: Request, user: CurrentUser) -> Response:
     return Response(status_code=204, headers=_capabilities(request.app.state.settings))
 
 
-@router.post("/files", status_code=201, response_class=Response, responses=_ERRORS)
+@router.post("/files", status_code=201, response_class=Response, responses=_ERRORS, openapi_extra=_documented(
+    _TUS_RESUMABLE,
+    _header("Upload-Length", "the file's size in bytes (or Upload-Defer-Length: 1)", required=False, pattern="^[0-9]{1,13}$"),
+    _header("Upload-Defer-Length", "1: the size is sent later, with a PATCH", required=False, enum=["1"]),
+    _header("Upload-Metadata", "`key base64value` pairs, comma-separated; `filename` names the file", required=False),
+    _header("Upload-Concat", "`partial`, or `final;URL URL ...` to join finished partial uploads", required=False)))
 @router.post("/files/", status_code=201, response_class=Response, include_in_schema=False)
 async def create_upload(request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
     """Create an upload (tus creation, creation-defer-length, creation-with-upload and
-    concatenation; the draft's upload creation). Answers 201 with its URL in Location."""
+    concatenation; the draft's upload creation). Answers 201 with its URL in Location.
+    A body (application/offset+octet-stream) is the upload's first bytes."""
     protocol = Protocol(request)
     headers = request.headers
     length = parse_size(headers.get("upload-length"), "Upload-Length")
@@ -230,9 +256,10 @@ async def create_upload(request: Request, user: CurrentUser, tus: TusServiceDep)
                                               **_upload_headers(upload, protocol)})
 
 
-@router.head("/files/{file_id}", response_class=Response, responses=_ERRORS)
+@router.head("/files/{file_id}", response_class=Response, responses=_ERRORS, openapi_extra=_documented(_TUS_RESUMABLE))
 async def upload_offset(file_id: FileId, request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
     """The upload's offset (and length, metadata, expiry): where a client resumes."""
+    validate_file_id(file_id)
     protocol = Protocol(request)
     upload = await tus.info(user, file_id)
     headers = _upload_headers(upload, protocol)
@@ -241,9 +268,12 @@ async def upload_offset(file_id: FileId, request: Request, user: CurrentUser, tu
     return Response(status_code=200, headers=headers)
 
 
-@router.patch("/files/{file_id}", status_code=204, response_class=Response, responses=_ERRORS)
+@router.patch("/files/{file_id}", status_code=204, response_class=Response, responses=_ERRORS,
+              openapi_extra=_documented(_TUS_RESUMABLE, _OFFSET, _CHECKSUM))
 async def append_to_upload(file_id: FileId, request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
-    """Append the body at Upload-Offset. A body cut off keeps every byte that arrived."""
+    """Append the body (application/offset+octet-stream) at Upload-Offset. A body cut off
+    keeps every byte that arrived."""
+    validate_file_id(file_id)
     protocol = Protocol(request)
     offset = parse_size(request.headers.get("upload-offset"), "Upload-Offset")
     if offset is None:
@@ -253,9 +283,11 @@ async def append_to_upload(file_id: FileId, request: Request, user: CurrentUser,
     return Response(status_code=204, headers=_upload_headers(upload, protocol))
 
 
-@router.delete("/files/{file_id}", status_code=204, response_class=Response, responses=_ERRORS)
+@router.delete("/files/{file_id}", status_code=204, response_class=Response, responses=_ERRORS,
+               openapi_extra=_documented(_TUS_RESUMABLE))
 async def terminate_upload(file_id: FileId, request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
     """tus termination, the draft's cancellation: the upload and its bytes are gone (then 404)."""
+    validate_file_id(file_id)
     Protocol(request)
     await tus.terminate(user, file_id)
     return Response(status_code=204)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import zlib
 from datetime import datetime
@@ -13,7 +14,8 @@ from email.utils import parsedate_to_datetime
 import pytest
 
 from tests.support import bearer, wait_for_state, wait_until
-from tests.tus_support import PATCH_TYPE, TUS, create, js_config, offset, patch, run_js, upload_id
+from tests.faults import stack_redis
+from tests.tus_support import PATCH_TYPE, TUS, create, js_round_trip, offset, patch, upload_id
 
 KiB = 1024
 
@@ -212,13 +214,7 @@ def test_x_http_method_override_turns_a_post_into_patch_head_and_delete(stack, c
 
 
 def test_tus_js_client_with_method_override(stack, client, tmp_path):
-    token = stack.token()
-    data = os.urandom(700 * KiB)
-    path = tmp_path / "o.bin"
-    path.write_bytes(data)
-    events = run_js(js_config(stack, token, path, overridePatchMethod=True, chunkSize=256 * KiB, filename="o.bin"))
-    done = wait_for_state(client, stack.url, token, upload_id(events[-1]["url"]))
-    assert done["state"] == "complete" and done["sha256"] == hashlib.sha256(data).hexdigest()
+    js_round_trip(stack, client, tmp_path, 700 * KiB, "o.bin", overridePatchMethod=True, chunkSize=256 * KiB)
 
 
 def test_creation_with_upload_and_an_empty_file(stack, client):
@@ -280,13 +276,7 @@ def test_deferred_length(stack, client):
 
 
 def test_tus_js_client_deferred_length(stack, client, tmp_path):
-    token = stack.token()
-    data = os.urandom(3 * 1024 * KiB + 5)
-    path = tmp_path / "d.bin"
-    path.write_bytes(data)
-    events = run_js(js_config(stack, token, path, uploadLengthDeferred=True, chunkSize=1024 * KiB, filename="d.bin"))
-    done = wait_for_state(client, stack.url, token, upload_id(events[-1]["url"]))
-    assert done["state"] == "complete" and done["sha256"] == hashlib.sha256(data).hexdigest()
+    js_round_trip(stack, client, tmp_path, 3 * 1024 * KiB + 5, "d.bin", uploadLengthDeferred=True, chunkSize=1024 * KiB)
 
 
 def test_concatenation_of_partial_uploads(stack, client):
@@ -322,16 +312,10 @@ def test_concatenation_of_partial_uploads(stack, client):
 
 
 def test_tus_js_client_parallel_uploads(stack, client, tmp_path):
-    token = stack.token()
-    data = os.urandom(3 * 1024 * KiB + 1000)
-    path = tmp_path / "p.bin"
-    path.write_bytes(data)
-    events = run_js(js_config(stack, token, path, parallelUploads=3, filename="p.bin"))
-    final = events[-1]["url"]
-    assert client.head(final, headers={**bearer(token), **TUS}).headers["Upload-Concat"].count("/files/") == 3
-    done = wait_for_state(client, stack.url, token, upload_id(final))
-    assert done["state"] == "complete" and done["sha256"] == hashlib.sha256(data).hexdigest()
-    assert done["file_name"] == "p.bin"
+    events = js_round_trip(stack, client, tmp_path, 3 * 1024 * KiB + 1000, "p.bin", parallelUploads=3)
+    final = upload_id(events[-1]["url"])
+    stored = stack_redis(stack).hget(f"ft:up:{final}", "tus_parts")
+    assert len(json.loads(stored)) == 3  # a final concatenation of three partial uploads
 
 
 def test_a_tus_upload_is_an_ordinary_upload(stack, client):

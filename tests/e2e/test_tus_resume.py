@@ -10,8 +10,7 @@ import signal
 
 from tests.faults import claims_key, stack_redis
 from tests.support import start_api, wait_until
-from tests.tus_support import js_config, offset, run_js, start_js, upload_id
-from tests.e2e.test_tus_clients import check_complete
+from tests.tus_support import check_complete, js_config, offset, run_js, start_js, upload_id
 
 MiB = 1024 * 1024
 
