@@ -4,13 +4,15 @@ from the server's offset, and the file completes byte-identical."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 
+from tests.e2e.test_faults import _run_persist
 from tests.faults import claims_key, stack_redis
-from tests.support import start_api, wait_until
-from tests.tus_support import check_complete, js_config, offset, run_js, start_js, upload_id
+from tests.support import bearer, start_api, wait_until
+from tests.tus_support import TUS, check_complete, create, js_config, offset, patch, run_js, start_js, upload_id
 
 MiB = 1024 * 1024
 
@@ -88,3 +90,29 @@ def test_api_killed_mid_patch_then_restarted(make_stack, client, tmp_path):
     resent = resume(stack, token, path, url, retryDelays=[250] * 40)  # 409 until the dead claim lapses
     assert resent == len(data) - kept
     check_complete(client, stack, token, upload_id(url), data, "cut.bin")
+
+
+def test_redis_loss_restores_a_persisted_tus_upload(make_stack, client):
+    """`persist` writes the tus fields (metadata, deferred length) into the manifest: after a
+    FLUSHDB, HEAD answers as before and the upload carries on to a complete file."""
+    stack = make_stack(FT_PERSIST_AFTER="0")
+    token = stack.token()
+    data = os.urandom(300 * 1024)
+    metadata = "filename " + base64.b64encode("Ünïcode.bin".encode()).decode() + ",flag"
+    r = create(client, stack, token, Upload_Defer_Length="1", Upload_Metadata=metadata)
+    url = r.headers["Location"]
+    assert patch(client, url, token, 0, data[:100 * 1024]).status_code == 204
+    assert upload_id(url) in _run_persist(stack)["persisted"]
+    before = client.head(url, headers={**bearer(token), **TUS}).headers
+
+    stack_redis(stack).flushdb()
+
+    after = client.head(url, headers={**bearer(token), **TUS})
+    assert after.status_code == 200
+    for name in ("Upload-Offset", "Upload-Defer-Length", "Upload-Metadata"):
+        assert after.headers[name] == before[name], name
+    assert after.headers["Upload-Offset"] == str(100 * 1024)
+    assert client.head(url, headers={**bearer(stack.token()), **TUS}).status_code == 404  # still the owner's
+    last = patch(client, url, token, 100 * 1024, data[100 * 1024:], Upload_Length=str(len(data)))
+    assert last.status_code == 204, last.text
+    check_complete(client, stack, token, upload_id(url), data, "Ünïcode.bin")
