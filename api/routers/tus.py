@@ -17,6 +17,7 @@ Every answer, errors included, carries `Tus-Resumable: 1.0.0`; errors keep the J
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from email.message import Message
 from email.utils import formatdate
 from typing import Annotated
 
@@ -105,12 +106,16 @@ class Protocol:
             return complete
         return incomplete is False
 
-    def check_content_type(self, request: Request) -> None:
+    def check_content_type(self, request: Request, appending: bool) -> None:
+        """tus bodies are application/offset+octet-stream; the draft's appends are
+        application/partial-upload from interop version 6 (draft-04/05) on, untyped before; the
+        draft's creation request may carry the file's own type."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if self.is_draft:
-            return  # draft-03 sends none, draft-05 application/partial-upload: the body is bytes either way
-        if content_type != TUS_CONTENT_TYPE:
-            raise UnsupportedMediaType(f"a tus body must be Content-Type: {TUS_CONTENT_TYPE}")
+        if not self.is_draft:
+            if content_type != TUS_CONTENT_TYPE:
+                raise UnsupportedMediaType(f"a tus body must be Content-Type: {TUS_CONTENT_TYPE}")
+        elif appending and self.draft.strip() == "6" and content_type != DRAFT_CONTENT_TYPE:
+            raise UnsupportedMediaType(f"an append of this draft version must be Content-Type: {DRAFT_CONTENT_TYPE}")
 
 
 def _boolean(raw: str | None, header: str) -> bool | None:
@@ -128,6 +133,17 @@ def _has_body(request: Request) -> bool:
     if length is not None:
         return length.strip() not in ("", "0")
     return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+def _disposition_name(request: Request) -> str | None:
+    """`filename` (or RFC 2231 `filename*`) of a Content-Disposition header."""
+    raw = request.headers.get("content-disposition")
+    if not raw:
+        return None
+    message = Message()
+    message["content-disposition"] = raw
+    name = message.get_filename()
+    return name if isinstance(name, str) else None
 
 
 def _content_length(request: Request) -> int | None:
@@ -247,8 +263,11 @@ async def create_upload(request: Request, user: CurrentUser, tus: TusServiceDep)
             raise InvalidTusHeader("send either Upload-Length or Upload-Defer-Length: 1")
     with_body = _has_body(request)
     if with_body:
-        protocol.check_content_type(request)
-    new = NewUpload(length=length, metadata=parse_metadata(headers.get("upload-metadata")), concat=concat)
+        protocol.check_content_type(request, appending=False)
+    metadata = parse_metadata(headers.get("upload-metadata"))
+    if protocol.is_draft and "filename" not in metadata and (name := _disposition_name(request)):
+        metadata["filename"] = name.encode()  # the draft names a file with Content-Disposition
+    new = NewUpload(length=length, metadata=metadata, concat=concat)
     upload = await tus.create(user, new)
     if with_body or (protocol.is_draft and protocol.complete(request)):
         upload = await tus.append(user, upload.file_id, _append_request(request, protocol, 0), _body(request))
@@ -265,7 +284,8 @@ async def upload_offset(file_id: FileId, request: Request, user: CurrentUser, tu
     headers = _upload_headers(upload, protocol)
     if upload.metadata:
         headers["Upload-Metadata"] = upload.metadata
-    return Response(status_code=200, headers=headers)
+    # Drafts -01 and -02 require 204 for offset retrieval (later ones allow it); tus says 200.
+    return Response(status_code=204 if protocol.is_draft else 200, headers=headers)
 
 
 @router.patch("/files/{file_id}", status_code=204, response_class=Response, responses=_ERRORS,
@@ -278,7 +298,7 @@ async def append_to_upload(file_id: FileId, request: Request, user: CurrentUser,
     offset = parse_size(request.headers.get("upload-offset"), "Upload-Offset")
     if offset is None:
         raise InvalidTusHeader("Upload-Offset is required")
-    protocol.check_content_type(request)
+    protocol.check_content_type(request, appending=True)
     upload = await tus.append(user, file_id, _append_request(request, protocol, offset), _body(request))
     return Response(status_code=204, headers=_upload_headers(upload, protocol))
 

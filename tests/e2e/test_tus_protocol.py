@@ -368,11 +368,14 @@ def test_draft_whole_upload_in_one_request_without_a_length(stack, client):
     """As Apple's URLSession starts: POST with Upload-Complete: ?1 and the whole body."""
     token = stack.token()
     data = os.urandom(150 * KiB)
-    r = client.post(f"{stack.url}/files/", content=data, headers=draft(token, Upload_Complete="?1"))
+    r = client.post(f"{stack.url}/files/", content=data, headers=draft(
+        token, Upload_Complete="?1", Content_Type="image/png",
+        Content_Disposition="attachment; filename*=UTF-8''%C3%A9t%C3%A9.png"))
     assert r.status_code == 201, r.text
     assert r.headers["Upload-Complete"] == "?1" and r.headers["Upload-Offset"] == str(len(data))
     done = wait_for_state(client, stack.url, token, upload_id(r.headers["Location"]))
     assert done["total_bytes"] == len(data) and done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert done["file_name"] == "\u00e9t\u00e9.png"
 
 
 @pytest.mark.parametrize("version,first,last", [("6", {"Upload_Complete": "?0"}, {"Upload_Complete": "?1"}),
@@ -385,7 +388,7 @@ def test_draft_unknown_length_then_offset_retrieval_and_append(stack, client, ve
     assert r.status_code == 201, r.text
     url = r.headers["Location"]
     head = client.head(url, headers=draft(token, version))
-    assert head.status_code == 200 and head.headers["Upload-Offset"] == str(30 * KiB)
+    assert head.status_code == 204 and head.headers["Upload-Offset"] == str(30 * KiB)
     assert head.headers["Upload-Complete"] == "?0" and head.headers["Cache-Control"] == "no-store"
     done_patch = client.patch(url, content=data[30 * KiB:], headers=draft(token, version, Upload_Offset=str(30 * KiB),
                                                                           Content_Type="application/partial-upload", **last))
@@ -404,3 +407,10 @@ def test_draft_cancellation_and_unknown_version(stack, client):
                      412, "unsupported_tus_version")
     assert_tus_error(client.post(f"{stack.url}/files/", headers=draft(token, Upload_Complete="yes")),
                      400, "invalid_tus_header")
+    # from interop version 6 (draft-04/05) on, an append says application/partial-upload
+    r = client.post(f"{stack.url}/files/", headers=draft(token, Upload_Complete="?0", Upload_Length="10"))
+    url = r.headers["Location"]
+    untyped = client.patch(url, content=b"0123456789", headers=draft(token, Upload_Offset="0", Upload_Complete="?1"))
+    assert_tus_error(untyped, 415, "unsupported_media_type")
+    older = client.patch(url, content=b"0123456789", headers=draft(token, "5", Upload_Offset="0", Upload_Complete="?1"))
+    assert older.status_code == 204 and older.headers["Upload-Complete"] == "?1"
