@@ -247,7 +247,7 @@ class TusService:
         os.close(fd)
         upload = await self.uploads.load_for(user, file_id)
         if upload.state == "assembling":  # an empty file
-            await self.uploads._start_assembly(file_id)
+            await self.uploads.start_assembly(file_id)
         return describe(upload, self.settings.stale_after)
 
     def _fields(self, new: NewUpload) -> dict[str, str]:
@@ -287,7 +287,7 @@ class TusService:
         fields = self._fields(NewUpload(None, new.metadata))
         fields.update(tus_concat="final", tus_parts=json.dumps(ids))
         file_id = await self._create(user, base, fields, chunks)
-        await self.uploads._start_assembly(file_id)
+        await self.uploads.start_assembly(file_id)
         return describe(await self.uploads.load_for(user, file_id), self.settings.stale_after)
 
     # --- reading and termination -------------------------------------------------------
@@ -349,7 +349,7 @@ class TusService:
     async def _start_assembly_if_done(self, file_id: str) -> None:
         upload = await self.repo.get(file_id)
         if upload is not None and upload.state == "assembling":
-            await self.uploads._start_assembly(file_id)
+            await self.uploads.start_assembly(file_id)
 
     async def _stream(self, upload: Upload, request: Append, limit: int, length: int | None,
                       body: AsyncIterator[bytes]) -> int:

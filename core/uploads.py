@@ -223,7 +223,7 @@ class UploadService:
             raise
         _raise_for(progress)
         if progress.state == "assembling":
-            await self._start_assembly(file_id)
+            await self.start_assembly(file_id)
         return _receipt(file_id, progress)
 
     async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str) -> Progress:
@@ -276,7 +276,7 @@ class UploadService:
         if crc != chunk.crc32:
             raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
 
-    async def _start_assembly(self, file_id: str) -> None:
+    async def start_assembly(self, file_id: str) -> None:
         """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue."""
         upload = await self.repo.get(file_id)
         if upload is not None:
