@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(downloads.router)
     app.include_router(admin.router)
     app.include_router(tus.router)
-    app.add_middleware(tus.MethodOverride)
+    app.add_middleware(tus.TusMiddleware)
     if settings.cors_origin_list:
         # Browsers on these origins may call the API (tus-js-client, Uppy); bearer tokens, no cookies.
         app.add_middleware(

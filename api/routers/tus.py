@@ -11,25 +11,25 @@ Two protocols on one endpoint, told apart per request:
   informational 104 answer is not sent: uvicorn cannot send 1xx answers, and clients do not
   need it (they take the Location of the final answer).
 
-Every answer, errors included, carries `Tus-Resumable: 1.0.0`; errors keep the JSON body.
+Every answer, errors included, carries `Tus-Resumable: 1.0.0` (TusMiddleware); errors keep
+the JSON body (api/errors.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from email.message import Message
 from email.utils import formatdate
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.routing import APIRoute
 
 from api.deps import CurrentUser
-from api.errors import documented_errors, to_response
+from api.errors import documented_errors
 from api.routers.uploads import FileId
 from core.config import Settings
 from core.file_ids import validate_file_id
-from core.errors import InvalidTusHeader, TransferError, UnsupportedMediaType, UnsupportedTusVersion
+from core.errors import InvalidTusHeader, UnsupportedMediaType, UnsupportedTusVersion
 from core.tus import (
     CHECKSUM_ALGORITHMS,
     EXTENSIONS,
@@ -51,26 +51,7 @@ TUS_HEADERS = ("Upload-Offset", "Location", "Upload-Length", "Upload-Expires", "
                "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm")
 
 
-class TusRoute(APIRoute):
-    """Adds Tus-Resumable to every answer of these routes, errors raised while resolving
-    dependencies (401) included."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def with_tus_headers(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except TransferError as exc:
-                response = to_response(exc)
-            response.headers["Tus-Resumable"] = TUS_VERSION
-            response.headers["Cache-Control"] = "no-store"
-            return response
-
-        return with_tus_headers
-
-
-router = APIRouter(tags=["tus"], route_class=TusRoute)
+router = APIRouter(tags=["tus"])
 
 
 async def get_tus_service(request: Request) -> TusService:
@@ -313,21 +294,40 @@ async def terminate_upload(file_id: FileId, request: Request, user: CurrentUser,
     return Response(status_code=204)
 
 
-class MethodOverride:
-    """tus's `X-HTTP-Method-Override` for clients behind proxies that pass only GET and POST:
-    a POST to /files/... carrying it is routed as that method."""
+class TusMiddleware:
+    """What every request and answer under /files shares, outside the routes so that errors
+    answered by the app's handlers (401 from the auth dependency, 405, 503) are covered too:
+    - `X-HTTP-Method-Override` on a POST to /files/... routes it as that method (for clients
+      behind proxies that pass only GET and POST);
+    - every answer carries `Tus-Resumable: 1.0.0`, and the answers of tus's own methods
+      `Cache-Control: no-store` (an offset must never come from a cache)."""
 
-    METHODS = {"PATCH", "DELETE", "HEAD", "OPTIONS"}
+    OVERRIDES = {"PATCH", "DELETE", "HEAD", "OPTIONS"}
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/files/"):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/files" or path.startswith("/files/")):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST" and path.startswith("/files/"):
             for name, value in scope["headers"]:
                 if name == b"x-http-method-override":
                     method = value.decode("latin-1").strip().upper()
-                    if method in self.METHODS:
+                    if method in self.OVERRIDES:
                         scope = {**scope, "method": method}
                     break
-        await self.app(scope, receive, send)
+        extra = [(b"tus-resumable", TUS_VERSION.encode())]
+        if scope["method"] != "GET":
+            extra.append((b"cache-control", b"no-store"))
+
+        async def send_with_tus_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                added = [(name, value) for name, value in extra if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *added]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_tus_headers)

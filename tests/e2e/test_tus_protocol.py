@@ -186,6 +186,13 @@ def test_without_a_token_every_route_is_401(stack, client):
         assert r.headers["WWW-Authenticate"] == "Bearer"
 
 
+def test_answers_of_the_app_itself_carry_tus_resumable_too(stack, client):
+    url = new_upload(client, stack, stack.token(), 10)
+    wrong_method = client.put(url, headers={**bearer(stack.token()), **TUS})
+    assert_tus_error(wrong_method, 405, "method_not_allowed")
+    assert wrong_method.headers["Cache-Control"] == "no-store"
+
+
 def test_termination_is_204_then_404_and_the_bytes_are_gone(stack, client):
     token = stack.token()
     url = new_upload(client, stack, token, 100)
