@@ -41,6 +41,14 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.FileTooLarge: 413,
     errors.TooManyAttempts: 429,
     errors.InsufficientStorage: 507,
+    errors.UnsupportedTusVersion: 412,
+    errors.UnsupportedMediaType: 415,
+    errors.InvalidTusHeader: 400,
+    errors.UnsupportedChecksumAlgorithm: 400,
+    errors.TusChecksumMismatch: 460,
+    errors.OffsetMismatch: 409,
+    errors.UploadLengthExceeded: 413,
+    errors.ConcatenationError: 400,
     errors.Unavailable: 503,
 }
 
@@ -116,6 +124,8 @@ def to_response(exc: errors.TransferError) -> JSONResponse:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, errors.BodyStalled):
         headers["Connection"] = "close"  # the rest of a stalled body is not worth waiting for
+    if isinstance(exc, errors.UnsupportedTusVersion):
+        headers["Tus-Version"] = "1.0.0"
     return error_response(status, exc.code, exc.detail, headers=headers or None, **exc.extra)
 
 

@@ -6,15 +6,17 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
-from api.routers import admin, auth, downloads, health, uploads
+from api.routers import admin, auth, downloads, health, tus, uploads
 from core.config import Settings
 from core.jobs import Jobs
 from core.login_throttle import LoginThrottle
 from core.redis_clients import async_redis
 from core.state import UploadRepository
 from core.storage import Storage
+from core.tus import TusService
 from core.uploads import UploadService
 from core.users import RecentUsers, UserStore
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.uploads = UploadService(
             settings, UploadRepository(app.state.redis), Storage(settings), app.state.jobs.assemble
         )
+        app.state.tus = TusService(app.state.uploads)
         try:
             yield
         finally:
@@ -69,4 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(downloads.router)
     app.include_router(admin.router)
+    app.include_router(tus.router)
+    app.add_middleware(tus.TusMiddleware)
+    if settings.cors_origin_list:
+        # Browsers on these origins may call the API (tus-js-client, Uppy); bearer tokens, no cookies.
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"], allow_headers=["*"],
+            expose_headers=list(tus.TUS_HEADERS), max_age=600,
+        )
     return app

@@ -22,6 +22,7 @@ from redis.exceptions import LockError
 
 from core.checksums import crc32
 from core.state import Chunk
+from core.tus import build_concatenation, forget_parts, parts_of
 from core.uploads import UploadService
 
 READ_SIZE = 4 * 1024 * 1024
@@ -87,6 +88,14 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
         if upload is None or upload.state != "assembling":
             return {"file_id": file_id, "result": f"nothing to do: {upload.state if upload else 'gone'}"}
         chunks = await repo.chunks(file_id)
+        parts = parts_of(upload)
+        if parts and not storage.final_data(file_id).exists():
+            try:
+                await anyio.to_thread.run_sync(build_concatenation, storage, file_id, parts)
+            except FileNotFoundError:
+                error = "a partial upload of this concatenation was removed before it was assembled"
+                await repo.transition(file_id, "assembling", state="failed", error=error)
+                return {"file_id": file_id, "result": "failed", "error": error}
         source = storage.staging_data(file_id)
         if not source.exists():
             source = storage.final_data(file_id)  # a previous run moved it, then died
@@ -118,6 +127,7 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             completed_at=repr(completed_at), updated_at=repr(completed_at),
         )
         storage.remove_staging(file_id)
+        await forget_parts(service, parts)
         return {"file_id": file_id, "result": "complete", "sha256": verification.sha256,
                 "size": upload.total, "seconds": round(time.monotonic() - started, 3)}
     finally:

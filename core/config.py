@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     min_free_bytes: int = Field(1 * GiB, ge=0)
     claim_lease: int = Field(60, gt=0, description="seconds an in-flight chunk holds its range")
     fsync_chunks: bool = False
+    tus_commit_bytes: int = Field(
+        8 * MiB, gt=0, description="a streaming tus PATCH records what it has stored at least this often")
+
+    # Browsers (tus through /files/)
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS; empty: none")
 
     # Downloads
     download_read_size: int = Field(1 * MiB, gt=0)
@@ -109,6 +114,10 @@ class Settings(BaseSettings):
     @cached_property
     def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
         return parse_networks(self.trusted_proxies)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @cached_property
     def staging_dir(self) -> Path:

@@ -57,6 +57,43 @@ class FileTooLarge(TransferError):
     code = "file_too_large"
 
 
+# --- tus and the IETF resumable-upload draft (/files/) -----------------------
+class UnsupportedTusVersion(TransferError):
+    code = "unsupported_tus_version"
+
+
+class UnsupportedMediaType(TransferError):
+    code = "unsupported_media_type"
+
+
+class InvalidTusHeader(TransferError):
+    """A malformed Upload-Length, Upload-Offset, Upload-Metadata, Upload-Checksum, ..."""
+
+    code = "invalid_tus_header"
+
+
+class UnsupportedChecksumAlgorithm(TransferError):
+    code = "unsupported_checksum_algorithm"
+
+
+class TusChecksumMismatch(ChecksumMismatch):
+    """Upload-Checksum did not match the PATCH body (tus answers 460, not 400)."""
+
+
+class OffsetMismatch(TransferError):
+    code = "offset_mismatch"
+
+
+class UploadLengthExceeded(TransferError):
+    code = "upload_length_exceeded"
+
+
+class ConcatenationError(TransferError):
+    """A final concatenation names parts that are not finished partial uploads of the caller."""
+
+    code = "invalid_concatenation"
+
+
 # --- state ----------------------------------------------------------------
 class NotFound(TransferError):
     code = "not_found"

@@ -8,6 +8,11 @@ Keys of one upload (file ids are validated, so they are safe in key names):
   ft:up:<id>:claims   hash token -> "START:END:CRC:LEASE_UNTIL" of chunks being written now
   ft:activity         sorted set file_id -> last activity, of uploads not yet complete
   ft:assembling       sorted set file_id -> when it became `assembling`
+  ft:owner:<owner_id> sorted set file_id -> created_at, of one owner's uploads (the files list)
+
+Uploads created through tus (`create`) also keep `tus_*` fields in their hash: the raw
+Upload-Metadata, `tus_deferred` (1 while the length is not yet known; `total` then holds
+the largest allowed size) and `tus_concat` (partial, or the final's list of parts).
 
 Stored chunks never overlap (the claim refuses overlaps with stored and in-flight
 chunks), so one ZREVRANGEBYSCORE finds the only stored chunk that could overlap a
@@ -93,11 +98,23 @@ redis.call('HSET', KEYS[1], ARGV[1], renewed)
 return 1
 """
 
+def owner_index_key(owner_id: str) -> str:
+    return f"ft:owner:{owner_id}"
+
+
+# `keep_until` (ARGV[10]) non-empty: a prefix of a streaming claim is committed, and the
+# claim keeps the rest of its range (from END+1) with its lease renewed to that time.
 _COMMIT = _PRELUDE + """
 local file_id, token, s, e, crc, length, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local name, sha = ARGV[8], ARGV[9]
-if not redis.call('HGET', claims, token) then return {'lost'} end
-redis.call('HDEL', claims, token)
+local name, sha, keep_until = ARGV[8], ARGV[9], ARGV[10]
+local held = redis.call('HGET', claims, token)
+if not held then return {'lost'} end
+local claim_end = string.match(held, '^%d+:(%d+):')
+if keep_until ~= '' and tonumber(claim_end) > tonumber(e) then
+  redis.call('HSET', claims, token, string.format('%d', tonumber(e) + 1) .. ':' .. claim_end .. ':0:' .. keep_until)
+else
+  redis.call('HDEL', claims, token)
+end
 if redis.call('HGET', up, 'state') ~= 'uploading' then return {'lost'} end
 redis.call('ZADD', chunks, s, s .. ':' .. e .. ':' .. crc)
 local received = redis.call('HINCRBY', up, 'received', length)
@@ -115,7 +132,8 @@ redis.call('HSET', up, 'updated_at', now, 'provisional', '0')
 if name ~= '' then redis.call('HSETNX', up, 'name', name) end
 if sha ~= '' then redis.call('HSETNX', up, 'sha256_expected', sha) end
 redis.call('ZADD', activity, now, file_id)
-if received == tonumber(redis.call('HGET', up, 'total')) then
+-- A tus partial upload waits, complete, until a final concatenation takes its bytes.
+if received == tonumber(redis.call('HGET', up, 'total')) and redis.call('HGET', up, 'tus_concat') ~= 'partial' then
   redis.call('HSET', up, 'state', 'assembling', 'assembling_since', now)
   redis.call('ZADD', assembling, now, file_id)
 end
@@ -213,6 +231,47 @@ return state
 """
 
 
+# Create an upload whose id the server chose (tus). KEYS[6] is the owner's index. A final
+# concatenation is created with all its bytes already counted (ARGV[6] = total) and its
+# parts' chunks, in state `assembling`.
+_CREATE = _HSET_ALL + """
+local up, chunks, activity, assembling, owned = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
+local file_id, owner, total, now, state, received = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('EXISTS', up) == 1 then return 'exists' end
+redis.call('HSET', up, 'owner', owner, 'total', total, 'state', state, 'received', received,
+           'next', received, 'created_at', now, 'updated_at', now, 'provisional', '0')
+local extra = cjson.decode(ARGV[7])
+if next(extra) then hset_all(up, extra) end
+local members = cjson.decode(ARGV[8])
+for i = 1, #members do
+  redis.call('ZADD', chunks, string.match(members[i], '^(%d+):'), members[i])
+end
+redis.call('ZADD', activity, now, file_id)
+if state == 'assembling' then
+  redis.call('HSET', up, 'assembling_since', now)
+  redis.call('ZADD', assembling, now, file_id)
+end
+redis.call('ZADD', owned, now, file_id)
+return 'created'
+"""
+
+# The length of a deferred-length upload becomes known: not below what is already stored;
+# when everything has arrived, the upload goes to `assembling` as on a chunk's commit.
+_DECLARE_LENGTH = _PRELUDE + """
+local file_id, total, now = ARGV[1], ARGV[2], ARGV[3]
+local f = redis.call('HMGET', up, 'state', 'tus_deferred', 'received')
+if not f[1] or f[1] == 'expired' then return {'absent'} end
+if f[2] ~= '1' then return summary('not_deferred') end
+if tonumber(total) < tonumber(f[3]) then return summary('too_small') end
+redis.call('HSET', up, 'total', total, 'tus_deferred', '0', 'updated_at', now)
+if f[1] == 'uploading' and tonumber(f[3]) == tonumber(total) and redis.call('HGET', up, 'tus_concat') ~= 'partial' then
+  redis.call('HSET', up, 'state', 'assembling', 'assembling_since', now)
+  redis.call('ZADD', assembling, now, file_id)
+end
+return summary('declared')
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     start: int
@@ -307,6 +366,8 @@ class UploadRepository:
         self._set_state = redis.register_script(_SET_STATE)
         self._expire = redis.register_script(_EXPIRE_IF_STALE)
         self._tombstone = redis.register_script(_TOMBSTONE)
+        self._create = redis.register_script(_CREATE)
+        self._declare_length = redis.register_script(_DECLARE_LENGTH)
 
     async def claim(
         self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
@@ -326,14 +387,41 @@ class UploadRepository:
 
     async def commit(
         self, file_id: str, token: str, chunk: Chunk, file_name: str | None, sha256: str | None,
-        now: float | None = None,
+        now: float | None = None, keep_lease: float | None = None,
     ) -> Progress:
+        """Record a written chunk. With `keep_lease`, the chunk is a prefix of the claim, which
+        keeps the rest of its range for that many more seconds (a tus PATCH still streaming)."""
         now = now if now is not None else time.time()
+        keep_until = repr(now + keep_lease) if keep_lease is not None else ""
         reply = await self._commit(
             keys=_keys(file_id),
             args=[file_id, token, chunk.start, chunk.end, chunk.crc32, chunk.end - chunk.start + 1,
-                  repr(now), file_name or "", sha256 or ""],
+                  repr(now), file_name or "", sha256 or "", keep_until],
         )
+        return Progress.from_reply(reply)
+
+    async def create(
+        self, file_id: str, owner: str, total: int, fields: dict[str, str], *,
+        complete_chunks: list[Chunk] | None = None, now: float | None = None,
+    ) -> bool:
+        """Create an upload in one step; False if the id is taken. With `complete_chunks` it is
+        created with all its bytes counted (a tus final concatenation), ready for assembly."""
+        now = now if now is not None else time.time()
+        chunks = complete_chunks or []
+        state, received = ("assembling", total) if complete_chunks is not None else ("uploading", 0)
+        if total == 0 and complete_chunks is None and "tus_deferred" not in fields and "tus_concat" not in fields:
+            state = "assembling"  # nothing to wait for: an empty file
+        reply = await self._create(
+            keys=[*_keys(file_id), owner_index_key(owner)],
+            args=[file_id, owner, total, repr(now), state, received,
+                  json.dumps(fields), json.dumps([c.member for c in chunks])],
+        )
+        return reply in (b"created", "created")
+
+    async def declare_length(self, file_id: str, total: int, now: float | None = None) -> Progress:
+        """Fix the total of a deferred-length upload."""
+        now = now if now is not None else time.time()
+        reply = await self._declare_length(keys=_keys(file_id), args=[file_id, total, repr(now)])
         return Progress.from_reply(reply)
 
     async def release(self, file_id: str, token: str) -> bool:

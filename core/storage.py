@@ -11,12 +11,14 @@ Every write that matters is atomic: temp file, fsync, rename, fsync of the direc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
 
 from core.config import Settings
+from core.errors import InsufficientStorage
 from core.file_ids import validate_file_id
 
 
@@ -36,6 +38,18 @@ def write_json_atomic(path: Path, document: dict) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_at(fd: int, piece: bytes, offset: int) -> None:
+    """Write received bytes at their offset; a full disk is the client's 507, not a 500."""
+    try:
+        written = os.pwrite(fd, piece, offset)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage("the disk filled up while storing these bytes; retry later") from None
+        raise
+    if written != len(piece):  # pragma: no cover - regular files write fully or raise
+        raise OSError(f"short write at {offset}")
 
 
 def read_json(path: Path) -> dict | None:
@@ -86,13 +100,14 @@ class Storage:
     def manifest_path(self, file_id: str) -> Path:
         return self.staging_dir(file_id) / "manifest.json"
 
-    def open_for_chunk(self, file_id: str, total: int) -> int:
-        """A write descriptor on the staging file, created sparse at its full size."""
+    def open_for_chunk(self, file_id: str, total: int | None) -> int:
+        """A write descriptor on the staging file, created sparse at its full size (left as it
+        is when the size is not known yet: a tus upload of deferred length)."""
         directory = self.staging_dir(file_id)
         directory.mkdir(exist_ok=True)
         fd = os.open(directory / "data", os.O_WRONLY | os.O_CREAT, 0o640)
         try:
-            if os.fstat(fd).st_size != total:
+            if total is not None and os.fstat(fd).st_size != total:
                 os.ftruncate(fd, total)
         except BaseException:
             os.close(fd)

@@ -11,7 +11,6 @@ releases its claim and leaves the upload as it was.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -49,7 +48,7 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload, UploadRepository
-from core.storage import Storage
+from core.storage import Storage, write_at
 from core.users import User
 
 log = logging.getLogger("ft.uploads")
@@ -225,7 +224,7 @@ class UploadService:
             raise
         _raise_for(progress)
         if progress.state == "assembling":
-            await self._start_assembly(file_id)
+            await self.start_assembly(file_id)
         return _receipt(file_id, progress)
 
     async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str) -> Progress:
@@ -253,14 +252,7 @@ class UploadService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the chunk took too long and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                try:
-                    written = os.pwrite(fd, piece, offset)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise InsufficientStorage("the disk filled up while storing this chunk; retry later") from None
-                    raise
-                if written != len(piece):  # pragma: no cover - regular files write fully or raise
-                    raise OSError(f"short write at {offset}")
+                write_at(fd, piece, offset)
                 crc = crc32(piece, crc)
                 offset += len(piece)
             if offset != limit:
@@ -285,7 +277,7 @@ class UploadService:
         if crc != chunk.crc32:
             raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
 
-    async def _start_assembly(self, file_id: str) -> None:
+    async def start_assembly(self, file_id: str) -> None:
         """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue."""
         upload = await self.repo.get(file_id)
         if upload is not None:
@@ -337,16 +329,17 @@ class UploadService:
 
     async def status(self, user: User, file_id: str) -> dict:
         upload = await self.load_for(user, file_id)
+        deferred = upload.fields.get("tus_deferred") == "1"  # a tus upload whose length is not known yet
         if upload.state == "complete":
             missing: list[tuple[int, int]] = []
         else:
             received = [(c.start, c.end) for c in await self.repo.chunks(file_id)]
-            missing = intervals.missing(received, upload.total)
+            missing = [] if deferred else intervals.missing(received, upload.total)
         expires = None if upload.state == "complete" else upload.updated_at + self.settings.stale_after
         return {
             "file_id": file_id,
             "state": upload.state,
-            "total_bytes": upload.total,
+            "total_bytes": None if deferred else upload.total,
             "received_bytes": upload.received,
             "next_expected_byte": upload.next_expected,
             "missing_ranges": [list(gap) for gap in missing],
@@ -375,6 +368,8 @@ class UploadService:
             "error": upload.error,
             "received_ranges": [list(r) for r in intervals.merge((c.start, c.end) for c in chunks)],
             "chunks": [[c.start, c.end, c.crc32] for c in chunks],
+            # tus: Upload-Metadata, deferred length, concatenation (core/tus.py)
+            "tus": {k: v for k, v in upload.fields.items() if k.startswith("tus_")},
         }
         self.storage.write_manifest(upload.file_id, manifest)
 
@@ -402,6 +397,7 @@ class UploadService:
             "created_at": manifest["created_at"], "updated_at": manifest["updated_at"],
             "persisted_at": manifest.get("persisted_at") or "", "error": manifest.get("error") or "",
             "provisional": "0",
+            **manifest.get("tus", {}),
         }
         if manifest["state"] == "assembling":
             fields["assembling_since"] = time.time()

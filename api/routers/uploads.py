@@ -40,7 +40,7 @@ class ChunkReceiptModel(BaseModel):
 class StatusModel(BaseModel):
     file_id: str
     state: State
-    total_bytes: int
+    total_bytes: int | None = Field(description="null while a tus upload's length is deferred")
     received_bytes: int
     next_expected_byte: int
     # [start, end_inclusive] pairs; not tuple[int, int], whose `prefixItems` schema trips some

@@ -33,6 +33,8 @@ from tests.support import send_chunk, wait_for_state
 
 pytest.importorskip("schemathesis")
 
+# schemathesis' default statuses for a schema-violating request.
+REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "415", "422", "428", "429", "5xx"]
 MAX_EXAMPLES = 50
 SEED = 20240531
 TIMEOUT = 240  # seconds; the runs take ~20 s
@@ -124,6 +126,16 @@ def test_user_operations_conform_and_never_fail(stack, tmp_path, known_ids):
         {"include-path": "/download/{file_id}",
          "checks": {"positive_data_acceptance": {
              "expected-statuses": ["2xx", "3xx", "401", "403", "404", "409", "412", "416"]}}},
+        # tus answers a missing or wrong Tus-Resumable with 412 (its protocol says so), and a
+        # schema cannot say that Upload-Length and Upload-Defer-Length exclude each other or
+        # that a checksum must match the body, and the schema leaves the PATCH body out (OpenAPI
+        # tools cannot send application/offset+octet-stream): schema-valid requests may get 400,
+        # 413, 415 or 460.
+        {"include-path-regex": "^/files",
+         "checks": {"negative_data_rejection": {"expected-statuses": [*REJECTIONS, "412", "413"]},
+                    "missing_required_header": {"expected-statuses": ["400", "401", "412"]},
+                    "positive_data_acceptance": {"expected-statuses": [
+                        "2xx", "3xx", "400", "401", "403", "404", "409", "413", "415", "460"]}}},
     ]
     result = run_schemathesis(stack, tmp_path, token, operations, "--exclude-tag", "admin",
                               dictionaries={"file_ids": ids})
