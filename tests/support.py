@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,14 +143,16 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def wire_header(start: int, end: int, crc: int) -> bytes:
+    """The 12-byte chunk header exactly as the contract spells it, built here and not by the code
+    under test, so that a wrong encoder cannot agree with a wrong decoder."""
+    return struct.pack(">III", start % 2**32, end % 2**32, crc)
+
+
 def chunk_body(payload: bytes, start: int, end: int | None = None, crc: int | None = None) -> bytes:
     """The wire body of one chunk: 12-byte header then payload."""
-    import zlib
-
-    from core.chunk_header import encode_header
-
     end = start + len(payload) - 1 if end is None else end
-    return encode_header(start, end, zlib.crc32(payload) if crc is None else crc) + payload
+    return wire_header(start, end, zlib.crc32(payload) if crc is None else crc) + payload
 
 
 def send_chunk(client: httpx.Client, url: str, token: str, file_id: str, data: bytes, start: int, end: int,

@@ -31,10 +31,10 @@ import httpx
 import jwt
 import pytest
 
-from core.chunk_header import encode_header
 from core.file_ids import FILE_ID_PATTERN
 from ops.redis_server import free_port
-from tests.support import JWT_SECRET, bearer, chunk_body, new_id, send_chunk, start_api, wait_for_state, wait_until
+from tests.support import (JWT_SECRET, bearer, chunk_body, new_id, send_chunk, start_api, wait_for_state, wait_until,
+                           wire_header)
 
 MiB = 1024 * 1024
 
@@ -463,7 +463,7 @@ def test_bodies_that_do_not_match_their_framing(stack):
     fid = new_id("longer-hdr")
     longer = payload + b"x" * 500
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=12 + len(longer))
-                      + encode_header(0, 999, zlib.crc32(longer)) + longer)
+                      + wire_header(0, 999, zlib.crc32(longer)) + longer)
     refused["longer, header agrees with Content-Range"] = answer
     assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
     assert status_of(fid) == 404
@@ -511,7 +511,7 @@ def test_bodies_that_do_not_match_their_framing(stack):
     assert status_of(fid) == 404
     fid = new_id("te-short")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te)
-                      + chunked(encode_header(0, 999, zlib.crc32(payload)) + payload[:600]))
+                      + chunked(wire_header(0, 999, zlib.crc32(payload)) + payload[:600]))
     refused["chunked, shorter"] = answer
     assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
     assert status_of(fid) == 404

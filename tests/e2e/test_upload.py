@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from core.chunk_header import encode_header
-from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state
+from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state, wire_header
 
 MiB = 1024 * 1024
 
@@ -178,7 +177,7 @@ def test_chunk_over_the_limit_is_413(make_stack, client):
 
 def test_header_range_disagreeing_with_content_range(stack, client, token):
     payload = b"x" * 10
-    body = encode_header(5, 14, zlib.crc32(payload)) + payload
+    body = wire_header(5, 14, zlib.crc32(payload)) + payload
     r = _post(client, stack, token, new_id(), body, "bytes 0-9/100")
     assert r.status_code == 400 and r.json()["code"] == "invalid_chunk_header"
 
@@ -191,7 +190,7 @@ def test_body_shorter_than_header(stack, client, token):
 def test_length_mismatch_and_nothing_kept(stack, client, token):
     file_id = new_id()
     payload = b"x" * 9
-    body = encode_header(0, 9, zlib.crc32(payload)) + payload
+    body = wire_header(0, 9, zlib.crc32(payload)) + payload
     r = _post(client, stack, token, file_id, body, "bytes 0-9/100")
     assert r.status_code == 400 and r.json()["code"] == "length_mismatch"
     assert client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).status_code == 404
@@ -201,7 +200,7 @@ def test_checksum_mismatch_and_nothing_kept(stack, client, token):
     data = os.urandom(100)
     file_id = new_id()
     send_chunk(client, stack.url, token, file_id, data, 0, 49)
-    body = encode_header(50, 99, zlib.crc32(data[50:]) ^ 1) + data[50:]
+    body = wire_header(50, 99, zlib.crc32(data[50:]) ^ 1) + data[50:]
     r = _post(client, stack, token, file_id, body, "bytes 50-99/100")
     assert r.status_code == 400 and r.json()["code"] == "checksum_mismatch"
     status = client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).json()
@@ -261,7 +260,7 @@ def test_file_beyond_4_gib_with_sparse_chunks(stack, client, token):
     assert r.json()["received_bytes"] == 4096 and r.json()["next_expected_byte"] == 0
     # The header's START must be taken mod 2^32: the unreduced value cannot even be encoded,
     # and a header claiming 0 for this range is refused.
-    wrong = encode_header(0, 4095, zlib.crc32(payload)) + payload
+    wrong = wire_header(0, 4095, zlib.crc32(payload)) + payload
     r = _post(client, stack, token, file_id, wrong, f"bytes {start + 8192}-{start + 8192 + 4095}/{total}")
     assert r.status_code == 400 and r.json()["code"] == "invalid_chunk_header"
     status = client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).json()
