@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support import PYTHON, Proc, bearer, chunk_body, service_env, wait_until
+from tests.support import PYTHON, Proc, bearer, chunk_body, service_env, stop_all, wait_until
 
 MiB = 1024 * 1024
 
@@ -172,8 +172,7 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop()
+        stop_all(reversed(self.started))
 
 
 @pytest.fixture

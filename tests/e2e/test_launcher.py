@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -75,6 +76,21 @@ class Launcher:
         assert httpx.get(f"{self.flower}/api/workers", timeout=5).status_code == 401
         assert httpx.get(f"{self.flower}/api/workers", auth=auth, timeout=15).status_code == 200
 
+    def close(self) -> None:
+        """Teardown: whatever a test left running stops, with every process the launcher started."""
+        if not self.proc.alive():
+            return
+        tree = process_tree(self.proc.pid)
+        try:
+            self.proc.stop(timeout=40)  # SIGTERM to its process group, SIGKILL after the timeout
+        finally:
+            for pid in tree:
+                if alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
     def stop(self, sig: int) -> set[int]:
         """Send `sig`; the launcher must exit and leave none of its processes behind."""
         tree = process_tree(self.proc.pid)
@@ -83,6 +99,21 @@ class Launcher:
         self.proc.popen.wait(40)
         wait_until(lambda: not any(alive(pid) for pid in tree), timeout=20, what="the whole process tree to exit")
         return tree
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start launchers (python -m launcher) that are always stopped at teardown, pass or fail."""
+    started: list[Launcher] = []
+
+    def start(name: str = "launcher", **env: str) -> Launcher:
+        started.append(Launcher(tmp_path, name, **env))
+        return started[-1]
+
+    yield start
+    with ExitStack() as stopping:
+        for launcher in started:
+            stopping.callback(launcher.close)
 
 
 @pytest.fixture
@@ -96,8 +127,8 @@ def own_db(redis_server):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_with_ft_redis_url_everything_runs_and_stops(tmp_path, own_db, sig):
-    launcher = Launcher(tmp_path, FT_REDIS_URL=own_db, FT_ADMIN_USERNAME="boss", FT_ADMIN_PASSWORD="boss-password")
+def test_with_ft_redis_url_everything_runs_and_stops(launch, own_db, sig):
+    launcher = launch(FT_REDIS_URL=own_db, FT_ADMIN_USERNAME="boss", FT_ADMIN_PASSWORD="boss-password")
     launcher.wait_ready()
     launcher.flower_auth(("boss", "boss-password"))
     assert httpx.post(f"{launcher.url}/token", json={"username": "boss", "password": "boss-password"}).status_code == 200
@@ -113,10 +144,10 @@ def test_with_ft_redis_url_everything_runs_and_stops(tmp_path, own_db, sig):
     assert len(tree) >= 5
 
 
-def test_embedded_redis_and_generated_secrets_survive_a_restart(tmp_path):
+def test_embedded_redis_and_generated_secrets_survive_a_restart(launch):
     port = free_port()
     env = {"FT_LAUNCHER_DEFAULT_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-    first = Launcher(tmp_path, "first", **env)
+    first = launch("first", **env)
     first.wait_ready()
     log = first.proc.log()
     head = log.splitlines()[:5]
@@ -139,7 +170,7 @@ def test_embedded_redis_and_generated_secrets_survive_a_restart(tmp_path):
     assert not answers(f"redis://127.0.0.1:{port}/0"), "embedded Redis still running"
     assert (redis_dir / "appendonlydir").is_dir()
 
-    second = Launcher(tmp_path, "second", **env)
+    second = launch("second", **env)
     second.wait_ready()
     assert "read from" in second.proc.log() and jwt_path.read_text() == secret
     assert flower_path.read_text().strip() == password
@@ -149,8 +180,8 @@ def test_embedded_redis_and_generated_secrets_survive_a_restart(tmp_path):
     assert not answers(f"redis://127.0.0.1:{port}/0")
 
 
-def test_a_dying_child_stops_everything(tmp_path, own_db):
-    launcher = Launcher(tmp_path, FT_REDIS_URL=own_db)
+def test_a_dying_child_stops_everything(launch, own_db):
+    launcher = launch(FT_REDIS_URL=own_db)
     launcher.wait_ready()
     tree = process_tree(launcher.proc.pid)
     beat = next(pid for pid in tree if b"\x00beat\x00" in Path(f"/proc/{pid}/cmdline").read_bytes())
@@ -160,16 +191,16 @@ def test_a_dying_child_stops_everything(tmp_path, own_db):
     wait_until(lambda: not any(alive(pid) for pid in tree), timeout=20, what="the whole process tree to exit")
 
 
-def test_unreachable_ft_redis_url_fails_clearly(tmp_path):
-    launcher = Launcher(tmp_path, FT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+def test_unreachable_ft_redis_url_fails_clearly(launch):
+    launcher = launch(FT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert launcher.proc.popen.wait(30) != 0
     assert "does not answer" in launcher.proc.log()
 
 
-def test_children_die_with_a_killed_launcher(tmp_path):
+def test_children_die_with_a_killed_launcher(launch):
     """SIGKILL gives the launcher no chance to clean up: PR_SET_PDEATHSIG must do it."""
     port = free_port()
-    launcher = Launcher(tmp_path, FT_LAUNCHER_DEFAULT_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    launcher = launch(FT_LAUNCHER_DEFAULT_REDIS_URL=f"redis://127.0.0.1:{port}/0")
     launcher.wait_ready()
     tree = process_tree(launcher.proc.pid)
     os.kill(launcher.proc.pid, signal.SIGKILL)

@@ -28,10 +28,9 @@ import uuid
 
 import httpx
 import pytest
+import schemathesis  # noqa: F401 - pinned in requirements.txt: missing is an error, not a skip
 
 from tests.support import send_chunk, wait_for_state
-
-pytest.importorskip("schemathesis")
 
 MAX_EXAMPLES = 50
 SEED = 20240531

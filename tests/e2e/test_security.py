@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -33,8 +32,8 @@ import pytest
 
 from core.file_ids import FILE_ID_PATTERN
 from ops.redis_server import free_port
-from tests.support import (JWT_SECRET, bearer, chunk_body, new_id, send_chunk, start_api, wait_for_state, wait_until,
-                           wire_header)
+from tests.support import (JWT_SECRET, bearer, chunk_body, new_id, require_tool, send_chunk, start_api,
+                           wait_for_state, wait_until, wire_header)
 
 MiB = 1024 * 1024
 
@@ -171,9 +170,7 @@ PROTECTED = [
 @pytest.fixture(scope="module")
 def rsa_key(tmp_path_factory) -> tuple[Path, bytes]:
     """An RSA key pair made by openssl (the venv has no `cryptography`): (private key path, public PEM)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
+    openssl = require_tool("openssl")
     directory = tmp_path_factory.mktemp("rsa")
     private = directory / "key.pem"
     subprocess.run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(private)],
