@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -22,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import uvicorn
 
 from core.users import UserStore
 from ops.process import die_with_parent
@@ -174,6 +176,26 @@ def stop_all(procs) -> None:
     with ExitStack() as stopping:
         for proc in reversed(list(procs)):
             stopping.callback(proc.stop)
+
+
+class ThreadedUvicorn:
+    """An ASGI app served by uvicorn in a thread of the test process (so a test can patch it)."""
+
+    def __init__(self, app, lifespan: str = "off"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop",
+                                                    http="httptools", lifespan=lifespan, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=20, what="uvicorn to start")
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
 
 
 def start_api(data_dir: Path, redis_url: str, log_dir: Path, **extra_env: str) -> tuple[Proc, str]:

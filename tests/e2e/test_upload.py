@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state, wire_header
+from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state, wait_until, wire_header
 
 MiB = 1024 * 1024
 
@@ -324,9 +324,13 @@ def test_raw_non_ascii_file_name_is_refused(stack, token):
 
 
 def test_several_api_processes_share_one_upload(make_stack, client):
-    """FT_API_WORKERS > 1 (uvicorn --workers): chunks of one file land on different processes."""
-    multi = make_stack(WEB_CONCURRENCY="2")
+    """FT_API_WORKERS > 1 (uvicorn --workers): chunks of one file land on different processes,
+    here with FT_FSYNC_CHUNKS on as well (each chunk fdatasync'ed before it is acknowledged)."""
+    multi = make_stack(WEB_CONCURRENCY="2", FT_FSYNC_CHUNKS="true")
     token = multi.token()
+    servers = wait_until(lambda: len(found := serving_processes(multi.api.pid)) == 2 and found,
+                         timeout=30, what="uvicorn's two serving processes")
+    written_before = {pid: bytes_written(pid) for pid in servers}
     data = os.urandom(2 * MiB)
     file_id = new_id()
     ranges = chunks_of(len(data), 64 * 1024)
@@ -340,8 +344,20 @@ def test_several_api_processes_share_one_upload(make_stack, client):
         assert set(pool.map(send, ranges)) == {200}
     assert wait_for_state(client, multi.url, token, file_id)["sha256"] == hashlib.sha256(data).hexdigest()
     assert final_bytes(multi, file_id) == data
-    # uvicorn's supervisor really runs two serving processes.
+    # Both processes stored chunks: each wrote at least one 64 KiB payload to the staging file
+    # (write(2) bytes from /proc/PID/io; the small JSON answers cannot add up to that).
+    written = {pid: bytes_written(pid) - written_before[pid] for pid in servers}
+    assert all(n >= 64 * 1024 for n in written.values()), written
+    assert sum(written.values()) >= len(data)
+
+
+def serving_processes(supervisor: int) -> list[int]:
+    """The pids of uvicorn's worker processes (multiprocessing spawn children of the supervisor)."""
     import psutil
 
-    spawned = [p for p in psutil.Process(multi.api.pid).children() if "spawn_main" in " ".join(p.cmdline())]
-    assert len(spawned) == 2
+    return [p.pid for p in psutil.Process(supervisor).children() if "spawn_main" in " ".join(p.cmdline())]
+
+
+def bytes_written(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("wchar:"))

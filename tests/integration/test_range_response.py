@@ -22,11 +22,10 @@ from urllib.parse import parse_qs, quote, unquote
 import httpx
 import psutil
 import pytest
-import uvicorn
 
 from api.responses import RangeFileResponse
 from core.byte_ranges import http_date
-from tests.support import deploy_nginx_conf, free_port, require_tool, running_nginx, wait_until
+from tests.support import ThreadedUvicorn, deploy_nginx_conf, free_port, require_tool, running_nginx, wait_until
 
 require_tool("nginx", module_level=True)
 
@@ -71,24 +70,6 @@ def make_app(root: Path, accel: bool):
 
     app.finished = []
     return app
-
-
-class ThreadedUvicorn:
-    def __init__(self, app):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop",
-                                                    http="httptools", lifespan="off", log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        wait_until(lambda: self.server.started, timeout=20, what="uvicorn to start")
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
