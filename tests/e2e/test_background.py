@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import time
-from datetime import datetime
 
 import httpx
 import pytest
@@ -69,10 +68,6 @@ def test_beat_persists_idle_uploads_and_removes_stale_ones(make_stack, processes
     assert (stack.data_dir / "files" / whole / "data").read_bytes() == data
 
 
-def _log_time(line_prefix: str) -> float:
-    return datetime.strptime(line_prefix, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
 def test_two_beats_never_run_a_job_twice(make_stack, processes, client):
     """Two beats and two workers: one beat schedules (RedBeat's lock), one job run at a time
     (the job's own Redis lock). Each part fails if its lock is missing."""
@@ -117,20 +112,11 @@ def test_two_beats_never_run_a_job_twice(make_stack, processes, client):
     wait_until(lambda: status(client, stack, token, file_id).json()["persisted_at"], timeout=20,
                what="the upload to be persisted once the lock is free")
 
-    # 3. No two persist runs that did work overlapped in time, across both workers.
-    spans = []
-    for worker in workers:
-        for m in re.finditer(r"\[([0-9-]+ [0-9:,]+): INFO/ForkPoolWorker-\d+\] Task uploads\.persist\[[0-9a-f-]+\] "
-                             r"succeeded in ([0-9.e-]+)s: (\{.*\})", worker.log()):
-            if "skipped" not in m[3]:
-                end = _log_time(m[1])
-                spans.append((end - float(m[2]), end))
-    spans.sort()
-    assert len(spans) >= 6
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
-        assert s2 >= e1 - 0.002, f"persist runs overlapped: {(s1, e1)} and {(s2, e2)}"
+    # (No check of run intervals rebuilt from the two workers' log timestamps: they have 1 ms
+    # resolution and are written after each run, late on a loaded machine, so such a check could
+    # fail with no overlap at all. Part 2 proves the exclusion itself.)
 
-    # 4. The first beat stops (releasing its lock): the second takes over the schedule.
+    # 3. The first beat stops (releasing its lock): the second takes over the schedule.
     beat_a.stop()
     wait_for_log(beat_b, r"beat: Acquired lock", timeout=30)
     wait_for_log(beat_b, r"Sending due task persist", timeout=30, count=2)

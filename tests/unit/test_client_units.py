@@ -210,13 +210,16 @@ def test_token_cache(tmp_path):
     [path] = (tmp_path / "c" / "tokens").iterdir()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    # Bracketed by the clock before and after, so a slow machine cannot push it out of the window.
+    before = time.time()
     cache.put("http://h", "alice", "tok-short", 10)  # short-lived: renewed 1 s before it expires
     token, renew = cache.entry("http://h", "alice")
-    assert token == "tok-short" and 8.5 < renew - time.time() <= 9
+    assert token == "tok-short" and before + 9 - 1e-6 <= renew <= time.time() + 9 + 1e-6
     cache.put("http://h", "alice", "tok-old", 0)
     assert cache.get("http://h", "alice") is None
+    before = time.time()
     cache.put("http://h", "alice", "tok-long", 3600)  # renewed 30 s early
-    assert 3569 < cache.entry("http://h", "alice")[1] - time.time() <= 3570
+    assert before + 3570 - 1e-6 <= cache.entry("http://h", "alice")[1] <= time.time() + 3570 + 1e-6
     cache.put("http://h", "alice", "tok-b", 3600)
     cache.forget("http://h", "alice")
     assert cache.get("http://h", "alice") is None
