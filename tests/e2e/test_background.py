@@ -38,7 +38,9 @@ def persist_runs(*workers) -> list[tuple[str, str]]:
 
 
 def test_beat_persists_idle_uploads_and_removes_stale_ones(make_stack, processes, client):
-    env = {**FAST, "FT_CLEANUP_INTERVAL": "1", "FT_STALE_AFTER": "6"}
+    # Persist must be seen before the cleanup removes the upload: 15 s of idleness leave a loaded
+    # machine time enough to start beat and run a persist (6 s did not always).
+    env = {**FAST, "FT_CLEANUP_INTERVAL": "1", "FT_STALE_AFTER": "15"}
     stack = make_stack(**env)
     token = stack.token()
     # The worker's own start-up sweep has run (before any upload existed).
@@ -54,14 +56,14 @@ def test_beat_persists_idle_uploads_and_removes_stale_ones(make_stack, processes
     beat = processes.beat(stack, "a", **env)
     # Nobody triggers anything: beat sends `persist`, the worker writes the manifest.
     body = wait_until(lambda: (b := status(client, stack, token, partial).json())["persisted_at"] and b,
-                      timeout=20, what="beat's persist to record the idle upload")
+                      timeout=60, what="beat's persist to record the idle upload")
     manifest = stack.data_dir / "staging" / partial / "manifest.json"
     assert manifest.exists() and body["received_bytes"] == 100_000
     assert "Sending due task persist (uploads.persist)" in beat.log()
     # ... and later beat's `cleanup` removes it, once idle for FT_STALE_AFTER, bytes and manifest too.
-    wait_until(lambda: status(client, stack, token, partial).status_code == 404, timeout=25,
+    wait_until(lambda: status(client, stack, token, partial).status_code == 404, timeout=60,
                what="beat's cleanup to remove the stale upload")
-    assert time.time() - committed_at >= 6
+    assert time.time() - committed_at >= 15
     assert not (stack.data_dir / "staging" / partial).exists()
     assert "Sending due task cleanup (uploads.cleanup)" in beat.log()
     assert status(client, stack, token, whole).json()["state"] == "complete"
