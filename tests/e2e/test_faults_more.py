@@ -271,6 +271,7 @@ def test_redis_restarted_for_real_with_a_persisted_idle_upload(own_stack, client
         probe.close()
     assert s.worker.alive() and s.api.alive()
     assert "Traceback" not in s.api.log(), s.api.log()[-3000:]
+    assert "DeprecationWarning" not in s.worker.log(), s.worker.log()[-3000:]  # e.g. Celery's on connection loss
     report("redis restart", down_s=round(restarted_at - down_at, 2), health_200_after_s=round(healthy_after, 2),
            complete_after_restart_s=round(completed_after, 2), resent_bytes=resent,
            kept_bytes=3 * block)
