@@ -108,6 +108,7 @@ def make_stack(tmp_path, redis_server):
             nonlocal count
             db = 2 + count
             count += 1
+            assert db <= 11, "make_stack has databases 2-11 (see this module's docstring)"
             return stacks.enter_context(own_stack(tmp_path / f"stack{db}", redis_server.url, db, **env))
 
         yield make
