@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import celeryconfig
 from core.config import Settings
+from core.errors import Unavailable
+
+_REDIS_DOWN = (OperationalError, RedisConnectionError, RedisTimeoutError)
 
 ASSEMBLE = "uploads.assemble"
 CLEANUP = "uploads.cleanup"
@@ -30,11 +36,21 @@ class Jobs:
         self.celery = celery_client(settings)
         self._keep = int(self.celery.conf.result_expires)
 
+    def _send(self, name: str, **options):
+        """Celery reports an unreachable result store as a bare RuntimeError (its reconnect gave
+        up); both it and a broker that is down are Redis being down: 503, not a 500."""
+        try:
+            return self.celery.send_task(name, **options)
+        except (*_REDIS_DOWN, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, _REDIS_DOWN):
+                raise
+            raise Unavailable("the task queue (Redis) is unavailable; retry later") from exc
+
     def assemble(self, file_id: str) -> None:
-        self.celery.send_task(ASSEMBLE, args=[file_id])
+        self._send(ASSEMBLE, args=[file_id])
 
     def cleanup(self, older_than: int | None):
-        result = self.celery.send_task(CLEANUP, kwargs={"older_than": older_than, "wait_for_lock": True})
+        result = self._send(CLEANUP, kwargs={"older_than": older_than, "wait_for_lock": True})
         self.celery.backend.client.set(_issued_key(result.id), 1, ex=self._keep)
         return result
 

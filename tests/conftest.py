@@ -1,11 +1,13 @@
 """Fixtures that run real parts: our own redis-server, the API under uvicorn, Celery workers.
 
-Nothing here touches a Redis that the tests did not start themselves.
+Nothing here touches a Redis that the tests did not start themselves. Its databases:
+0 the session stack, 1 `redis_db`/`settings`, 2-11 `make_stack`, 12 test_accel.py,
+13 test_disk_full.py, 14 test_launcher.py, 15 test_compose.py.
 """
 
 from __future__ import annotations
 
-import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +16,8 @@ import pytest
 import redis
 
 from core.config import Settings
-from core.users import UserStore
 from ops.redis_server import free_port, start_redis
-from tests.support import JWT_SECRET, Proc, login, start_api, start_worker, wait_until
+from tests.support import JWT_SECRET, Stack, own_stack, running_stack
 
 
 def pytest_addoption(parser):
@@ -55,9 +56,11 @@ def redis_server(tmp_path_factory) -> RedisServer:
     port = free_port()
     proc = start_redis(port, data_dir, persistent=False)
     server = RedisServer(port, f"redis://127.0.0.1:{port}/0", proc, data_dir)
-    yield server
-    server.proc.terminate()
-    server.proc.wait(10)
+    try:
+        yield server
+    finally:
+        server.proc.terminate()
+        server.proc.wait(10)
 
 
 @pytest.fixture
@@ -87,72 +90,25 @@ def settings(tmp_path, redis_server) -> Settings:
     )
 
 
-@dataclass
-class Stack:
-    """The real service: API (uvicorn) and one Celery worker on our Redis."""
-
-    url: str
-    data_dir: Path
-    redis_url: str
-    log_dir: Path
-    api: Proc
-    worker: Proc
-    users: UserStore
-
-    def add_user(self, role: str = "user", password: str = "correct horse battery") -> tuple[str, str]:
-        name = f"{role}-{uuid.uuid4().hex[:8]}"
-        self.users.set(name, password, role)
-        return name, password
-
-    def token(self, role: str = "user") -> str:
-        name, password = self.add_user(role)
-        return login(self.url, name, password)
-
-
-def _start_stack(root: Path, redis_url: str, **env: str) -> Stack:
-    data_dir = root / "data"
-    log_dir = root / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    worker = start_worker(data_dir, redis_url, log_dir, **env)
-    api = None
-    try:
-        api, url = start_api(data_dir, redis_url, log_dir, **env)
-        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 1,
-                   timeout=60, what="a worker heartbeat")
-    except BaseException:
-        # Never leave a worker behind: it would take tasks from a later test's database.
-        worker.stop()
-        if api is not None:
-            api.stop()
-        raise
-    return Stack(url, data_dir, redis_url, log_dir, api, worker, UserStore(data_dir / "users.sqlite3"))
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, redis_server) -> Stack:
     # Every test logs in from 127.0.0.1: the per-address login limit is tested on its own stack.
-    stack = _start_stack(tmp_path_factory.mktemp("stack"), redis_server.url,
-                         FT_LOGIN_MAX_FAILURES_PER_ADDRESS="100000")
-    yield stack
-    stack.api.stop()
-    stack.worker.stop()
+    with running_stack(tmp_path_factory.mktemp("stack"), redis_server.url,
+                       FT_LOGIN_MAX_FAILURES_PER_ADDRESS="100000") as stack:
+        yield stack
 
 
 @pytest.fixture
 def make_stack(tmp_path, redis_server):
     """Stacks of their own (own data dir, own Redis database) for tests that break things."""
-    started: list[tuple[Stack, str]] = []
+    with ExitStack() as stacks:
+        count = 0
 
-    def make(**env: str) -> Stack:
-        db = 2 + len(started)
-        url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
-        redis.Redis.from_url(url).flushdb()
-        stack = _start_stack(tmp_path / f"stack{db}", url, **env)
-        started.append((stack, url))
-        return stack
+        def make(**env: str) -> Stack:
+            nonlocal count
+            db = 2 + count
+            count += 1
+            assert db <= 11, "make_stack has databases 2-11 (see this module's docstring)"
+            return stacks.enter_context(own_stack(tmp_path / f"stack{db}", redis_server.url, db, **env))
 
-    yield make
-    for stack, url in started:
-        stack.api.stop()
-        stack.worker.stop()
-        redis.Redis.from_url(url).flushdb()
+        yield make

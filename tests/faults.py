@@ -8,7 +8,6 @@ import os
 import re
 import socket
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,7 @@ import httpx
 import pytest
 import redis
 
-from core.chunk_header import encode_header
-from tests.support import PYTHON, Proc, bearer, service_env, wait_until
+from tests.support import PYTHON, Proc, bearer, chunk_body, service_env, stop_all, wait_until
 
 MiB = 1024 * 1024
 
@@ -31,7 +29,7 @@ def raw_chunk_request(url: str, token: str, file_id: str, payload: bytes, start:
                       content_length: int | None = None) -> tuple[bytes, bytes]:
     """The head and body of `POST /upload/{file_id}` for one chunk, as bytes on the wire."""
     end = start + len(payload) - 1
-    body = encode_header(start, end, zlib.crc32(payload)) + payload
+    body = chunk_body(payload, start)
     host = urlsplit(url).netloc
     head = (
         f"POST /upload/{file_id} HTTP/1.1\r\n"
@@ -89,7 +87,7 @@ def post_chunk(client: httpx.Client, url: str, token: str, file_id: str, payload
     end = start + len(payload) - 1
     hdrs = {**bearer(token), "Content-Range": f"bytes {start}-{end}/{total}", "Content-Type": "application/octet-stream"}
     hdrs.update({k.replace("_", "-"): v for k, v in headers.items()})
-    return client.post(f"{url}/upload/{file_id}", content=encode_header(start, end, zlib.crc32(payload)) + payload,
+    return client.post(f"{url}/upload/{file_id}", content=chunk_body(payload, start),
                        headers=hdrs)
 
 
@@ -174,8 +172,7 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop()
+        stop_all(reversed(self.started))
 
 
 @pytest.fixture

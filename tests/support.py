@@ -2,24 +2,49 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import re
+import shutil
 import signal
+import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
+import redis
+import uvicorn
 
+from core.users import UserStore
 from ops.process import die_with_parent
 from ops.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+
+
+def require_tool(name: str, module_level: bool = False) -> str:
+    """The path of a command-line tool a test needs. Missing: a skip on a developer's machine, an
+    error in CI (the CI variable is set), where `.ci/run` installs it and a skip would silently
+    drop a whole area of tests."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (.ci/run installs it; Debian: apt-get install {name})"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {message}", pytrace=False)
+    pytest.skip(message, allow_module_level=module_level)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
@@ -98,6 +123,81 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def start_nginx(root: Path, conf: str) -> Proc:
+    """nginx in the foreground, everything it writes under `root` (created here)."""
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True)
+    temp_paths = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
+                                                                               "uwsgi", "scgi"))
+    conf = conf.replace("http {\n", "http {\n" + temp_paths + "    access_log off;\n", 1)
+    (root / "nginx.conf").write_text(conf)
+    globals_ = f"daemon off; pid {root}/nginx.pid;"
+    if os.geteuid() == 0:  # workers would drop to nobody, who cannot read pytest's 0700 directories
+        globals_ += f" user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
+    return Proc([require_tool("nginx"), "-p", str(root), "-e", str(root / "error.log"), "-c", str(root / "nginx.conf"),
+                 "-g", globals_], dict(os.environ), root / "nginx.out").start()
+
+
+@contextmanager
+def running_nginx(root: Path, conf: str, port: int, ready_path: str) -> Iterator[str]:
+    """nginx started with `conf` (listening on `port`) and stopped on the way out; yields its URL
+    once `ready_path` answers."""
+    proc = start_nginx(root, conf)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"nginx exited: {proc.log()}")
+            return httpx.get(f"{url}{ready_path}", timeout=2).status_code < 500
+
+        wait_until(up, timeout=20, what=f"nginx to answer {ready_path}")
+        yield url
+    finally:
+        proc.stop()
+
+
+def deploy_nginx_conf(port: int, upstream_port: int, files_dir: Path) -> str:
+    """deploy/nginx.conf as shipped, but for ports, the files directory and the mime.types include."""
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    for old, new in ((r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{port};"),
+                     (r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{upstream_port};"),
+                     (r"alias /\S+/files/;", f"alias {files_dir}/;"),
+                     (r"worker_processes auto;", "worker_processes 1;"),
+                     (r"\n\s*include mime\.types;", "")):
+        conf, n = re.subn(old, new, conf)
+        assert n == 1, f"deploy/nginx.conf no longer has {old!r}"
+    return conf
+
+
+def stop_all(procs) -> None:
+    """Stop every process in order, even when stopping one of them fails (that error is raised
+    once all the others have been stopped)."""
+    with ExitStack() as stopping:
+        for proc in reversed(list(procs)):
+            stopping.callback(proc.stop)
+
+
+class ThreadedUvicorn:
+    """An ASGI app served by uvicorn in a thread of the test process (so a test can patch it)."""
+
+    def __init__(self, app, lifespan: str = "off"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop",
+                                                    http="httptools", lifespan=lifespan, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=20, what="uvicorn to start")
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
 def start_api(data_dir: Path, redis_url: str, log_dir: Path, **extra_env: str) -> tuple[Proc, str]:
     port = free_port()
     env = service_env(data_dir, redis_url, FT_HOST="127.0.0.1", FT_PORT=str(port), FT_LOG_LEVEL="warning", **extra_env)
@@ -109,7 +209,11 @@ def start_api(data_dir: Path, redis_url: str, log_dir: Path, **extra_env: str) -
             raise RuntimeError(f"API exited:\n{proc.log()}")
         return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
 
-    wait_until(up, timeout=30, what="the API to answer")
+    try:
+        wait_until(up, timeout=30, what="the API to answer")
+    except BaseException:
+        proc.stop()  # it is the caller's only once it answers
+        raise
     return proc, url
 
 
@@ -120,6 +224,62 @@ def start_worker(data_dir: Path, redis_url: str, log_dir: Path, name: str = "w1"
         service_env(data_dir, redis_url, **extra_env),
         log_dir / f"worker-{name}.log",
     ).start()
+
+
+@dataclass
+class Stack:
+    """The real service: API (uvicorn) and one Celery worker on our Redis."""
+
+    url: str
+    data_dir: Path
+    redis_url: str
+    log_dir: Path
+    api: Proc | None
+    worker: Proc | None
+    users: UserStore | None
+
+    def add_user(self, role: str = "user", password: str = "correct horse battery") -> tuple[str, str]:
+        name = f"{role}-{uuid.uuid4().hex[:8]}"
+        self.users.set(name, password, role)
+        return name, password
+
+    def token(self, role: str = "user") -> str:
+        name, password = self.add_user(role)
+        return login(self.url, name, password)
+
+
+@contextmanager
+def running_stack(root: Path, redis_url: str, **env: str) -> Iterator[Stack]:
+    """API and worker on `redis_url`; both stopped on the way out, however it is left: a worker
+    left behind would take tasks from a later test's database. Tests may replace `stack.api` or
+    `stack.worker` (a restart): whatever is there at the end is stopped."""
+    data_dir = root / "data"
+    log_dir = root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack("", data_dir, redis_url, log_dir, None, None, None)
+    with ExitStack() as cleanup:
+        cleanup.callback(lambda: stack.worker and stack.worker.stop())  # runs last
+        cleanup.callback(lambda: stack.api and stack.api.stop())
+        stack.worker = start_worker(data_dir, redis_url, log_dir, **env)
+        stack.api, stack.url = start_api(data_dir, redis_url, log_dir, **env)
+        stack.users = UserStore(data_dir / "users.sqlite3")  # after the API has set the database up
+        wait_until(lambda: httpx.get(f"{stack.url}/health", timeout=2).json().get("workers", 0) >= 1,
+                   timeout=60, what="a worker heartbeat")
+        yield stack
+
+
+@contextmanager
+def own_stack(root: Path, redis_server_url: str, db: int, **env: str) -> Iterator[Stack]:
+    """A stack on database `db` of the tests' own redis-server, flushed before and after."""
+    url = redis_server_url.rsplit("/", 1)[0] + f"/{db}"
+    database = redis.Redis.from_url(url)
+    database.flushdb()
+    try:
+        with running_stack(root, url, **env) as stack:
+            yield stack
+    finally:
+        database.flushdb()
+        database.close()
 
 
 def new_id(prefix: str = "f") -> str:
@@ -137,14 +297,16 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def wire_header(start: int, end: int, crc: int) -> bytes:
+    """The 12-byte chunk header exactly as the contract spells it, built here and not by the code
+    under test, so that a wrong encoder cannot agree with a wrong decoder."""
+    return struct.pack(">III", start % 2**32, end % 2**32, crc)
+
+
 def chunk_body(payload: bytes, start: int, end: int | None = None, crc: int | None = None) -> bytes:
     """The wire body of one chunk: 12-byte header then payload."""
-    import zlib
-
-    from core.chunk_header import encode_header
-
     end = start + len(payload) - 1 if end is None else end
-    return encode_header(start, end, zlib.crc32(payload) if crc is None else crc) + payload
+    return wire_header(start, end, zlib.crc32(payload) if crc is None else crc) + payload
 
 
 def send_chunk(client: httpx.Client, url: str, token: str, file_id: str, data: bytes, start: int, end: int,

@@ -18,7 +18,9 @@ def test_cleanup_is_admin_only(stack):
     assert httpx.post(f"{stack.url}/cleanup").status_code == 401
 
 
-def test_cleanup_removes_stale_uploads_and_keeps_the_rest(stack):
+def test_cleanup_removes_stale_uploads_and_keeps_the_rest(make_stack):
+    # A stack of its own: `older_than=0` removes every unfinished upload, other tests' included.
+    stack = make_stack()
     user, admin = stack.token(), stack.token("admin")
     data = os.urandom(2000)
     with httpx.Client(timeout=30) as c:

@@ -418,7 +418,8 @@ def test_too_many_failed_logins_says_when_to_retry(stack, env, cache_dir):
     name, _ = stack.add_user()
     for _ in range(10):
         try:
-            Client(stack.url, name, "wrong", cache_dir=cache_dir, retries=0).login()
+            with Client(stack.url, name, "wrong", cache_dir=cache_dir, retries=0) as client:
+                client.login()
         except ApiError as exc:
             if exc.code == "too_many_attempts":
                 break

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from contextlib import ExitStack
 
 import httpx
 import pytest
@@ -33,11 +34,16 @@ def small_disk(tmp_path):
 
 def test_disk_filling_mid_chunk_is_507_and_changes_nothing(small_disk, tmp_path, redis_server):
     redis_url = redis_server.url.rsplit("/", 1)[0] + "/13"
-    redis.Redis.from_url(redis_url).flushdb()
     data_dir = small_disk / "data"
-    worker = start_worker(data_dir, redis_url, tmp_path, name="small")
-    api, url = start_api(data_dir, redis_url, tmp_path)
-    try:
+    with ExitStack() as cleanup:  # whatever fails, every process stops and the database is flushed
+        database = redis.Redis.from_url(redis_url)
+        database.flushdb()
+        cleanup.callback(database.close)
+        cleanup.callback(database.flushdb)
+        worker = start_worker(data_dir, redis_url, tmp_path, name="small")
+        cleanup.callback(worker.stop)
+        api, url = start_api(data_dir, redis_url, tmp_path)
+        cleanup.callback(api.stop)
         UserStore(data_dir / "users.sqlite3").set("u", "pw")
         token = login(url, "u", "pw")
         data = os.urandom(4 * MiB)
@@ -71,7 +77,3 @@ def test_disk_filling_mid_chunk_is_507_and_changes_nothing(small_disk, tmp_path,
                 assert send_chunk(client, url, token, file_id, data, start, start + MiB - 1).status_code == 200
             assert wait_for_state(client, url, token, file_id)["state"] == "complete"
             assert (data_dir / "files" / file_id / "data").read_bytes() == data
-    finally:
-        api.stop()
-        worker.stop()
-        redis.Redis.from_url(redis_url).flushdb()

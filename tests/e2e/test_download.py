@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import uuid
 
 import httpx
 import pytest
 
-from tests.support import bearer, send_chunk, wait_for_state
+from tests.support import bearer, require_tool, send_chunk, wait_for_state
 
 MiB = 1024 * 1024
 
@@ -85,10 +84,7 @@ def test_other_user_gets_404_and_incomplete_gets_409(stack, uploaded):
 
 
 def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} is not installed (.ci/run installs it)")
-    return path
+    return require_tool(tool)
 
 
 def test_wget_resumes_a_half_download(stack, uploaded, tmp_path):

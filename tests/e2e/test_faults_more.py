@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,7 @@ from core.state import ASSEMBLING_KEY, upload_key
 from core.users import UserStore
 from ops.redis_server import free_port, start_redis
 from tests.faults import MiB, claims_key, drop, open_partial_chunk, post_chunk, stack_redis, status
-from tests.support import JWT_SECRET, login, new_id, start_api, start_worker, wait_for_state, wait_until
+from tests.support import JWT_SECRET, login, new_id, start_api, start_worker, stop_all, wait_for_state, wait_until
 
 
 
@@ -171,12 +172,12 @@ class OwnStack:
         self.redis_proc = start_redis(self.port, self.redis_dir, persistent=False)
 
     def close(self) -> None:
-        for proc in (self.api, self.worker):
-            if proc is not None:
-                proc.stop()
-        if self.redis_proc is not None and self.redis_proc.poll() is None:
-            self.redis_proc.terminate()
-            self.redis_proc.wait(10)
+        try:
+            stop_all(proc for proc in (self.api, self.worker) if proc is not None)
+        finally:
+            if self.redis_proc is not None and self.redis_proc.poll() is None:
+                self.redis_proc.terminate()
+                self.redis_proc.wait(10)
 
 
 @pytest.fixture
@@ -188,8 +189,9 @@ def own_stack(tmp_path):
         return stacks[-1].start()  # registered first: a failed start still stops what did start
 
     yield make
-    for s in stacks:
-        s.close()
+    with ExitStack() as closing:
+        for s in stacks:
+            closing.callback(s.close)
 
 
 def test_redis_restarted_for_real_with_a_persisted_idle_upload(own_stack, client):
@@ -269,6 +271,7 @@ def test_redis_restarted_for_real_with_a_persisted_idle_upload(own_stack, client
         probe.close()
     assert s.worker.alive() and s.api.alive()
     assert "Traceback" not in s.api.log(), s.api.log()[-3000:]
+    assert "DeprecationWarning" not in s.worker.log(), s.worker.log()[-3000:]  # e.g. Celery's on connection loss
     report("redis restart", down_s=round(restarted_at - down_at, 2), health_200_after_s=round(healthy_after, 2),
            complete_after_restart_s=round(completed_after, 2), resent_bytes=resent,
            kept_bytes=3 * block)

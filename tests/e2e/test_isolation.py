@@ -150,25 +150,36 @@ def test_a_chunk_for_a_taken_id_is_404_not_a_takeover(world, stack):
 ADMIN_ONLY = [
     ("POST", "/cleanup", {}),
     ("POST", "/cleanup", {"older_than": 0}),
-    ("GET", "/tasks/{task_id}", {}),
-    ("GET", "/tasks/00000000-0000-0000-0000-000000000000", {}),
+    ("GET", "/tasks/{real_task}", {}),
+    ("GET", "/tasks/{made_up_task}", {}),
 ]
 
 
-def test_admin_only_endpoints_are_403_for_users_and_reveal_nothing(world, stack):
-    # A real task id (an admin's cleanup) and a made-up one must look the same to a user.
-    r = httpx.post(f"{world.url}/cleanup", params={"older_than": 10**9}, headers=bearer(world.admin), timeout=30)
-    assert r.status_code in (200, 202)
-    real_task = r.json().get("task_id", "00000000-0000-0000-0000-000000000001")
-    answers = []
-    with httpx.Client(base_url=world.url, timeout=30) as c:
+def test_admin_only_endpoints_are_403_for_users_and_reveal_nothing(make_stack):
+    # A stack of its own whose POST /cleanup answers 202 at once, so that a user meets a real
+    # task id (an admin's cleanup) beside a made-up one: the two answers must be the same.
+    own = make_stack(FT_CLEANUP_WAIT="0.001")
+    admin, user = own.token("admin"), own.token()
+    partial = f"iso-part-{uuid.uuid4().hex[:8]}"
+    data = os.urandom(1000)
+    with httpx.Client(base_url=own.url, timeout=30) as c:
+        assert send_chunk(c, own.url, user, partial, data, 0, 99).status_code == 200
+        r = c.post("/cleanup", params={"older_than": 10**9}, headers=bearer(admin))
+        assert r.status_code == 202, r.text
+        ids = {"real_task": r.json()["task_id"], "made_up_task": str(uuid.uuid4())}
+        # For the admin the two differ: the real task finishes, the made-up one does not exist.
+        wait_until(lambda: c.get(f"/tasks/{ids['real_task']}", headers=bearer(admin)).json()["state"] == "success",
+                   timeout=30, what="the admin's cleanup task")
+        made_up = c.get(f"/tasks/{ids['made_up_task']}", headers=bearer(admin))
+        assert made_up.status_code == 404 and made_up.json()["code"] == "not_found"
+        answers = []
         for method, path, params in ADMIN_ONLY:
-            r = c.request(method, path.format(task_id=real_task), params=params, headers=bearer(world.owner))
+            r = c.request(method, path.format(**ids), params=params, headers=bearer(user))
             assert r.status_code == 403 and r.json()["code"] == "forbidden", (method, path, r.text)
-            answers.append(r.content)
-    assert answers[2] == answers[3]
-    # A user's cleanup request removed nothing: the partial upload is still there.
-    assert world.status(world.partial)["received_bytes"] == 100_000
+            answers.append(_fingerprint(r))
+        assert answers[2] == answers[3]
+        # A user's cleanup request removed nothing: the partial upload is still there.
+        assert c.get(f"/status/{partial}", headers=bearer(user)).json()["received_bytes"] == 100
 
 
 def test_admin_sees_and_may_act_on_everything(world, stack):

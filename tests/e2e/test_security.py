@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -31,12 +30,11 @@ import httpx
 import jwt
 import pytest
 
-from core.chunk_header import encode_header
 from core.file_ids import FILE_ID_PATTERN
 from core.users import new_user_id
 from ops.redis_server import free_port
-from tests.support import (JWT_SECRET, bearer, chunk_body, new_id, read_answer, send_chunk, start_api, wait_for_state,
-                           wait_until)
+from tests.support import (JWT_SECRET, bearer, chunk_body, new_id, read_answer, require_tool, send_chunk, start_api,
+                           wait_for_state, wait_until, wire_header)
 
 MiB = 1024 * 1024
 
@@ -131,6 +129,14 @@ def api_rss_kib(stack) -> dict[str, int]:
     return fields
 
 
+def reset_api_peak(stack) -> dict[str, int]:
+    """Start the API's VmHWM again from its current RSS (`echo 5 > clear_refs`, as bench does)."""
+    Path(f"/proc/{stack.api.pid}/clear_refs").write_text("5")
+    memory = api_rss_kib(stack)
+    assert memory["VmHWM"] - memory["VmRSS"] < 4 * 1024, f"the peak was not reset: {memory}"
+    return memory
+
+
 # --- JWT ------------------------------------------------------------------------------------------
 
 # Every endpoint that needs a token, as (method, path): a forged token must be refused by each.
@@ -148,9 +154,7 @@ PROTECTED = [
 @pytest.fixture(scope="module")
 def rsa_key(tmp_path_factory) -> tuple[Path, bytes]:
     """An RSA key pair made by openssl (the venv has no `cryptography`): (private key path, public PEM)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
+    openssl = require_tool("openssl")
     directory = tmp_path_factory.mktemp("rsa")
     private = directory / "key.pem"
     subprocess.run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(private)],
@@ -316,10 +320,11 @@ def _attack_with_hostile_ids(stack, token: str, admin: str, root: Path) -> None:
                 payload = response.read()
                 conn.close()
                 answers.append((method, template, file_id, response.status))
-                assert response.status in (400, 404), (method, template, file_id, response.status, payload[:200])
-                if payload:
-                    code = json.loads(payload)["code"]
-                    assert code in ("invalid_file_id", "not_found"), (method, template, file_id, code)
+                # uvicorn decodes an encoded `/`, so no route matches; every other id reaches one.
+                status, code = (404, "not_found") if "%2f" in file_id.lower() else (400, "invalid_file_id")
+                assert response.status == status, (method, template, file_id, response.status, payload[:200])
+                if method != "HEAD":
+                    assert json.loads(payload)["code"] == code, (method, template, file_id, payload[:200])
                 assert b"outside FT_DATA_DIR" not in payload and b"inside FT_DATA_DIR" not in payload
 
     after = {k: v for k, v in _tree(root, skip).items() if not users_db.fullmatch(k)}
@@ -400,14 +405,13 @@ def test_oversized_heads_are_refused_with_431_json(stack):
 
 
 def test_a_huge_header_is_refused_before_it_is_buffered(stack):
-    import psutil
-
-    api = psutil.Process(stack.api.pid)
-    before = api.memory_info().rss
+    before = reset_api_peak(stack)
     answer = raw_http(stack.url, f"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * (64 * MiB)}\r\n\r\n".encode())
     assert answer.status is None or answer.status == 431, answer
-    # Buffering it would cost at least 64 MiB; the cap keeps it to one socket read.
-    assert api.memory_info().rss - before < 16 * MiB
+    # Buffering it would cost at least 64 MiB at the peak, even if freed since; the cap keeps it
+    # to one socket read. The peak (VmHWM), not the RSS after the fact, is what is compared.
+    peak_growth_kib = api_rss_kib(stack)["VmHWM"] - before["VmRSS"]
+    assert peak_growth_kib < 16 * 1024, f"the API's peak grew by {peak_growth_kib} KiB"
     assert_still_healthy(stack)
 
 
@@ -423,9 +427,16 @@ def test_framing_errors_answer_json(stack):
 
 
 
+def assert_refused(answer: RawResponse, code: str) -> None:
+    assert answer.status == 400, answer
+    assert answer.headers["content-type"] == "application/json", answer
+    assert json.loads(answer.body)["code"] == code, answer
+
+
 def test_bodies_that_do_not_match_their_framing(stack):
     """Longer than Content-Range, Content-Length lying both ways, chunked without Content-Length:
-    a clean 4xx (or a closed connection), nothing stored, and the service stays healthy."""
+    the documented 400 and code for each (docs/RELIABILITY.md), nothing stored, and the service
+    stays healthy."""
     since = len(stack.api.log())
     token = stack.token()
     payload = os.urandom(1000)
@@ -441,30 +452,30 @@ def test_bodies_that_do_not_match_their_framing(stack):
     fid = new_id("longer")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=len(body) + 500) + body + b"x" * 500)
     refused["longer than Content-Range"] = answer
-    assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
+    assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
 
     # The same, with a header that also claims the longer range (and a CRC over all of it).
     fid = new_id("longer-hdr")
     longer = payload + b"x" * 500
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=12 + len(longer))
-                      + encode_header(0, 999, zlib.crc32(longer)) + longer)
+                      + wire_header(0, 999, zlib.crc32(longer)) + longer)
     refused["longer, header agrees with Content-Range"] = answer
-    assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
+    assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
 
     # Content-Length smaller than the body: the rest would be a second, garbage request.
     fid = new_id("cl-small")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=500) + body)
     refused["Content-Length < body"] = answer
-    assert answer.status is None or 400 <= answer.status < 500
+    assert_refused(answer, "bad_request")  # the rest of the body parsed as a malformed request
     assert status_of(fid) == 404
 
     # Content-Length larger than the body; the client then waits: refused at once, before reading.
     fid = new_id("cl-large")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=len(body) + 4096) + body)
     refused["Content-Length > body"] = answer
-    assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
+    assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
 
     # Content-Length absurd or not a number.
@@ -473,7 +484,7 @@ def test_bodies_that_do_not_match_their_framing(stack):
         answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None,
                                            extra=f"Content-Length: {value}\r\n") + body)
         refused[label] = answer
-        assert answer.status is None or 400 <= answer.status < 500, (label, answer)
+        assert_refused(answer, "length_mismatch" if value == str(2**63) else "bad_request")
         assert status_of(fid) == 404
 
     # Both Content-Length and Transfer-Encoding (a smuggling shape): refused.
@@ -481,7 +492,7 @@ def test_bodies_that_do_not_match_their_framing(stack):
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=5, extra="Transfer-Encoding: chunked\r\n")
                       + chunked(body))
     refused["Content-Length and chunked"] = answer
-    assert answer.status is None or 400 <= answer.status < 500
+    assert_refused(answer, "bad_request")
     assert status_of(fid) == 404
 
     # Chunked transfer encoding without Content-Length: exact, too long, too short.
@@ -492,13 +503,13 @@ def test_bodies_that_do_not_match_their_framing(stack):
     fid = new_id("te-long")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te) + chunked(body + b"x" * 100))
     refused["chunked, longer"] = answer
-    assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
+    assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
     fid = new_id("te-short")
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te)
-                      + chunked(encode_header(0, 999, zlib.crc32(payload)) + payload[:600]))
+                      + chunked(wire_header(0, 999, zlib.crc32(payload)) + payload[:600]))
     refused["chunked, shorter"] = answer
-    assert answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch"
+    assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
 
     # 64 MiB of chunked body for a 1000-byte range: cut off early, nothing written past the range.
@@ -507,7 +518,7 @@ def test_bodies_that_do_not_match_their_framing(stack):
     answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te) + chunked(flood, MiB),
                       timeout=60)
     refused["chunked, 64 MiB flood"] = answer
-    assert answer.status is None or (answer.status == 400 and json.loads(answer.body)["code"] == "length_mismatch")
+    assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
     staged = stack.data_dir / "staging" / fid / "data"
     assert not staged.exists() or (staged.stat().st_size <= 2000 and staged.stat().st_blocks * 512 <= 64 * 1024)
@@ -552,8 +563,9 @@ def test_client_dropping_mid_chunk_loses_only_that_chunk_and_logs_no_traceback(s
 
 
 def test_throttled_login_says_when_to_retry_and_works_after_the_window(make_stack):
-    # Attempts count from when they arrive (before hashing): the window must outlast 3 hashes on a busy machine.
-    private = make_stack(FT_LOGIN_WINDOW="5", FT_LOGIN_MAX_FAILURES="3")
+    # The window must outlast three Argon2 logins on a loaded machine, or the block never starts.
+    window = 5
+    private = make_stack(FT_LOGIN_WINDOW=str(window), FT_LOGIN_MAX_FAILURES="3")
     name, password = private.add_user()
     url = f"{private.url}/token"
     statuses = [httpx.post(url, json={"username": name, "password": "wrong"}).status_code for _ in range(3)]
@@ -561,12 +573,11 @@ def test_throttled_login_says_when_to_retry_and_works_after_the_window(make_stac
     blocked = httpx.post(url, json={"username": name, "password": password})
     assert blocked.status_code == 429 and blocked.json()["code"] == "too_many_attempts"
     retry_after = int(blocked.headers["retry-after"])
-    assert 1 <= retry_after <= 5
-    # The right password goes through again once the window has passed (a deadline, not a sleep).
-    started = time.monotonic()
+    assert 1 <= retry_after <= window
+    # The right password goes through again once the window has passed (a deadline, not a sleep;
+    # how soon is not asserted: that would be a wall-clock figure).
     ok = wait_until(lambda: (r := httpx.post(url, json={"username": name, "password": password})).status_code == 200 and r,
-                    timeout=15, interval=0.2, what="login to work again after the window")
-    assert time.monotonic() - started <= retry_after + 5
+                    timeout=retry_after + 60, interval=0.2, what="login to work again after the window")
     assert httpx.get(f"{private.url}/status/x", headers=bearer(ok.json()["access_token"])).status_code == 404
 
 

@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from core.chunk_header import encode_header
-from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state
+from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state, wait_until, wire_header
 
 MiB = 1024 * 1024
 
@@ -178,7 +177,7 @@ def test_chunk_over_the_limit_is_413(make_stack, client):
 
 def test_header_range_disagreeing_with_content_range(stack, client, token):
     payload = b"x" * 10
-    body = encode_header(5, 14, zlib.crc32(payload)) + payload
+    body = wire_header(5, 14, zlib.crc32(payload)) + payload
     r = _post(client, stack, token, new_id(), body, "bytes 0-9/100")
     assert r.status_code == 400 and r.json()["code"] == "invalid_chunk_header"
 
@@ -191,7 +190,7 @@ def test_body_shorter_than_header(stack, client, token):
 def test_length_mismatch_and_nothing_kept(stack, client, token):
     file_id = new_id()
     payload = b"x" * 9
-    body = encode_header(0, 9, zlib.crc32(payload)) + payload
+    body = wire_header(0, 9, zlib.crc32(payload)) + payload
     r = _post(client, stack, token, file_id, body, "bytes 0-9/100")
     assert r.status_code == 400 and r.json()["code"] == "length_mismatch"
     assert client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).status_code == 404
@@ -201,7 +200,7 @@ def test_checksum_mismatch_and_nothing_kept(stack, client, token):
     data = os.urandom(100)
     file_id = new_id()
     send_chunk(client, stack.url, token, file_id, data, 0, 49)
-    body = encode_header(50, 99, zlib.crc32(data[50:]) ^ 1) + data[50:]
+    body = wire_header(50, 99, zlib.crc32(data[50:]) ^ 1) + data[50:]
     r = _post(client, stack, token, file_id, body, "bytes 50-99/100")
     assert r.status_code == 400 and r.json()["code"] == "checksum_mismatch"
     status = client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).json()
@@ -261,7 +260,7 @@ def test_file_beyond_4_gib_with_sparse_chunks(stack, client, token):
     assert r.json()["received_bytes"] == 4096 and r.json()["next_expected_byte"] == 0
     # The header's START must be taken mod 2^32: the unreduced value cannot even be encoded,
     # and a header claiming 0 for this range is refused.
-    wrong = encode_header(0, 4095, zlib.crc32(payload)) + payload
+    wrong = wire_header(0, 4095, zlib.crc32(payload)) + payload
     r = _post(client, stack, token, file_id, wrong, f"bytes {start + 8192}-{start + 8192 + 4095}/{total}")
     assert r.status_code == 400 and r.json()["code"] == "invalid_chunk_header"
     status = client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).json()
@@ -325,9 +324,13 @@ def test_raw_non_ascii_file_name_is_refused(stack, token):
 
 
 def test_several_api_processes_share_one_upload(make_stack, client):
-    """FT_API_WORKERS > 1 (uvicorn --workers): chunks of one file land on different processes."""
-    multi = make_stack(FT_API_WORKERS="2")
+    """FT_API_WORKERS > 1 (uvicorn --workers): chunks of one file land on different processes,
+    here with FT_FSYNC_CHUNKS on as well (each chunk fdatasync'ed before it is acknowledged)."""
+    multi = make_stack(FT_API_WORKERS="2", FT_FSYNC_CHUNKS="true")
     token = multi.token()
+    servers = wait_until(lambda: len(found := serving_processes(multi.api.pid)) == 2 and found,
+                         timeout=30, what="uvicorn's two serving processes")
+    written_before = {pid: bytes_written(pid) for pid in servers}
     data = os.urandom(2 * MiB)
     file_id = new_id()
     ranges = chunks_of(len(data), 64 * 1024)
@@ -341,8 +344,20 @@ def test_several_api_processes_share_one_upload(make_stack, client):
         assert set(pool.map(send, ranges)) == {200}
     assert wait_for_state(client, multi.url, token, file_id)["sha256"] == hashlib.sha256(data).hexdigest()
     assert final_bytes(multi, file_id) == data
-    # uvicorn's supervisor really runs two serving processes.
+    # Both processes stored chunks: each wrote at least one 64 KiB payload to the staging file
+    # (write(2) bytes from /proc/PID/io; the small JSON answers cannot add up to that).
+    written = {pid: bytes_written(pid) - written_before[pid] for pid in servers}
+    assert all(n >= 64 * 1024 for n in written.values()), written
+    assert sum(written.values()) >= len(data)
+
+
+def serving_processes(supervisor: int) -> list[int]:
+    """The pids of uvicorn's worker processes (multiprocessing spawn children of the supervisor)."""
     import psutil
 
-    spawned = [p for p in psutil.Process(multi.api.pid).children() if "spawn_main" in " ".join(p.cmdline())]
-    assert len(spawned) == 2
+    return [p.pid for p in psutil.Process(supervisor).children() if "spawn_main" in " ".join(p.cmdline())]
+
+
+def bytes_written(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("wchar:"))

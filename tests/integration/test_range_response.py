@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
-import grp
 import random
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -25,14 +22,12 @@ from urllib.parse import parse_qs, quote, unquote
 import httpx
 import psutil
 import pytest
-import uvicorn
 
 from api.responses import RangeFileResponse
 from core.byte_ranges import http_date, limit_ranges, parse_range
-from tests.support import ROOT, Proc, free_port, wait_until
+from tests.support import ThreadedUvicorn, deploy_nginx_conf, free_port, require_tool, running_nginx, wait_until
 
-NGINX = shutil.which("nginx")
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not on PATH (Debian: apt-get install nginx)")
+require_tool("nginx", module_level=True)
 
 READ_SIZE = 4099  # odd, so reads straddle range boundaries
 SIZES = {"f": 200_000, "one": 1, "empty": 0}
@@ -77,49 +72,6 @@ def make_app(root: Path, accel: bool):
     return app
 
 
-class ThreadedUvicorn:
-    def __init__(self, app):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop",
-                                                    http="httptools", lifespan="off", log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        wait_until(lambda: self.server.started, timeout=20, what="uvicorn to start")
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-def start_nginx(root: Path, conf: str) -> Proc:
-    """nginx in the foreground, everything it writes under `root`."""
-    tmp = root / "tmp"
-    tmp.mkdir()
-    temp_paths = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
-                                                                               "uwsgi", "scgi"))
-    conf = conf.replace("http {\n", "http {\n" + temp_paths + "    access_log off;\n", 1)
-    (root / "nginx.conf").write_text(conf)
-    globals_ = f"daemon off; pid {root}/nginx.pid;"
-    if os.geteuid() == 0:  # workers would drop to nobody, who cannot read pytest's 0700 directories
-        globals_ += f" user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
-    proc = Proc([NGINX, "-p", str(root), "-e", str(root / "error.log"), "-c", str(root / "nginx.conf"),
-                 "-g", globals_], dict(os.environ), root / "nginx.out").start()
-    return proc
-
-
-def wait_http(url: str, proc: Proc | None = None) -> None:
-    def up():
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"server died: {proc.log()}")
-        return httpx.get(url, timeout=1).status_code < 500
-
-    wait_until(up, timeout=20, what=url)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("range")
@@ -133,7 +85,7 @@ def files(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def static(files):
     port = free_port()
-    proc = start_nginx(files / "nginx-static", f"""events {{ worker_connections 64; }}
+    conf = f"""events {{ worker_connections 64; }}
 http {{
     sendfile on;
     default_type application/octet-stream;
@@ -143,11 +95,9 @@ http {{
         location ~ ^/download/([^/]+)$ {{ alias {files}/files/$1/data; }}
     }}
 }}
-""") if (files / "nginx-static").mkdir() is None else None
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/download/one", proc)
-    yield url
-    proc.stop()
+"""
+    with running_nginx(files / "nginx-static", conf, port, "/download/one") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -163,20 +113,9 @@ def accel(files):
     """deploy/nginx.conf as shipped, but for ports, paths and the mime.types include."""
     with ThreadedUvicorn(make_app(files, accel=True)) as upstream:
         port = free_port()
-        conf = (ROOT / "deploy" / "nginx.conf").read_text()
-        for old, new in ((r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{port};"),
-                         (r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{upstream.port};"),
-                         (r"alias /\S+/files/;", f"alias {files}/files/;"),
-                         (r"worker_processes auto;", "worker_processes 1;"),
-                         (r"\n\s*include mime\.types;", "")):
-            conf, n = re.subn(old, new, conf)
-            assert n == 1, f"deploy/nginx.conf no longer has {old!r}"
-        (files / "nginx-accel").mkdir()
-        proc = start_nginx(files / "nginx-accel", conf)
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/download/one", proc)
-        yield url
-        proc.stop()
+        conf = deploy_nginx_conf(port, upstream.port, files / "files")
+        with running_nginx(files / "nginx-accel", conf, port, "/download/one") as url:
+            yield url
 
 
 # --- comparing answers --------------------------------------------------------------------
@@ -498,8 +437,7 @@ def medium(files) -> bytes:
 @pytest.mark.parametrize("server", ["direct", "accel"])
 @pytest.mark.parametrize("tool", ["curl", "wget", "aria2c"])
 def test_resuming_clients_get_identical_files(clients, medium, tmp_path, server, tool):
-    if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed")
+    require_tool(tool)
     url = f"{str(clients[server].base_url).rstrip('/')}/download/medium?read_size=65536"
     out = tmp_path / "medium.bin"
     if tool == "aria2c":

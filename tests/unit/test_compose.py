@@ -19,7 +19,7 @@ import yaml
 from core.config import Settings
 from core.workers_registry import WORKERS_KEY
 from ops.redis_server import free_port
-from tests.support import JWT_SECRET, ROOT, Proc, wait_until
+from tests.support import JWT_SECRET, ROOT, Proc, stop_all, wait_until
 
 APP_SERVICES = ("api", "worker", "beat", "flower")
 DB = 15  # a database of our own redis-server for this module; conftest's fixtures use the low ones
@@ -176,9 +176,10 @@ def test_service_commands_come_up(compose, redis_server, tmp_path):
         wait_until(lambda: subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 0,
                    timeout=30, what="the api healthcheck")
     finally:
-        for proc in procs.values():
-            proc.stop()
-        client.flushdb()
-        client.close()
+        try:
+            stop_all(procs.values())
+        finally:
+            client.flushdb()
+            client.close()
     for name, proc in procs.items():
         assert not proc.alive(), f"{name} did not stop"

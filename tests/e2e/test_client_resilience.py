@@ -1,0 +1,216 @@
+"""What the README promises of `python -m client` when the server misbehaves.
+
+A small HTTP reverse proxy written here stands between the client (a real process) and the real
+stack. It answers chosen requests itself (503, 429 with Retry-After) or alters what the API
+sent (one flipped byte in a download), and records every request it saw and when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from tests.support import PYTHON, ROOT, new_id
+
+KiB = 1024
+# Headers that belong to one connection, not to the message (RFC 9110 7.6.1), and the length
+# that the proxy sets itself.
+_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
+
+
+@dataclass
+class Seen:
+    at: float  # time.monotonic()
+    method: str
+    path: str
+    content_range: str | None
+    status: int
+
+
+# A fault: given (method, path, content_range, how many such requests came before), an answer
+# (status, Retry-After or None) for the proxy to give itself, or None to forward the request.
+Fault = Callable[[str, str, "str | None", int], "tuple[int, str | None] | None"]
+
+
+class FaultyProxy:
+    def __init__(self, target: str, fault: Fault | None = None,
+                 mutate: Callable[[str, str, bytes], bytes] | None = None) -> None:
+        self.target = target
+        self.fault = fault or (lambda *_: None)
+        self.mutate = mutate or (lambda method, path, body: body)
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        self._upstream = httpx.Client(base_url=target, timeout=60)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> "FaultyProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+        self._upstream.close()
+
+    def of(self, method: str, path_prefix: str) -> list[Seen]:
+        return [s for s in self.seen if s.method == method and s.path.startswith(path_prefix)]
+
+    def _record(self, method: str, path: str, content_range: str | None, status: int) -> None:
+        with self._lock:
+            self.seen.append(Seen(time.monotonic(), method, path, content_range, status))
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                method, path, content_range = self.command, self.path, self.headers.get("Content-Range")
+                with proxy._lock:
+                    before = sum(1 for s in proxy.seen
+                                 if (s.method, s.path, s.content_range) == (method, path, content_range))
+                fault = proxy.fault(method, path, content_range, before)
+                if fault is not None:
+                    status, retry_after = fault
+                    proxy._record(method, path, content_range, status)
+                    code = "unavailable" if status == 503 else "too_many_requests"
+                    headers = {"Content-Type": "application/json"}
+                    if retry_after is not None:
+                        headers["Retry-After"] = retry_after
+                    self._answer(status, headers, json.dumps({"code": code, "detail": "from the test proxy"}).encode())
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                upstream = proxy._upstream.request(method, path, content=body, headers=headers)
+                proxy._record(method, path, content_range, upstream.status_code)
+                out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
+                content = proxy.mutate(method, path, upstream.content)
+                if method == "HEAD":
+                    out["Content-Length"] = upstream.headers.get("content-length", "0")
+                    self.send_response(upstream.status_code)
+                    for name, value in out.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    return
+                self._answer(upstream.status_code, out, content)
+
+            do_GET = do_POST = do_HEAD = do_DELETE = do_PUT = do_PATCH = _handle
+
+        return Handler
+
+
+@pytest.fixture
+def cli_env(stack, tmp_path) -> dict[str, str]:
+    name, password = stack.add_user()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
+    env.update(FT_USERNAME=name, FT_PASSWORD=password, FT_CLIENT_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return env
+
+
+def client_cli(env: dict[str, str], url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "client", "--url", url, "--quiet", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def upload_direct(stack, env, tmp_path, size: int) -> tuple[str, bytes]:
+    data = os.urandom(size)
+    (src := tmp_path / "src.bin").write_bytes(data)
+    file_id = new_id("cli")
+    result = client_cli(env, stack.url, "upload", str(src), "--file-id", file_id)
+    assert result.returncode == 0, result.stderr
+    return file_id, data
+
+
+def test_upload_retries_503_and_429_with_backoff_then_completes(stack, cli_env, tmp_path):
+    data = os.urandom(600 * KiB + 7)
+    (src := tmp_path / "flaky.bin").write_bytes(data)
+    file_id = new_id("retry")
+
+    def fault(method, path, content_range, before):
+        # The first chunk: three 503s, then a 429 asking for one second; then it goes through.
+        if method == "POST" and path.startswith("/upload/") and content_range.startswith("bytes 0-"):
+            return {0: (503, None), 1: (503, None), 2: (503, None), 3: (429, "1")}.get(before)
+        return None
+
+    with FaultyProxy(stack.url, fault) as proxy:
+        result = client_cli(cli_env, proxy.url, "upload", str(src), "--file-id", file_id, "--chunk-size", "256KiB")
+    assert result.returncode == 0, result.stderr
+    assert (stack.data_dir / "files" / file_id / "data").read_bytes() == data
+
+    first = [s for s in proxy.of("POST", f"/upload/{file_id}") if s.content_range.startswith("bytes 0-")]
+    assert [s.status for s in first] == [503, 503, 503, 429, 200]
+    gaps = [b.at - a.at for a, b in zip(first, first[1:])]
+    # Backoff: the n-th retry waits at least half of 0.25 s * 2^n (the client's default base), and
+    # at least the 429's Retry-After. Only lower bounds: a loaded machine can only make them longer.
+    for n, gap in enumerate(gaps[:3]):
+        assert gap >= 0.25 * 2**n / 2, (n, gaps)
+    assert gaps[3] >= 1.0, gaps
+
+
+def test_upload_exits_7_when_the_server_stays_unavailable(stack, cli_env, tmp_path):
+    (src := tmp_path / "never.bin").write_bytes(os.urandom(100 * KiB))
+    file_id = new_id("down")
+
+    def fault(method, path, content_range, before):
+        return (503, None) if method == "POST" and path.startswith("/upload/") else None
+
+    with FaultyProxy(stack.url, fault) as proxy:
+        result = client_cli(cli_env, proxy.url, "--retries", "3", "upload", str(src), "--file-id", file_id)
+    assert result.returncode == 7, (result.returncode, result.stderr)
+    assert "unavailable" in result.stderr
+    # It really retried, as many times as it was told, before giving up.
+    assert len(proxy.of("POST", f"/upload/{file_id}")) == 4
+
+
+def test_download_whose_bytes_do_not_match_the_etag_is_refused(stack, cli_env, tmp_path):
+    file_id, data = upload_direct(stack, cli_env, tmp_path, 300 * KiB + 5)
+
+    def flip_one_byte(method, path, body):
+        if method == "GET" and path.startswith("/download/") and len(body) > 1000:
+            return body[:1000] + bytes([body[1000] ^ 0x01]) + body[1001:]
+        return body
+
+    target = tmp_path / "out.bin"
+    with FaultyProxy(stack.url, mutate=flip_one_byte) as proxy:
+        result = client_cli(cli_env, proxy.url, "download", file_id, "-o", str(target))
+    # The ETag the proxy passed on is the SHA-256 of the real file: the client must notice.
+    assert [s.status for s in proxy.of("GET", f"/download/{file_id}")] == [200]
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "SHA-256 mismatch" in result.stderr
+    assert not target.exists()
+    assert not list(tmp_path.glob("out.bin.part*"))  # nothing half-trusted is left to resume from
+    # Without the proxy the same command gets the right bytes.
+    again = client_cli(cli_env, stack.url, "download", file_id, "-o", str(target))
+    assert again.returncode == 0, again.stderr
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
