@@ -347,6 +347,16 @@ class Client:
             raise UsageError(f"invalid file id {file_id!r}: 1-128 characters of [A-Za-z0-9._-], not starting with '.'")
 
     # --- upload --------------------------------------------------------------------
+    def upload_id(self, path: str | os.PathLike, file_id: str | None = None) -> str:
+        """The id `upload(path, file_id)` uses: `file_id`, else one derived from the file's path,
+        size and mtime. Known before any byte is read, so it can be shown (and resumed) at once."""
+        path = os.fspath(path)
+        if file_id is None:
+            st = _regular_file(path)
+            file_id = derive_file_id(path, st.st_size, st.st_mtime_ns)
+        self._check_id(file_id)
+        return file_id
+
     def sha256_file(self, path: str, size: int, description: str = "sha256") -> str:
         digest = hashlib.sha256()
         with open(path, "rb") as handle, self.reporter.task(description, size) as task:
@@ -373,17 +383,9 @@ class Client:
             raise UsageError("chunk size must be at least 1 byte")
         if parallel < 1:
             raise UsageError("--parallel must be at least 1")
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-        if not os.path.isfile(path):
-            raise UsageError(f"{path} is not a regular file")
+        st = _regular_file(path)
         size = st.st_size
-        if size == 0:
-            raise UsageError(f"{path} is empty: the server stores files of at least 1 byte")
-        file_id = file_id or derive_file_id(path, size, st.st_mtime_ns)
-        self._check_id(file_id)
+        file_id = self.upload_id(path, file_id)
         name = os.path.basename(path)
 
         sha = self.sha256_file(path, size, f"sha256 {name}")
@@ -823,6 +825,19 @@ class Client:
         _fsync_dir(target.parent)
         meta_path.unlink(missing_ok=True)
         return DownloadResult(file_id, target, actual, size, received, resumed_from, retries)
+
+
+def _regular_file(path: str) -> os.stat_result:
+    """The stat of a non-empty regular file, else a UsageError that says what is wrong."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} is not a regular file")
+    if st.st_size == 0:
+        raise UsageError(f"{path} is empty: the server stores files of at least 1 byte")
+    return st
 
 
 def error_token(response: httpx.Response) -> str:
