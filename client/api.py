@@ -7,6 +7,7 @@ header), `GET /status/{id}`, and range downloads with `If-Range`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -37,6 +38,7 @@ from client.errors import (
 from client.progress import Reporter, Task
 from client.tokens import TokenCache, UploadStateStore, read_json, renew_at, write_private_json
 from client.units import (
+    AdaptiveChunkSize,
     MiB,
     backoff_delay,
     derive_file_id,
@@ -45,11 +47,11 @@ from client.units import (
     is_valid_file_id,
     parse_retry_after,
     safe_local_name,
-    split_ranges,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CHUNK_SIZE = 8 * MiB
+DEFAULT_MIN_CHUNK_SIZE = 128 * 1024  # chunks shrink no further on a link that keeps dropping
 HEADER_SIZE = 12
 _SEND_PIECE = 64 * 1024
 _READ_BLOCK = 1 * MiB
@@ -172,6 +174,7 @@ class Client:
         backoff_base: float = 0.25,
         backoff_cap: float = 15.0,
         overlap_timeout: float = 300.0,
+        min_chunk_size: int = DEFAULT_MIN_CHUNK_SIZE,
     ) -> None:
         self.url = (url or os.environ.get("FT_URL") or DEFAULT_URL).rstrip("/")
         self.tokens = TokenCache(Path(cache_dir) if cache_dir is not None else None)
@@ -184,6 +187,7 @@ class Client:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.overlap_timeout = overlap_timeout
+        self.min_chunk_size = min_chunk_size
         self.reporter = reporter or Reporter()
         self._token: tuple[str, float] | None = None
         self._auth_lock = threading.Lock()
@@ -412,10 +416,10 @@ class Client:
             missing = status["missing_ranges"] if status and status["state"] == "uploading" else (
                 [] if status else [[0, size - 1]])
             rounds_without_progress = 0
+            link = AdaptiveChunkSize(chunk_size, floor=self.min_chunk_size)
             while missing:
                 before = sum(e - s + 1 for s, e in missing)
-                self._send_ranges(path, st, file_id, size, sha, split_ranges(missing, chunk_size), chunk_size,
-                                  parallel, task, counters)
+                self._send_ranges(path, st, file_id, sha, missing, link, parallel, task, counters)
                 status = self.status(file_id)
                 if status["state"] != "uploading":
                     break
@@ -467,14 +471,14 @@ class Client:
             raise ConflictError(f"the server already holds a different complete file under {file_id} "
                                 f"(sha256 {status.get('sha256')}); use another --file-id")
 
-    def _send_ranges(self, path: str, st: os.stat_result, file_id: str, size: int, sha: str,
-                     pieces: list[tuple[int, int]], chunk_size: int, parallel: int, task: Task,
-                     counters: _Counters) -> None:
-        """Send `pieces` over `parallel` connections (one thread and one pool each).
+    def _send_ranges(self, path: str, st: os.stat_result, file_id: str, sha: str, missing, link: AdaptiveChunkSize,
+                     parallel: int, task: Task, counters: _Counters) -> None:
+        """Send the `missing` ranges over `parallel` connections (one thread and one pool each),
+        each cut into chunks of the link's current size when a sender takes it.
 
         A piece that the server says is being written by another transfer (409 overlap while
         still missing) goes back in the queue for later, so the other pieces keep moving."""
-        pending: deque[_Piece] = deque(_Piece(s, e) for s, e in pieces)
+        pending: deque[_Piece] = deque(_Piece(int(s), int(e)) for s, e in missing)
         cond = threading.Condition()
         busy = [0]
         stop = threading.Event()
@@ -491,9 +495,14 @@ class Client:
                     now = time.monotonic()
                     ready = next((p for p in pending if p.ready_at <= now), None)
                     if ready is not None:
-                        pending.remove(ready)
                         busy[0] += 1
-                        return ready
+                        end = link.slice(ready.start, ready.end)
+                        if end == ready.end:
+                            pending.remove(ready)
+                            return ready
+                        piece = dataclasses.replace(ready, end=end)
+                        ready.start = end + 1
+                        return piece
                     soonest = min((p.ready_at for p in pending), default=now + 0.5)
                     cond.wait(max(0.01, min(0.5, soonest - now)))
                 return None
@@ -501,8 +510,7 @@ class Client:
         def worker() -> None:
             while (piece := take()) is not None:
                 try:
-                    outcome = self._send_chunk(fd, st, path, file_id, piece, size, headers, chunk_size,
-                                               task, counters, stop)
+                    outcome = self._send_chunk(fd, st, path, file_id, piece, headers, link, task, counters, stop)
                 except _Stop:
                     stop.set()
                     outcome = None
@@ -518,8 +526,7 @@ class Client:
                         pending.append(outcome)
                     cond.notify_all()
 
-        threads = [threading.Thread(target=worker, name=f"ft-upload-{i}", daemon=True)
-                   for i in range(min(parallel, len(pieces)))]
+        threads = [threading.Thread(target=worker, name=f"ft-upload-{i}", daemon=True) for i in range(parallel)]
         try:
             for thread in threads:
                 thread.start()
@@ -537,59 +544,47 @@ class Client:
         if failures:
             raise failures[0]
 
-    def _send_chunk(self, fd: int, st: os.stat_result, path: str, file_id: str, piece: "_Piece", total: int,
-                    headers: dict[str, str], chunk_size: int, task: Task, counters: _Counters,
+    def _send_chunk(self, fd: int, st: os.stat_result, path: str, file_id: str, piece: _Piece,
+                    headers: dict[str, str], link: AdaptiveChunkSize, task: Task, counters: _Counters,
                     stop: threading.Event) -> "list[tuple[int, int]] | _Piece | None":
-        """POST one chunk, retrying connection errors, timeouts and 5xx in place. Returns None when
-        the range is stored, sub-ranges still to send (after a partial overlap or a 413), or the
-        piece itself to try later (it is being written by another transfer). Raises _Stop when
-        the upload is no longer `uploading`."""
-        start, end = piece.start, piece.end
+        """POST one chunk. Returns None when the range is stored, the ranges of it still to send
+        (after a cut connection, a partial overlap or a 413: they are cut again at the link's
+        size), or the piece itself to try later (it is being written by another transfer).
+        Retries 5xx, 429 and damaged chunks in place. Raises _Stop when the upload is no longer
+        `uploading`."""
+        start, end, total = piece.start, piece.end, st.st_size
         data = os.pread(fd, end - start + 1, start)
         if len(data) != end - start + 1 or self._changed(path, st):
             raise LocalFileChanged(f"{path} changed during the upload; upload it again")
-        attempt, refreshed, check_first = 0, False, piece.tries > 0
+        refreshed = False
         # A piece that was being written by another transfer is probed with its first byte before
         # the rest is sent: the server answers 409 only after the whole body went over the wire.
         probe = piece.tries > 0 and end > start
+        if piece.tries > 0:
+            gaps = self._still_missing(file_id, start, end)
+            if gaps != [(start, end)]:
+                return gaps
 
         while True:
             if stop.is_set():
                 raise _Stop()
-            if check_first:
-                # An earlier attempt may have been stored although its answer was lost, or another
-                # transfer may have finished it: ask before sending bytes the server may have.
-                check_first = False
-                try:
-                    status = self.status(file_id)
-                except (UnavailableError, ApiError):
-                    status = None
-                if status is not None:
-                    if status["state"] != "uploading":
-                        raise _Stop()
-                    gaps = intersect(start, end, status["missing_ranges"])
-                    if not gaps:
-                        return None
-                    if gaps != [(start, end)]:
-                        return split_ranges(gaps, chunk_size)
             stop_at = start if probe else end
             payload = memoryview(data)[: stop_at - start + 1]
             response, sent, exc = self._post_chunk(file_id, start, stop_at, payload, total, headers, task, counters)
             if exc is not None:
+                # Cut off: the server keeps nothing of this chunk (perhaps all of it, when only
+                # the answer was lost). Shrink the chunks, ask what is missing, send that.
                 task.advance(-sent)
-                if attempt >= self.retries:
-                    raise self._unreachable(exc) from None
                 counters.add(retries=1)
-                self._sleep(attempt)
-                attempt += 1
-                check_first = True
-                continue
+                self._pause_after(link.cut(), exc, first_is_free=True)
+                return self._still_missing(file_id, start, end)
             if response.status_code == 200:
                 counters.add(chunks=1)
+                link.succeeded()
                 if stop_at == end:
                     return None
                 # The probe went through: the range is free, send the rest.
-                probe, attempt = False, 0
+                probe = False
                 data = data[stop_at - start + 1:]
                 start = piece.start = stop_at + 1
                 continue
@@ -624,18 +619,43 @@ class Client:
                 limit = int(error.body.get("max_chunk_bytes") or 0)
                 if 0 < limit < stop_at - start + 1:
                     self.reporter.message(f"the server takes chunks of at most {format_size(limit)}; splitting")
-                    return split_ranges([(start, end)], limit)
+                    link.limit(limit)
+                    return [(start, end)]
                 raise error
             retryable = (
                 error.code in ("checksum_mismatch", "length_mismatch")  # damaged in transit
                 or response.status_code in _RETRYABLE_STATUS
                 or response.status_code == 429
             )
-            if not retryable or attempt >= self.retries:
+            if not retryable:
                 raise error
             counters.add(retries=1)
-            self._sleep(attempt, error.retry_after)
-            attempt += 1
+            self._pause_after(link.failed(), error, retry_after=error.retry_after)
+
+    def _pause_after(self, failures: int, error: Exception, retry_after: float | None = None,
+                     first_is_free: bool = False) -> None:
+        """Wait before the next attempt, or give up after `self.retries` failures in a row. The
+        first retry after a cut goes at once: a link that just carried chunks is likely up."""
+        if failures > self.retries:
+            if isinstance(error, ClientError):
+                raise error
+            raise self._unreachable(error) from None
+        if first_is_free and failures == 1 and retry_after is None:
+            return
+        self._sleep(failures - 1, retry_after)
+
+    def _still_missing(self, file_id: str, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end] the server still misses. Before its first chunk is stored an
+        upload does not exist (404): then all of it is missing and sending starts the upload."""
+        try:
+            status = self.status(file_id)
+        except NotFoundError:
+            return [(start, end)]
+        except (UnavailableError, ApiError):
+            return [(start, end)]  # unknown: send it all (an exact repeat is acknowledged again)
+        if status["state"] != "uploading":
+            raise _Stop()
+        return intersect(start, end, status["missing_ranges"])
 
     def _post_chunk(self, file_id: str, start: int, end: int, payload: memoryview, total: int,
                     headers: dict[str, str], task: Task, counters: _Counters

@@ -17,6 +17,7 @@ from client.errors import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, ApiError
 from client.progress import PlainReporter
 from client.tokens import TokenCache
 from client.units import (
+    AdaptiveChunkSize,
     FILE_ID_RE,
     backoff_delay,
     content_disposition_name,
@@ -272,3 +273,44 @@ def test_plain_progress_says_when_a_task_stopped_on_an_error():
             raise RuntimeError("cut")
     assert out.getvalue().strip().startswith("download y: 5 B / 10 B (50%)")
     assert "stopped after" in out.getvalue() and "done" not in out.getvalue()
+
+
+# --- adaptive chunk size ------------------------------------------------------------------------
+def test_chunk_size_halves_after_cuts_down_to_the_floor_and_grows_back():
+    link = AdaptiveChunkSize(8 * 1024 * 1024, floor=256 * 1024, shrink=2, grow_after=3)
+    sizes = []
+    for _ in range(7):
+        link.cut()
+        sizes.append(link.current)
+    assert sizes == [4 << 20, 2 << 20, 1 << 20, 512 << 10, 256 << 10, 256 << 10, 256 << 10]
+    assert link.failures == 7
+    link.succeeded()
+    assert link.failures == 0 and link.current == 256 << 10
+    link.succeeded()
+    link.succeeded()
+    assert link.current == 512 << 10
+    for _ in range(3 * 10):
+        link.succeeded()
+    assert link.current == 8 << 20  # never above the chosen size
+
+
+def test_chunk_size_slices_on_the_grid_of_the_current_size():
+    link = AdaptiveChunkSize(1000, floor=100, shrink=2)
+    assert link.slice(0, 5000) == 999
+    assert link.slice(1500, 5000) == 1999  # back on the grid after an odd start
+    assert link.slice(1500, 1600) == 1600
+    link.cut()
+    assert link.slice(1000, 5000) == 1499
+
+
+def test_chunk_size_floor_never_exceeds_the_chosen_size_and_the_server_limit_caps_it():
+    small = AdaptiveChunkSize(100 * 1024)
+    small.cut()
+    assert small.current == 100 * 1024  # a chosen size below the floor is the floor
+    assert AdaptiveChunkSize(8 << 20).floor == 128 << 10
+    link = AdaptiveChunkSize(8 << 20)
+    link.limit(1 << 20)
+    assert link.current == link.ceiling == 1 << 20
+    for _ in range(20):
+        link.succeeded()
+    assert link.current == 1 << 20
