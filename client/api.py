@@ -46,6 +46,7 @@ from client.units import (
     format_size,
     is_valid_file_id,
     parse_retry_after,
+    retry_delay,
     safe_local_name,
 )
 
@@ -175,6 +176,7 @@ class Client:
         backoff_cap: float = 15.0,
         overlap_timeout: float = 300.0,
         min_chunk_size: int = DEFAULT_MIN_CHUNK_SIZE,
+        max_retry_after: float = 60.0,
     ) -> None:
         self.url = (url or os.environ.get("FT_URL") or DEFAULT_URL).rstrip("/")
         self.tokens = TokenCache(Path(cache_dir) if cache_dir is not None else None)
@@ -188,6 +190,7 @@ class Client:
         self.backoff_cap = backoff_cap
         self.overlap_timeout = overlap_timeout
         self.min_chunk_size = min_chunk_size
+        self.max_retry_after = max_retry_after
         self.reporter = reporter or Reporter()
         self._token: tuple[str, float] | None = None
         self._auth_lock = threading.Lock()
@@ -218,9 +221,10 @@ class Client:
                 self._pools.append(pool)
         return pool
 
-    def _sleep(self, attempt: int, at_least: float | None = None) -> None:
-        delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self._rng)
-        time.sleep(max(delay, at_least or 0.0))
+    def _sleep(self, attempt: int, retry_after: float | None = None) -> None:
+        """Wait before retry number `attempt`: as long as Retry-After asks (capped), else backoff."""
+        time.sleep(retry_delay(attempt, retry_after, self.backoff_base, self.backoff_cap, self.max_retry_after,
+                               self._rng))
 
     def _unreachable(self, exc: Exception) -> UnavailableError:
         return UnavailableError(f"cannot reach {self.url} after {self.retries} retries: {exc.__class__.__name__}: {exc}")
@@ -250,7 +254,7 @@ class Client:
                 attempt += 1
                 continue
             if response.status_code in _RETRYABLE_STATUS and attempt < self.retries:
-                self._sleep(attempt)
+                self._sleep(attempt, parse_retry_after(response.headers.get("retry-after")))
                 attempt += 1
                 continue
             break

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import os
 import random
 import re
 import threading
+import time
 import unicodedata
 from urllib.parse import unquote
 
@@ -111,13 +114,34 @@ def backoff_delay(attempt: int, base: float = 0.25, cap: float = 15.0, rng: rand
     return delay * (0.5 + 0.5 * (rng or random).random())
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
     if not value:
         return None
+    value = value.strip()
     try:
-        return max(0.0, float(value.strip()))
+        return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_delay(attempt: int, retry_after: float | None, base: float = 0.25, cap: float = 15.0,
+                max_retry_after: float = 60.0, rng: random.Random | None = None) -> float:
+    """How long to wait before retry number `attempt` (0-based): what the server asked for in
+    Retry-After (at most `max_retry_after`, plus up to 10% so that clients told the same do not
+    come back at the same instant), else exponential backoff with jitter."""
+    if retry_after is None:
+        return backoff_delay(attempt, base, cap, rng)
+    return min(retry_after, max_retry_after) * (1 + 0.1 * (rng or random).random())
 
 
 def etag_sha256(etag: str | None) -> str | None:

@@ -24,7 +24,9 @@ from client.units import (
     derive_file_id,
     etag_sha256,
     format_size,
+    parse_retry_after,
     parse_size,
+    retry_delay,
     safe_local_name,
     split_ranges,
 )
@@ -314,3 +316,23 @@ def test_chunk_size_floor_never_exceeds_the_chosen_size_and_the_server_limit_cap
     for _ in range(20):
         link.succeeded()
     assert link.current == 1 << 20
+
+
+# --- Retry-After ----------------------------------------------------------------------------------
+def test_retry_after_in_seconds_or_as_an_http_date():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now=784111777 - 30) == 30.0
+    assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now=784111777 + 30) == 0.0  # in the past: at once
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None and parse_retry_after("") is None
+
+
+def test_retry_delay_honours_retry_after_capped_with_jitter_and_backs_off_without():
+    import random
+
+    rng = random.Random(1)
+    waits = [retry_delay(0, 5.0, max_retry_after=60, rng=rng) for _ in range(200)]
+    assert all(5.0 <= w <= 5.5 for w in waits) and len(set(waits)) > 100  # never early, spread out
+    assert all(60 <= retry_delay(3, 3600.0, max_retry_after=60, rng=rng) <= 66 for _ in range(50))
+    assert all(0.125 <= retry_delay(0, None, base=0.25, rng=rng) <= 0.25 for _ in range(50))
+    assert all(7.5 <= retry_delay(10, None, base=0.25, cap=15, rng=rng) <= 15 for _ in range(50))
