@@ -27,6 +27,9 @@ class Plan:
     download_trials: int = 5
     download_repeat: int = 4         # each timed run fetches the file this many times (runs of ~0.5 s)
     quiet_budget: float = 300.0      # seconds the whole run may wait for other people's load to pass
+    client_wire_size: int = 256 * MiB    # the client through a cutting proxy (bench/client_links.py)
+    client_resume_size: int = 2 * GiB    # the client resuming: time to first byte
+    client_rounds: int = 3
     filesystems: tuple[str, ...] = ("disk", "tmpfs")
     sections: set[str] = field(default_factory=lambda: set(SECTIONS))
 
@@ -34,7 +37,7 @@ class Plan:
         return min(self.sweep_file, chunk * self.sweep_max_chunks)
 
 
-SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download")
+SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download", "client")
 
 FULL = Plan(name="full", trials=5)
 
@@ -55,4 +58,7 @@ QUICK = Plan(
     download_trials=3,
     download_repeat=2,
     quiet_budget=20.0,
+    client_wire_size=64 * MiB,
+    client_resume_size=512 * MiB,
+    client_rounds=1,
 )

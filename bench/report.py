@@ -363,6 +363,12 @@ class Report:
                          f" {spread(row.get('foreign_cores'), '{:.2f}')} |")
         self.add("")
 
+    def client(self) -> None:
+        if self.r.get("client"):
+            from bench.client_links import render
+
+            self.add("## Client", "", *render(self.r["client"]))
+
     def notes(self) -> None:
         if self.r.get("skipped"):
             self.add("## Left out of this run", "")
@@ -382,5 +388,6 @@ class Report:
         self.sweep()
         self.concurrent()
         self.download()
+        self.client()
         self.notes()
         return "\n".join(self.lines).rstrip() + "\n"

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import random
+import ssl
 import threading
 import time
 import zlib
@@ -36,7 +37,7 @@ from client.errors import (
     UsageError,
 )
 from client.progress import Reporter, Task
-from client.tokens import TokenCache, UploadStateStore, read_json, renew_at, write_private_json
+from client.tokens import HashJournal, TokenCache, UploadStateStore, read_json, renew_at, write_private_json
 from client.units import (
     AdaptiveChunkSize,
     MiB,
@@ -181,6 +182,7 @@ class Client:
         self.url = (url or os.environ.get("FT_URL") or DEFAULT_URL).rstrip("/")
         self.tokens = TokenCache(Path(cache_dir) if cache_dir is not None else None)
         self.states = UploadStateStore(self.tokens.root)
+        self.hashes = HashJournal(self.tokens.root)
         self.username = username or os.environ.get("FT_USERNAME") or self.tokens.last_user(self.url)
         self._password = password if password is not None else os.environ.get("FT_PASSWORD")
         self._password_prompt = password_prompt
@@ -197,6 +199,7 @@ class Client:
         self._local = threading.local()
         self._pools: list[httpx.Client] = []
         self._pools_lock = threading.Lock()
+        self._tls_context: ssl.SSLContext | None = None
         self._rng = random.Random()
 
     # --- plumbing ------------------------------------------------------------------
@@ -215,11 +218,21 @@ class Client:
     def _http(self) -> httpx.Client:
         pool = getattr(self._local, "pool", None)
         if pool is None:
-            pool = httpx.Client(timeout=self.timeout, headers={"User-Agent": "ft-client/1"})
+            pool = httpx.Client(timeout=self.timeout, headers={"User-Agent": "ft-client/1"}, verify=self._tls())
             self._local.pool = pool
             with self._pools_lock:
                 self._pools.append(pool)
         return pool
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        """One TLS context for all pools: loading the CA certificates takes ~0.2 s each time,
+        which every parallel sender paid before its first byte. Plain HTTP needs none."""
+        if not self.url.startswith("https:"):
+            return False  # no TLS on this URL (redirects are not followed), so nothing to verify
+        with self._pools_lock:
+            if self._tls_context is None:
+                self._tls_context = ssl.create_default_context()
+            return self._tls_context
 
     def _sleep(self, attempt: int, retry_after: float | None = None) -> None:
         """Wait before retry number `attempt`: as long as Retry-After asks (capped), else backoff."""
@@ -365,6 +378,19 @@ class Client:
         self._check_id(file_id)
         return file_id
 
+    def _local_sha256(self, path: str, st: os.stat_result, file_id: str) -> str:
+        """The file's SHA-256: from the journal when the file is unchanged since it was hashed,
+        else read (and recorded) now."""
+        sha = self.hashes.get(path, st)
+        if sha is not None:
+            return sha
+        hashed_at = time.time_ns()
+        sha = self.sha256_file(path, st.st_size, f"sha256 {os.path.basename(path)}")
+        if self._changed(path, st):
+            raise LocalFileChanged(f"{path} changed while its SHA-256 was computed; run again when it is stable")
+        self.hashes.put(path, st, sha, hashed_at, file_id)
+        return sha
+
     def sha256_file(self, path: str, size: int, description: str = "sha256") -> str:
         digest = hashlib.sha256()
         with open(path, "rb") as handle, self.reporter.task(description, size) as task:
@@ -396,9 +422,7 @@ class Client:
         file_id = self.upload_id(path, file_id)
         name = os.path.basename(path)
 
-        sha = self.sha256_file(path, size, f"sha256 {name}")
-        if self._changed(path, st):
-            raise LocalFileChanged(f"{path} changed while its SHA-256 was computed; run again when it is stable")
+        sha = self._local_sha256(path, st, file_id)
 
         status = self._status_or_none(file_id)
         known = self.states.get(self.url, self.username or "", file_id)

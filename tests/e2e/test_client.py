@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from client import ApiError, Client, LocalFileChanged
+from client.progress import Reporter
 from tests.tcp_proxy import TcpProxy
 from tests.support import PYTHON, Proc, ROOT, bearer, login, new_id, send_chunk, wait_for_state, wait_until
 
@@ -68,6 +69,12 @@ def write_random(path: Path, size: int) -> bytes:
     path.write_bytes(data)
     return data
 
+
+
+def age(path: Path, seconds: float = 60) -> None:
+    """Make the file's mtime older: the hash journal does not trust files hashed as they were written."""
+    past = time.time_ns() - int(seconds * 1e9)
+    os.utime(path, ns=(past, past))
 
 
 def stored(stack, file_id: str) -> bytes:
@@ -153,6 +160,7 @@ def test_upload_resumes_after_sigkill_without_resending(stack, env, user, tmp_pa
     size = 8 * MiB
     src = tmp_path / "big.bin"
     data = write_random(src, size)
+    age(src)
     token = login(stack.url, *user)
     file_id = new_id()
     args = ("upload", str(src), "--file-id", file_id, "--chunk-size", "256KiB")
@@ -172,6 +180,8 @@ def test_upload_resumes_after_sigkill_without_resending(stack, env, user, tmp_pa
         second = run_cli(env, *args, FT_URL=counting.url)
     assert second.returncode == 0, second.stderr + (tmp_path / "first.log").read_text()
     assert "resuming" in second.stderr
+    assert "sha256 big.bin" in (tmp_path / "first.log").read_text()
+    assert "sha256 big.bin" not in second.stderr  # the journal knew the unchanged file's SHA-256
     assert server_had(second.stdout) >= had
     assert sent_bytes(second.stdout) == size - server_had(second.stdout)  # no byte the server had
     assert slow.up + counting.up < 1.1 * size, (slow.up, counting.up)
@@ -506,3 +516,38 @@ def test_on_a_terminal_the_result_line_comes_after_the_finished_bars(env, tmp_pa
     result = output.index("uploaded ")
     assert output.rindex("━") < result, output[-2000:]
     assert output.index(" as tty.bin-") < result
+
+
+class Recorder(Reporter):
+    """Remembers what the client reported doing."""
+
+    def __init__(self) -> None:
+        self.tasks: list[str] = []
+
+    def task(self, description: str, total: int, completed: int = 0):
+        self.tasks.append(description)
+        return super().task(description, total, completed)
+
+
+def test_the_hash_journal_skips_unchanged_files_and_rehashes_changed_ones(stack, user, cache_dir, tmp_path):
+    src = tmp_path / "journal.bin"
+    data = write_random(src, 1 * MiB + 11)
+    age(src)
+    file_id = new_id()
+
+    def upload() -> list[str]:
+        recorder = Recorder()
+        with Client(stack.url, *user, cache_dir=cache_dir, reporter=recorder) as client:
+            assert client.upload(src, file_id, chunk_size=256 * KiB).sha256 == hashlib.sha256(data).hexdigest()
+        return recorder.tasks
+
+    assert "sha256 journal.bin" in upload()
+    [entry] = list((cache_dir / "hashes").iterdir())
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert json.loads(entry.read_text())["file_id"] == file_id
+    assert "sha256 journal.bin" not in upload()  # unchanged: not read again
+    age(src, 30)  # another mtime, same bytes
+    assert "sha256 journal.bin" in upload()
+    os.utime(src)  # touched just now: too recent to trust, hashed every time
+    assert "sha256 journal.bin" in upload()
+    assert "sha256 journal.bin" in upload()

@@ -15,7 +15,7 @@ from client.api import encode_header, encoded_file_name, intersect
 from client.cli import build_parser
 from client.errors import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, ApiError
 from client.progress import PlainReporter
-from client.tokens import TokenCache
+from client.tokens import HashJournal, TokenCache
 from client.units import (
     AdaptiveChunkSize,
     FILE_ID_RE,
@@ -336,3 +336,51 @@ def test_retry_delay_honours_retry_after_capped_with_jitter_and_backs_off_withou
     assert all(60 <= retry_delay(3, 3600.0, max_retry_after=60, rng=rng) <= 66 for _ in range(50))
     assert all(0.125 <= retry_delay(0, None, base=0.25, rng=rng) <= 0.25 for _ in range(50))
     assert all(7.5 <= retry_delay(10, None, base=0.25, cap=15, rng=rng) <= 15 for _ in range(50))
+
+
+# --- hash journal -----------------------------------------------------------------------------------
+def test_hash_journal_trusts_only_the_very_file_it_hashed(tmp_path):
+    journal = HashJournal(tmp_path / "cache", settle=2.0)
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 100)
+    old = time.time_ns() - 10 * 10**9
+    os.utime(src, ns=(old, old))
+    st = os.stat(src)
+    journal.put(str(src), st, "ab" * 32, time.time_ns(), "a.bin-1")
+    assert journal.get(str(src), st) == "ab" * 32
+    assert journal.get(os.path.relpath(src), st) == "ab" * 32  # the same file under a relative path
+    other = tmp_path / "b.bin"
+    other.write_bytes(b"x" * 100)
+    os.utime(other, ns=(old, old))
+    assert journal.get(str(other), os.stat(other)) is None  # another path
+    os.utime(src, ns=(old + 1, old + 1))
+    assert journal.get(str(src), os.stat(src)) is None  # another mtime
+    src.write_bytes(b"x" * 101)
+    os.utime(src, ns=(old, old))
+    assert journal.get(str(src), os.stat(src)) is None  # another size
+    replaced = tmp_path / "c.bin"
+    replaced.write_bytes(b"x" * 100)
+    os.utime(replaced, ns=(old, old))
+    os.replace(replaced, src)
+    assert journal.get(str(src), os.stat(src)) is None  # same size and mtime, another inode
+
+
+def test_hash_journal_does_not_trust_a_file_modified_while_or_just_before_it_was_hashed(tmp_path):
+    journal = HashJournal(tmp_path / "cache", settle=2.0)
+    src = tmp_path / "fresh.bin"
+    src.write_bytes(b"y")
+    st = os.stat(src)
+    journal.put(str(src), st, "cd" * 32, time.time_ns(), "fresh")
+    assert journal.get(str(src), st) is None
+    entry = next((tmp_path / "cache" / "hashes").iterdir())
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+
+
+def test_one_tls_context_for_all_pools_and_none_for_plain_http():
+    from client import Client
+
+    plain = Client("http://127.0.0.1:1", "u", "p")
+    assert plain._tls() is False
+    secure = Client("https://files.example", "u", "p")
+    context = secure._tls()
+    assert context is secure._tls() and context.verify_mode.name == "CERT_REQUIRED"
