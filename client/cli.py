@@ -15,8 +15,8 @@ from client.progress import make_reporter
 from client.units import format_size, parse_size
 
 EPILOG = """\
-environment: FT_URL (default %s), FT_USERNAME, FT_PASSWORD, FT_CLIENT_CACHE_DIR (token cache,
-default ~/.cache/ft-client).
+environment: FT_URL (default %s), FT_USERNAME, FT_PASSWORD, FT_CLIENT_CACHE_DIR (tokens and
+the SHA-256 journal of uploaded files, default ~/.cache/ft-client).
 exit status: 0 complete and SHA-256 verified, 1 failed, 2 usage, 3 not complete, 4 auth,
 5 not found, 6 conflict (local file changed / id taken), 7 server unavailable or out of storage.
 """ % DEFAULT_URL
@@ -48,7 +48,7 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="no progress output, only the result line and errors")
     parser.add_argument("--timeout", type=float, default=default(60.0), help="seconds per network operation")
     parser.add_argument("--retries", type=int, default=default(10),
-                        help="retries per request on connection errors, timeouts and 5xx")
+                        help="failed attempts in a row (connection errors, timeouts, 5xx, 429) before giving up")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up, suppress=True)
     up.add_argument("path")
     up.add_argument("--file-id", help="id on the server (default: file name + hash of path, size, mtime)")
-    up.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE, help="e.g. 8MiB (default), 512KiB")
+    up.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE,
+                    help="largest chunk, e.g. 8MiB (default), 512KiB; smaller while the link keeps dropping")
     up.add_argument("--parallel", "-p", type=_positive, default=1, help="parallel connections (default 1)")
     up.add_argument("--no-wait", action="store_true", help="do not wait for the server to verify the file")
 
