@@ -13,6 +13,8 @@ import time
 import unicodedata
 from urllib.parse import unquote
 
+from client.errors import UsageError
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -69,6 +71,12 @@ def format_duration(seconds: float | None) -> str:
 
 def is_valid_file_id(file_id: str) -> bool:
     return bool(FILE_ID_RE.fullmatch(file_id))
+
+
+def check_file_id(file_id: str) -> None:
+    """Refuse an id the server would refuse (400 invalid_file_id) before sending anything."""
+    if not is_valid_file_id(file_id):
+        raise UsageError(f"invalid file id {file_id!r}: 1-128 characters of [A-Za-z0-9._-], not starting with '.'")
 
 
 def sanitize_name(name: str) -> str:

@@ -380,7 +380,7 @@ def test_one_tls_context_for_all_pools_and_none_for_plain_http():
     from client import Client
 
     plain = Client("http://127.0.0.1:1", "u", "p")
-    assert plain._tls() is False
+    assert plain.transport.tls() is False
     secure = Client("https://files.example", "u", "p")
-    context = secure._tls()
-    assert context is secure._tls() and context.verify_mode.name == "CERT_REQUIRED"
+    context = secure.transport.tls()
+    assert context is secure.transport.tls() and context.verify_mode.name == "CERT_REQUIRED"
