@@ -150,6 +150,16 @@ def main(argv: list[str]) -> int:
             log(f"!! devices failed: {exc!r}\n{traceback.format_exc()}")
             skipped.append(f"devices: failed with {exc!r}")
 
+    if "client" in plan.sections:
+        from bench import client_links
+
+        try:
+            results["client"] = client_links.run(dirs["disk"], log, plan.client_wire_size, plan.client_resume_size,
+                                                 plan.client_rounds)
+        except Exception as exc:  # noqa: BLE001
+            log(f"!! client benchmarks failed: {exc!r}\n{traceback.format_exc()}")
+            skipped.append(f"client: failed with {exc!r}")
+
     results["duration_s"] = time.monotonic() - started
     results["quiet_wait_s"] = quiet_spent()
     foreign = [v for fs in results["upload"].values() for table in fs.values() if isinstance(table, dict)

@@ -29,6 +29,9 @@ class Plan:
     devices: tuple[int, ...] = (64, 256, 1000)  # devices at once, 1 MiB in 64 KiB chunks each (bench/devices.py)
     devices_deadline: float = 180.0  # seconds one devices run may take
     quiet_budget: float = 300.0      # seconds the whole run may wait for other people's load to pass
+    client_wire_size: int = 256 * MiB    # the client through a cutting proxy (bench/client_links.py)
+    client_resume_size: int = 2 * GiB    # the client resuming: time to first byte
+    client_rounds: int = 3
     filesystems: tuple[str, ...] = ("disk", "tmpfs")
     sections: set[str] = field(default_factory=lambda: set(SECTIONS))
 
@@ -36,7 +39,7 @@ class Plan:
         return min(self.sweep_file, chunk * self.sweep_max_chunks)
 
 
-SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download", "devices")
+SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download", "devices", "client")
 
 FULL = Plan(name="full", trials=5)
 
@@ -58,4 +61,7 @@ QUICK = Plan(
     download_repeat=2,
     devices=(64, 256),
     quiet_budget=20.0,
+    client_wire_size=64 * MiB,
+    client_resume_size=512 * MiB,
+    client_rounds=1,
 )

@@ -390,6 +390,12 @@ class Report:
                          f" {row['max_ms'] or 0:.0f} | {row['peak_rss_mib']:.0f} MiB | {complete} |")
         self.add("")
 
+    def client(self) -> None:
+        if self.r.get("client"):
+            from bench.client_links import render
+
+            self.add("## Client", "", *render(self.r["client"]))
+
     def notes(self) -> None:
         if self.r.get("skipped"):
             self.add("## Left out of this run", "")
@@ -410,5 +416,6 @@ class Report:
         self.concurrent()
         self.download()
         self.devices()
+        self.client()
         self.notes()
         return "\n".join(self.lines).rstrip() + "\n"

@@ -1,21 +1,8 @@
 """Client of the File Transfer API, as a library (`from client import Client`) and a command
-(`python -m client upload|download|status|login`)."""
+(`python -m client upload|download|status|delete|login`)."""
 
+from client import errors
 from client.api import Client, DownloadResult, UploadResult
-from client.errors import (
-    ApiError,
-    AuthError,
-    ClientError,
-    ConflictError,
-    LocalFileChanged,
-    NotCompleteError,
-    NotFoundError,
-    TransferFailed,
-    UnavailableError,
-    UsageError,
-)
+from client.errors import *  # noqa: F403 - every error class is part of the library's interface
 
-__all__ = [
-    "ApiError", "AuthError", "Client", "ClientError", "ConflictError", "DownloadResult", "LocalFileChanged",
-    "NotCompleteError", "NotFoundError", "TransferFailed", "UnavailableError", "UploadResult", "UsageError",
-]
+__all__ = ["Client", "DownloadResult", "UploadResult", *errors.__all__]

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import os
+import shlex
 import sys
 
 from client.api import DEFAULT_CHUNK_SIZE, DEFAULT_URL, Client
@@ -14,8 +15,8 @@ from client.progress import make_reporter
 from client.units import format_size, parse_size
 
 EPILOG = """\
-environment: FT_URL (default %s), FT_USERNAME, FT_PASSWORD, FT_CLIENT_CACHE_DIR (token cache,
-default ~/.cache/ft-client).
+environment: FT_URL (default %s), FT_USERNAME, FT_PASSWORD, FT_CLIENT_CACHE_DIR (tokens and
+the SHA-256 journal of uploaded files, default ~/.cache/ft-client).
 exit status: 0 complete and SHA-256 verified, 1 failed, 2 usage, 3 not complete, 4 auth,
 5 not found, 6 conflict (local file changed / id taken), 7 server unavailable or out of storage.
 """ % DEFAULT_URL
@@ -47,7 +48,7 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="no progress output, only the result line and errors")
     parser.add_argument("--timeout", type=float, default=default(60.0), help="seconds per network operation")
     parser.add_argument("--retries", type=int, default=default(10),
-                        help="retries per request on connection errors, timeouts and 5xx")
+                        help="failed attempts in a row (connection errors, timeouts, 5xx, 429) before giving up")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up, suppress=True)
     up.add_argument("path")
     up.add_argument("--file-id", help="id on the server (default: file name + hash of path, size, mtime)")
-    up.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE, help="e.g. 8MiB (default), 512KiB")
+    up.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE,
+                    help="largest chunk, e.g. 8MiB (default), 512KiB; smaller while the link keeps dropping")
     up.add_argument("--parallel", "-p", type=_positive, default=1, help="parallel connections (default 1)")
     up.add_argument("--no-wait", action="store_true", help="do not wait for the server to verify the file")
 
@@ -97,72 +99,88 @@ def _make_client(args, reporter) -> Client:
                   password_prompt=_prompt_password)
 
 
-def _print_status(status: dict) -> None:
+def _status_lines(status: dict) -> list[str]:
     total, received = status["total_bytes"], status["received_bytes"]
     pct = 100.0 * received / total if total else 100.0
-    print(f"file_id:   {status['file_id']}")
-    print(f"state:     {status['state']}")
+    lines = [f"file_id:   {status['file_id']}", f"state:     {status['state']}"]
     if status.get("file_name"):
-        print(f"name:      {status['file_name']}")
-    print(f"received:  {received} of {total} bytes ({format_size(received)} of {format_size(total)}, {pct:.1f}%)")
+        lines.append(f"name:      {status['file_name']}")
+    lines.append(f"received:  {received} of {total} bytes ({format_size(received)} of {format_size(total)}, {pct:.1f}%)")
     missing = status.get("missing_ranges") or []
     if missing:
         shown = ", ".join(f"{s}-{e}" for s, e in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        print(f"missing:   {len(missing)} range(s): {shown}")
+        lines.append(f"missing:   {len(missing)} range(s): {shown}")
     if status.get("sha256"):
-        print(f"sha256:    {status['sha256']}")
+        lines.append(f"sha256:    {status['sha256']}")
     if status.get("error"):
-        print(f"error:     {status['error']}")
+        lines.append(f"error:     {status['error']}")
     for key in ("created_at", "updated_at", "expires_at"):
         if status.get(key):
-            print(f"{key + ':':<10} {status[key]}")
+            lines.append(f"{key + ':':<10} {status[key]}")
+    return lines
+
+
+def _execute(args, client: Client, reporter, resume_hint: list[str]) -> tuple[int, list[str]]:
+    """Run one command; returns its exit status and the result lines, printed once the progress
+    bars are finished (so the result is the last thing on the terminal)."""
+    if args.command == "login":
+        client.login()
+        return EXIT_OK, [f"logged in to {client.url} as {client.username}; token cached in {client.tokens.root}"]
+    if args.command == "status":
+        status = client.status(args.file_id)
+        lines = [json.dumps(status, indent=2)] if args.json else _status_lines(status)
+        return {"complete": EXIT_OK, "failed": EXIT_FAILED}.get(status["state"], EXIT_NOT_COMPLETE), lines
+    if args.command == "delete":
+        client.delete(args.file_id)
+        return EXIT_OK, [f"deleted {args.file_id}"]
+    if args.command == "upload":
+        file_id = client.upload_id(args.path, args.file_id)
+        resume_hint[:] = [f"upload {file_id}", f"{_command_line()} --file-id {file_id}"
+                          if args.file_id is None else _command_line()]
+        reporter.message(f"uploading {args.path} as {file_id}")
+        result = client.upload(args.path, file_id, args.chunk_size, args.parallel, wait=not args.no_wait)
+        if args.no_wait:
+            return EXIT_NOT_COMPLETE, [f"sent {result.file_id}: sent {result.bytes_sent} bytes in "
+                                       f"{result.chunks_sent} chunks; not waiting for verification"]
+        return EXIT_OK, [f"uploaded {result.file_id}: {result.size} bytes, sha256 {result.sha256} verified "
+                         f"(sent {result.bytes_sent} bytes in {result.chunks_sent} chunks, {result.retries} retries, "
+                         f"server had {result.resumed_from} bytes before)"]
+    if args.command == "download":
+        resume_hint[:] = [f"download {args.file_id}", _command_line()]
+        result = client.download(args.file_id, args.output)
+        return EXIT_OK, [f"downloaded {result.file_id} to {result.path}: {result.size} bytes, sha256 {result.sha256} "
+                         f"verified (received {result.bytes_received} bytes, resumed at {result.resumed_from}, "
+                         f"{result.retries} retries)"]
+    raise AssertionError(f"unknown command {args.command}")
+
+
+def _command_line() -> str:
+    """How this command was started, to say how to resume it."""
+    python = min(sys.executable, os.path.relpath(sys.executable), key=len)
+    return " ".join(shlex.quote(part) for part in [python, "-m", "client", *sys.argv[1:]])
 
 
 def run(args) -> int:
-    reporter = make_reporter(args.quiet)
+    resume_hint: list[str] = []
     try:
-        with reporter, _make_client(args, reporter) as client:
-            if args.command == "login":
-                client.login()
-                print(f"logged in to {client.url} as {client.username}; token cached in {client.tokens.root}")
-                return EXIT_OK
-            if args.command == "status":
-                status = client.status(args.file_id)
-                if args.json:
-                    print(json.dumps(status, indent=2))
-                else:
-                    _print_status(status)
-                return {"complete": EXIT_OK, "failed": EXIT_FAILED}.get(status["state"], EXIT_NOT_COMPLETE)
-            if args.command == "delete":
-                client.delete(args.file_id)
-                print(f"deleted {args.file_id}")
-                return EXIT_OK
-            if args.command == "upload":
-                result = client.upload(args.path, args.file_id, args.chunk_size, args.parallel, wait=not args.no_wait)
-                if args.no_wait:
-                    print(f"sent {result.file_id}: sent {result.bytes_sent} bytes in {result.chunks_sent} chunks; "
-                          f"not waiting for verification")
-                    return EXIT_NOT_COMPLETE
-                print(f"uploaded {result.file_id}: {result.size} bytes, sha256 {result.sha256} verified "
-                      f"(sent {result.bytes_sent} bytes in {result.chunks_sent} chunks, {result.retries} retries, "
-                      f"server had {result.resumed_from} bytes before)")
-                return EXIT_OK
-            if args.command == "download":
-                result = client.download(args.file_id, args.output)
-                print(f"downloaded {result.file_id} to {result.path}: {result.size} bytes, sha256 {result.sha256} "
-                      f"verified (received {result.bytes_received} bytes, resumed at {result.resumed_from}, "
-                      f"{result.retries} retries)")
-                return EXIT_OK
+        with make_reporter(args.quiet) as reporter, _make_client(args, reporter) as client:
+            code, lines = _execute(args, client, reporter, resume_hint)
     except ClientError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        if resume_hint:
+            what, command = resume_hint
+            print(f"interrupted; {what} resumes where it stopped: {command}", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    raise AssertionError(f"unknown command {args.command}")
+    for line in lines:
+        print(line)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,11 @@ EXIT_CONFLICT = 6        # the local file changed, or the id holds a different f
 EXIT_UNAVAILABLE = 7     # server unreachable or broken, out of storage, retries exhausted
 EXIT_INTERRUPTED = 130
 
+__all__ = [
+    "ApiError", "AuthError", "ClientError", "ConflictError", "LocalFileChanged", "NotCompleteError",
+    "NotFoundError", "TransferFailed", "UnavailableError", "UsageError",
+]
+
 
 class ClientError(Exception):
     exit_code = EXIT_FAILED

@@ -4,6 +4,7 @@
         tokens/<hash of url + user>.json    {"url", "username", "access_token", "expires_at"}
         users/<hash of url>.json            {"url", "username"}: the last user that logged in there
         uploads/<hash of user + id>.json    what the local file was when its upload began
+        hashes/<hash of path>.json          the SHA-256 of a local file as it was (size, mtime, inode)
 """
 
 from __future__ import annotations
@@ -141,3 +142,42 @@ class UploadStateStore:
             self.path(url, username, file_id).unlink()
         except FileNotFoundError:
             pass
+
+
+class HashJournal:
+    """The SHA-256 of local files, so that resuming the upload of an unchanged file starts
+    sending at once instead of reading the whole file again.
+
+    An entry is trusted only while the file's size, mtime (ns), inode and device are those it
+    was hashed with, and only if the file was at least `settle` seconds old then: a write in the
+    same clock tick as the hashing could otherwise go unnoticed (git's "racily clean" case).
+    The server checks the SHA-256 again in any case before the file is `complete`."""
+
+    def __init__(self, root: Path | None = None, settle: float = 2.0) -> None:
+        self.root = Path(root) if root is not None else cache_dir()
+        self.settle_ns = int(settle * 1e9)
+
+    def _path(self, path: str) -> Path:
+        return self.root / "hashes" / f"{_key(path)}.json"
+
+    @staticmethod
+    def _identity(st: os.stat_result) -> dict[str, int]:
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "dev": st.st_dev}
+
+    def get(self, path: str, st: os.stat_result) -> str | None:
+        """The recorded SHA-256 of `path` if it is still the file that was hashed, else None."""
+        path = os.path.abspath(path)
+        data = read_json(self._path(path))
+        if not data or data.get("path") != path or data.get("identity") != self._identity(st):
+            return None
+        hashed_at = data.get("hashed_at_ns")
+        sha256 = data.get("sha256")
+        if not isinstance(hashed_at, int) or st.st_mtime_ns > hashed_at - self.settle_ns:
+            return None
+        return sha256 if isinstance(sha256, str) and len(sha256) == 64 else None
+
+    def put(self, path: str, st: os.stat_result, sha256: str, hashed_at_ns: int, file_id: str) -> None:
+        """Record `sha256` of `path` as it was at `st`, hashed from `hashed_at_ns` on (time_ns)."""
+        path = os.path.abspath(path)
+        write_private_json(self._path(path), {"path": path, "identity": self._identity(st), "sha256": sha256,
+                                              "hashed_at_ns": hashed_at_ns, "file_id": file_id})

@@ -1,13 +1,12 @@
 """The client (CONTRACT 8) against the real stack: the library, and `python -m client` as a process.
 
-A small TCP proxy written here sits between the client and the API where a test needs to
-slow the transfer down (to kill the client mid-way), count the bytes the client really put
+A small TCP proxy (tests/tcp_proxy.py) sits between the client and the API where a test needs
+to slow the transfer down (to kill the client mid-way), count the bytes the client really put
 on the wire, or cut connections every ~1 MiB.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -15,139 +14,19 @@ import re
 import signal
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from client import ApiError, Client, LocalFileChanged
+from client.progress import Reporter
+from tests.tcp_proxy import TcpProxy
 from tests.support import PYTHON, Proc, ROOT, bearer, login, new_id, send_chunk, wait_for_state, wait_until
 
 MiB = 1024 * 1024
 KiB = 1024
-
-
-# --- a TCP proxy ---------------------------------------------------------------------
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to the API. Counts bytes each way; can throttle both ways to
-    `rate` bytes/s (per direction, shared by all connections) and cut every connection after
-    `cut_after` bytes have passed through it."""
-
-    def __init__(self, target_url: str, rate: float | None = None, cut_after: int | None = None) -> None:
-        parts = urlsplit(target_url)
-        self.target = (parts.hostname, parts.port)
-        self.rate = rate
-        self.cut_after = cut_after
-        self.up = 0       # client -> server
-        self.down = 0     # server -> client
-        self.cuts = 0
-        self.connections = 0
-        self.port: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._next_slot = {"up": 0.0, "down": 0.0}
-        self._writers: set = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "TcpProxy":
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "proxy did not start"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        """Stop, aborting every open connection (as a dead proxy would leave them)."""
-        if self._loop is not None:
-            def shutdown() -> None:
-                for writer in list(self._writers):
-                    writer.transport.abort()
-                self._loop.call_soon(self._loop.stop)  # after the aborts have closed the sockets
-
-            self._loop.call_soon_threadsafe(shutdown)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._server.close()
-            pending = asyncio.all_tasks(self._loop)
-            for task in pending:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self._loop.close()
-
-    async def _throttle(self, direction: str, n: int) -> None:
-        if not self.rate:
-            return
-        now = time.monotonic()
-        slot = max(now, self._next_slot[direction]) + n / self.rate
-        self._next_slot[direction] = slot
-        await asyncio.sleep(max(0.0, slot - now))
-
-    async def _handle(self, client_reader, client_writer) -> None:
-        self.connections += 1
-        try:
-            server_reader, server_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            client_writer.transport.abort()
-            return
-        state = {"passed": 0, "cut": False}
-        self._writers.update((client_writer, server_writer))
-
-        def cut() -> None:
-            if not state["cut"]:
-                state["cut"] = True
-                self.cuts += 1
-            client_writer.transport.abort()
-            server_writer.transport.abort()
-
-        async def pump(reader, writer, direction: str) -> None:
-            try:
-                while True:
-                    data = await reader.read(16 * KiB)
-                    if not data:
-                        break
-                    if self.cut_after is not None and state["passed"] + len(data) >= self.cut_after:
-                        room = max(0, self.cut_after - state["passed"])
-                        if room:
-                            writer.write(data[:room])
-                            setattr(self, direction, getattr(self, direction) + room)
-                        cut()
-                        return
-                    await self._throttle(direction, len(data))
-                    writer.write(data)
-                    await writer.drain()
-                    state["passed"] += len(data)
-                    setattr(self, direction, getattr(self, direction) + len(data))
-            except (ConnectionError, OSError):
-                pass
-
-        tasks = [asyncio.ensure_future(pump(client_reader, server_writer, "up")),
-                 asyncio.ensure_future(pump(server_reader, client_writer, "down"))]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            pass  # the proxy is shutting down
-        for task in tasks:
-            task.cancel()
-        for writer in (client_writer, server_writer):
-            self._writers.discard(writer)
-            writer.transport.abort() if state["cut"] else writer.close()
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -190,6 +69,12 @@ def write_random(path: Path, size: int) -> bytes:
     path.write_bytes(data)
     return data
 
+
+
+def age(path: Path, seconds: float = 60) -> None:
+    """Make the file's mtime older: the hash journal does not trust files hashed as they were written."""
+    past = time.time_ns() - int(seconds * 1e9)
+    os.utime(path, ns=(past, past))
 
 
 def stored(stack, file_id: str) -> bytes:
@@ -275,6 +160,7 @@ def test_upload_resumes_after_sigkill_without_resending(stack, env, user, tmp_pa
     size = 8 * MiB
     src = tmp_path / "big.bin"
     data = write_random(src, size)
+    age(src)
     token = login(stack.url, *user)
     file_id = new_id()
     args = ("upload", str(src), "--file-id", file_id, "--chunk-size", "256KiB")
@@ -294,6 +180,8 @@ def test_upload_resumes_after_sigkill_without_resending(stack, env, user, tmp_pa
         second = run_cli(env, *args, FT_URL=counting.url)
     assert second.returncode == 0, second.stderr + (tmp_path / "first.log").read_text()
     assert "resuming" in second.stderr
+    assert "sha256 big.bin" in (tmp_path / "first.log").read_text()
+    assert "sha256 big.bin" not in second.stderr  # the journal knew the unchanged file's SHA-256
     assert server_had(second.stdout) >= had
     assert sent_bytes(second.stdout) == size - server_had(second.stdout)  # no byte the server had
     assert slow.up + counting.up < 1.1 * size, (slow.up, counting.up)
@@ -564,3 +452,103 @@ def test_cli_delete_frees_the_id(stack, env, tmp_path):
     # The id can take the same bytes again.
     assert run_cli(env, "upload", str(tmp_path / "gone.bin"), "--file-id", file_id, "--quiet").returncode == 0
     assert stored(stack, file_id) == data
+
+
+def test_cli_names_the_file_id_at_once_and_how_to_resume_after_ctrl_c(stack, env, user, tmp_path):
+    size = 8 * MiB
+    src = tmp_path / "interrupted.bin"
+    data = write_random(src, size)
+    token = login(stack.url, *user)
+    log = tmp_path / "first.log"
+    with TcpProxy(stack.url, rate=1 * MiB) as slow:
+        proc = start_cli(env, log, "upload", str(src), "--chunk-size", "256KiB", FT_URL=slow.url)
+        try:
+            started = wait_until(lambda: re.search(r"uploading .* as (\S+)\n", log.read_text()), timeout=30,
+                                 what="the file id on the first line")
+            file_id = started.group(1)
+            wait_until(lambda: received_bytes(stack, token, file_id) >= 1 * MiB, timeout=60,
+                       what="the first run to store 1 MiB")
+            proc.kill(signal.SIGINT)
+            assert proc.popen.wait(20) == 130
+        finally:
+            proc.stop()
+    output = log.read_text()
+    assert output.splitlines()[0] == f"uploading {src} as {file_id}"
+    hint = re.search(rf"interrupted; upload {re.escape(file_id)} resumes where it stopped: (.*--file-id "
+                     rf"{re.escape(file_id)})$", output.rstrip())
+    assert hint, output
+    again = subprocess.run(["bash", "-c", hint.group(1)], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=180, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr
+    assert server_had(again.stdout) >= 1 * MiB
+    assert stored(stack, file_id) == data
+
+
+def run_on_terminal(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a pseudo-terminal (as a user sees it): exit status, output."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([PYTHON, "-m", "client", *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env={**env, "TERM": "xterm-256color", "COLUMNS": "120"})
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                block = os.read(master, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not block:
+                break
+            chunks.append(block)
+        return proc.wait(timeout), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_on_a_terminal_the_result_line_comes_after_the_finished_bars(env, tmp_path):
+    src = tmp_path / "tty.bin"
+    write_random(src, 3 * MiB)
+    code, output = run_on_terminal(env, "upload", str(src), "--chunk-size", "256KiB")
+    assert code == 0, output
+    assert "━" in output  # rich drew its bars
+    result = output.index("uploaded ")
+    assert output.rindex("━") < result, output[-2000:]
+    assert output.index(" as tty.bin-") < result
+
+
+class Recorder(Reporter):
+    """Remembers what the client reported doing."""
+
+    def __init__(self) -> None:
+        self.tasks: list[str] = []
+
+    def task(self, description: str, total: int, completed: int = 0):
+        self.tasks.append(description)
+        return super().task(description, total, completed)
+
+
+def test_the_hash_journal_skips_unchanged_files_and_rehashes_changed_ones(stack, user, cache_dir, tmp_path):
+    src = tmp_path / "journal.bin"
+    data = write_random(src, 1 * MiB + 11)
+    age(src)
+    file_id = new_id()
+
+    def upload() -> list[str]:
+        recorder = Recorder()
+        with Client(stack.url, *user, cache_dir=cache_dir, reporter=recorder) as client:
+            assert client.upload(src, file_id, chunk_size=256 * KiB).sha256 == hashlib.sha256(data).hexdigest()
+        return recorder.tasks
+
+    assert "sha256 journal.bin" in upload()
+    [entry] = list((cache_dir / "hashes").iterdir())
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert json.loads(entry.read_text())["file_id"] == file_id
+    assert "sha256 journal.bin" not in upload()  # unchanged: not read again
+    age(src, 30)  # another mtime, same bytes
+    assert "sha256 journal.bin" in upload()
+    os.utime(src)  # touched just now: too recent to trust, hashed every time
+    assert "sha256 journal.bin" in upload()
+    assert "sha256 journal.bin" in upload()

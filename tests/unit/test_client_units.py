@@ -16,15 +16,18 @@ from client.api import encode_header, encoded_file_name, intersect
 from client.cli import build_parser
 from client.errors import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, ApiError
 from client.progress import PlainReporter
-from client.tokens import TokenCache
+from client.tokens import HashJournal, TokenCache
 from client.units import (
+    AdaptiveChunkSize,
     FILE_ID_RE,
     backoff_delay,
     content_disposition_name,
     derive_file_id,
     etag_sha256,
     format_size,
+    parse_retry_after,
     parse_size,
+    retry_delay,
     safe_local_name,
     split_ranges,
 )
@@ -276,3 +279,112 @@ def test_plain_progress_says_when_a_task_stopped_on_an_error():
             raise RuntimeError("cut")
     assert out.getvalue().strip().startswith("download y: 5 B / 10 B (50%)")
     assert "stopped after" in out.getvalue() and "done" not in out.getvalue()
+
+
+# --- adaptive chunk size ------------------------------------------------------------------------
+def test_chunk_size_halves_after_cuts_down_to_the_floor_and_grows_back():
+    link = AdaptiveChunkSize(8 * 1024 * 1024, floor=256 * 1024, shrink=2, grow_after=3)
+    sizes = []
+    for _ in range(7):
+        link.cut()
+        sizes.append(link.current)
+    assert sizes == [4 << 20, 2 << 20, 1 << 20, 512 << 10, 256 << 10, 256 << 10, 256 << 10]
+    assert link.failures == 7
+    link.succeeded()
+    assert link.failures == 0 and link.current == 256 << 10
+    link.succeeded()
+    link.succeeded()
+    assert link.current == 512 << 10
+    for _ in range(3 * 10):
+        link.succeeded()
+    assert link.current == 8 << 20  # never above the chosen size
+
+
+def test_chunk_size_slices_on_the_grid_of_the_current_size():
+    link = AdaptiveChunkSize(1000, floor=100, shrink=2)
+    assert link.slice(0, 5000) == 999
+    assert link.slice(1500, 5000) == 1999  # back on the grid after an odd start
+    assert link.slice(1500, 1600) == 1600
+    link.cut()
+    assert link.slice(1000, 5000) == 1499
+
+
+def test_chunk_size_floor_never_exceeds_the_chosen_size_and_the_server_limit_caps_it():
+    small = AdaptiveChunkSize(100 * 1024)
+    small.cut()
+    assert small.current == 100 * 1024  # a chosen size below the floor is the floor
+    assert AdaptiveChunkSize(8 << 20).floor == 128 << 10
+    link = AdaptiveChunkSize(8 << 20)
+    link.limit(1 << 20)
+    assert link.current == link.ceiling == 1 << 20
+    for _ in range(20):
+        link.succeeded()
+    assert link.current == 1 << 20
+
+
+# --- Retry-After ----------------------------------------------------------------------------------
+def test_retry_after_in_seconds_or_as_an_http_date():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now=784111777 - 30) == 30.0
+    assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now=784111777 + 30) == 0.0  # in the past: at once
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None and parse_retry_after("") is None
+
+
+def test_retry_delay_honours_retry_after_capped_with_jitter_and_backs_off_without():
+    import random
+
+    rng = random.Random(1)
+    waits = [retry_delay(0, 5.0, max_retry_after=60, rng=rng) for _ in range(200)]
+    assert all(5.0 <= w <= 5.5 for w in waits) and len(set(waits)) > 100  # never early, spread out
+    assert all(60 <= retry_delay(3, 3600.0, max_retry_after=60, rng=rng) <= 66 for _ in range(50))
+    assert all(0.125 <= retry_delay(0, None, base=0.25, rng=rng) <= 0.25 for _ in range(50))
+    assert all(7.5 <= retry_delay(10, None, base=0.25, cap=15, rng=rng) <= 15 for _ in range(50))
+
+
+# --- hash journal -----------------------------------------------------------------------------------
+def test_hash_journal_trusts_only_the_very_file_it_hashed(tmp_path):
+    journal = HashJournal(tmp_path / "cache", settle=2.0)
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 100)
+    old = time.time_ns() - 10 * 10**9
+    os.utime(src, ns=(old, old))
+    st = os.stat(src)
+    journal.put(str(src), st, "ab" * 32, time.time_ns(), "a.bin-1")
+    assert journal.get(str(src), st) == "ab" * 32
+    assert journal.get(os.path.relpath(src), st) == "ab" * 32  # the same file under a relative path
+    other = tmp_path / "b.bin"
+    other.write_bytes(b"x" * 100)
+    os.utime(other, ns=(old, old))
+    assert journal.get(str(other), os.stat(other)) is None  # another path
+    os.utime(src, ns=(old + 1, old + 1))
+    assert journal.get(str(src), os.stat(src)) is None  # another mtime
+    src.write_bytes(b"x" * 101)
+    os.utime(src, ns=(old, old))
+    assert journal.get(str(src), os.stat(src)) is None  # another size
+    replaced = tmp_path / "c.bin"
+    replaced.write_bytes(b"x" * 100)
+    os.utime(replaced, ns=(old, old))
+    os.replace(replaced, src)
+    assert journal.get(str(src), os.stat(src)) is None  # same size and mtime, another inode
+
+
+def test_hash_journal_does_not_trust_a_file_modified_while_or_just_before_it_was_hashed(tmp_path):
+    journal = HashJournal(tmp_path / "cache", settle=2.0)
+    src = tmp_path / "fresh.bin"
+    src.write_bytes(b"y")
+    st = os.stat(src)
+    journal.put(str(src), st, "cd" * 32, time.time_ns(), "fresh")
+    assert journal.get(str(src), st) is None
+    entry = next((tmp_path / "cache" / "hashes").iterdir())
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+
+
+def test_one_tls_context_for_all_pools_and_none_for_plain_http():
+    from client import Client
+
+    plain = Client("http://127.0.0.1:1", "u", "p")
+    assert plain.transport.tls() is False
+    secure = Client("https://files.example", "u", "p")
+    context = secure.transport.tls()
+    assert context is secure.transport.tls() and context.verify_mode.name == "CERT_REQUIRED"
