@@ -8,6 +8,7 @@ Keys of one upload (file ids are validated, so they are safe in key names):
   ft:up:<id>:claims   hash token -> "START:END:CRC:LEASE_UNTIL" of chunks being written now
   ft:activity         sorted set file_id -> last activity, of uploads not yet complete
   ft:assembling       sorted set file_id -> when it became `assembling`
+  ft:disk:reserved    hash token -> "BYTES:LEASE_UNTIL": disk space held by chunks being written
 
 Stored chunks never overlap (the claim refuses overlaps with stored and in-flight
 chunks), so one ZREVRANGEBYSCORE finds the only stored chunk that could overlap a
@@ -26,6 +27,7 @@ import redis.asyncio as aioredis
 
 ACTIVITY_KEY = "ft:activity"
 ASSEMBLING_KEY = "ft:assembling"
+DISK_RESERVED_KEY = "ft:disk:reserved"
 
 
 def upload_key(file_id: str) -> str:
@@ -84,13 +86,37 @@ redis.call('HSET', claims, token, member .. ':' .. lease_until)
 return summary('claimed')
 """
 
+# Renew a chunk's claim and, under the same token, its disk reservation.
 _RENEW = """
-local held = redis.call('HGET', KEYS[1], ARGV[1])
-if not held then return 0 end
--- string.gsub returns (string, count): keep only the string, or HSET gets a stray argument
-local renewed = string.gsub(held, ':[%d.]+$', ':' .. ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], renewed)
-return 1
+local function renew(key)
+  local held = redis.call('HGET', key, ARGV[1])
+  if not held then return 0 end
+  -- string.gsub returns (string, count): keep only the string, or HSET gets a stray argument
+  local renewed = string.gsub(held, ':[%d.]+$', ':' .. ARGV[2])
+  redis.call('HSET', key, ARGV[1], renewed)
+  return 1
+end
+renew(KEYS[2])
+return renew(KEYS[1])
+"""
+
+# Hold disk space for a chunk about to be written; returns the bytes that other chunks hold.
+# The caller measures free space only afterwards: a chunk that let go of its hold before this
+# ran had written its bytes already, so they show in that measurement (measured before, they
+# would be counted nowhere). One count for all API processes, which share one data disk.
+_RESERVE_DISK = """
+local token, want, now, lease_until = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local held, others = redis.call('HGETALL', KEYS[1]), 0
+for i = 1, #held, 2 do
+  local bytes, expires = string.match(held[i + 1], '^(%d+):([%d.]+)$')
+  if tonumber(expires) < now then
+    redis.call('HDEL', KEYS[1], held[i])  -- its process died mid-chunk
+  elseif held[i] ~= token then
+    others = others + tonumber(bytes)
+  end
+end
+redis.call('HSET', KEYS[1], token, want .. ':' .. lease_until)
+return string.format('%d', others)
 """
 
 _COMMIT = _PRELUDE + """
@@ -301,6 +327,7 @@ class UploadRepository:
         self.redis = redis
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
+        self._reserve_disk = redis.register_script(_RESERVE_DISK)
         self._commit = redis.register_script(_COMMIT)
         self._release = redis.register_script(_RELEASE)
         self._restore = redis.register_script(_RESTORE)
@@ -322,7 +349,23 @@ class UploadRepository:
         return Progress.from_reply(reply)
 
     async def renew(self, file_id: str, token: str, lease_seconds: float) -> bool:
-        return bool(await self._renew(keys=[_keys(file_id)[2]], args=[token, repr(time.time() + lease_seconds)]))
+        """Extend a chunk's claim (and its disk reservation); False when the claim was lost."""
+        return bool(await self._renew(
+            keys=[_keys(file_id)[2], DISK_RESERVED_KEY], args=[token, repr(time.time() + lease_seconds)]
+        ))
+
+    async def reserve_disk(self, token: str, nbytes: int, lease_seconds: float, now: float | None = None) -> int:
+        """Hold `nbytes` of the data disk for a chunk; returns the bytes other chunks hold.
+        Measure free space after this call, not before (see _RESERVE_DISK). Released by
+        `release_disk`, or when the lease lapses (renewed with the chunk's claim)."""
+        now = now if now is not None else time.time()
+        others = await self._reserve_disk(
+            keys=[DISK_RESERVED_KEY], args=[token, nbytes, repr(now), repr(now + lease_seconds)]
+        )
+        return int(others)
+
+    async def release_disk(self, token: str) -> None:
+        await self.redis.hdel(DISK_RESERVED_KEY, token)
 
     async def commit(
         self, file_id: str, token: str, chunk: Chunk, file_name: str | None, sha256: str | None,

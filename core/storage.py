@@ -158,3 +158,9 @@ class Storage:
     def free_bytes(self) -> int:
         stats = os.statvfs(self.data_dir)
         return stats.f_bavail * stats.f_frsize
+
+    def allocation_for(self, length: int) -> int:
+        """Disk space that writing `length` bytes into a sparse staging file may take: whole
+        blocks, and one more when the bytes straddle a block boundary at each end."""
+        block = os.statvfs(self.data_dir).f_frsize or 4096
+        return (length + block - 1) // block * block + block

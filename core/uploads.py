@@ -18,6 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,6 +145,32 @@ class _Body:
                 yield piece
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def _disk_full_is_507():
+    """A full disk (or quota) met while storing a chunk is the client's 507, never a 500."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise InsufficientStorage("the disk filled up while storing this chunk; retry later") from None
+        raise
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of `data` at `offset`. A disk filling up shows first as a short write (Linux
+    writes what fits), then as ENOSPC: the rest is tried again, so that one is told from a write
+    cut short by a signal."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, f"no byte written at {offset}")
+        view, offset = view[written:], offset + written
+
+
 def _raise_for(progress: Progress) -> None:
     """Turn a refused claim into the contract's error."""
     counters = {"next_expected_byte": progress.next_expected}
@@ -204,28 +231,46 @@ class UploadService:
         header = decode_header(raw_header)
         check_header_matches(header, content_range)
 
-        if self.storage.free_bytes() - content_range.length < self.settings.min_free_bytes:
-            raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
-
         chunk = Chunk(content_range.start, content_range.end, header.crc32)
         token = secrets.token_hex(8)
-        progress = await self._claim(user, file_id, chunk, content_range.total, token)
-        if progress.outcome == "duplicate":
-            await self._drain(stream, chunk)
-            return _receipt(file_id, progress)
-        _raise_for(progress)
-
+        await self._reserve_disk(token, content_range.length)
         try:
-            await self._write(file_id, stream, chunk, content_range.total, token)
-            progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.repo.release(file_id, token)
-            raise
+            progress = await self._claim(user, file_id, chunk, content_range.total, token)
+            if progress.outcome == "duplicate":
+                await self._drain(stream, chunk)
+                return _receipt(file_id, progress)
+            _raise_for(progress)
+            try:
+                with _disk_full_is_507():
+                    await self._write(file_id, stream, chunk, content_range.total, token)
+                progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.repo.release(file_id, token)
+                raise
+        finally:
+            await self._release_disk(token)
         _raise_for(progress)
         if progress.state == "assembling":
             await self._start_assembly(file_id)
         return _receipt(file_id, progress)
+
+    async def _reserve_disk(self, token: str, length: int) -> None:
+        """Hold the disk space this chunk will take before writing a byte of it: a free-space
+        check alone lets every one of many parallel chunks pass on the same free bytes."""
+        need = self.storage.allocation_for(length)
+        held_by_others = await self.repo.reserve_disk(token, need, self.settings.claim_lease)
+        if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:
+            await self._release_disk(token)
+            raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
+
+    async def _release_disk(self, token: str) -> None:
+        """The chunk's bytes are on disk now (or never will be): free space speaks for itself."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.repo.release_disk(token)
+            except Exception as exc:  # noqa: BLE001 - Redis gone: the hold lapses with its lease
+                log.warning("disk reservation %s not released: %s", token, exc)
 
     async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str) -> Progress:
         args = (file_id, user.owner_id, user.is_admin, chunk.start, chunk.end, total, chunk.crc32, token,
@@ -252,14 +297,7 @@ class UploadService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the chunk took too long and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                try:
-                    written = os.pwrite(fd, piece, offset)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        raise InsufficientStorage("the disk filled up while storing this chunk; retry later") from None
-                    raise
-                if written != len(piece):  # pragma: no cover - regular files write fully or raise
-                    raise OSError(f"short write at {offset}")
+                pwrite_all(fd, piece, offset)
                 crc = crc32(piece, crc)
                 offset += len(piece)
             if offset != limit:
@@ -293,7 +331,12 @@ class UploadService:
             except OSError as exc:  # e.g. a full disk: the chunk is stored; assembly must still start
                 log.warning("no manifest for %s before assembly: %s", file_id, exc)
         if self.enqueue_assembly is not None:
-            await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
+            try:
+                await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
+            except Exception as exc:  # noqa: BLE001 - e.g. the broker refuses writes on a full disk
+                # The chunk is stored and the upload is `assembling`, in the set that the persist
+                # job sweeps: it enqueues every assembly nobody runs once FT_ASSEMBLY_LEASE passed.
+                log.warning("assembly of %s not queued (%s); the persist job will queue it", file_id, exc)
 
     # --- reading ---------------------------------------------------------------
     async def load(self, file_id: str) -> Upload | None:
