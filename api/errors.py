@@ -38,6 +38,10 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.ChunkTooLarge: 413,
     errors.FileTooLarge: 413,
     errors.TooManyAttempts: 429,
+    errors.QuotaExceeded: 413,
+    errors.TooManyUploads: 429,
+    errors.UploadRateLimited: 429,
+    errors.TooManyChunks: 409,
     errors.InsufficientStorage: 507,
     errors.Unavailable: 503,
 }
@@ -103,8 +107,8 @@ def to_response(exc: errors.TransferError) -> JSONResponse:
     headers = {}
     if isinstance(exc, errors.NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, errors.TooManyAttempts):
-        headers["Retry-After"] = str(exc.retry_after)
+    if (retry_after := getattr(exc, "retry_after", None)) is not None:
+        headers["Retry-After"] = str(retry_after)
     return error_response(status, exc.code, exc.detail, headers=headers or None, **exc.extra)
 
 

@@ -9,6 +9,11 @@ Keys of one upload (file ids are validated, so they are safe in key names):
   ft:activity         sorted set file_id -> last activity, of uploads not yet complete
   ft:assembling       sorted set file_id -> when it became `assembling`
   ft:disk:reserved    hash token -> "BYTES:LEASE_UNTIL": disk space held by chunks being written
+  ft:quota:<owner>    hash: uploads, bytes: the owner's open (not complete) uploads and their
+                      declared bytes. An upload counted there has `charged` (its total) in its
+                      hash; whatever ends it (complete, delete, cleanup, a first chunk that
+                      failed) uncharges it once, through `charged`.
+  ft:rate:create:<owner>  hash: tokens, at: the owner's bucket of upload creations
 
 Stored chunks never overlap (the claim refuses overlaps with stored and in-flight
 chunks), so one ZREVRANGEBYSCORE finds the only stored chunk that could overlap a
@@ -30,8 +35,20 @@ ASSEMBLING_KEY = "ft:assembling"
 DISK_RESERVED_KEY = "ft:disk:reserved"
 
 
+QUOTA_PREFIX = "ft:quota:"
+CREATE_RATE_PREFIX = "ft:rate:create:"
+
+
 def upload_key(file_id: str) -> str:
     return f"ft:up:{file_id}"
+
+
+def quota_key(owner: str) -> str:
+    return f"{QUOTA_PREFIX}{owner}"
+
+
+def create_rate_key(owner: str) -> str:
+    return f"{CREATE_RATE_PREFIX}{owner}"
 
 
 def _keys(file_id: str) -> list[str]:
@@ -50,16 +67,65 @@ local function chunk_end(member)
 end
 """
 
-_CLAIM = _PRELUDE + """
+# Uncharge an upload from its owner's quota, once. The quota key is named from the owner stored
+# in the upload's hash, so scripts that end an upload need not be told it (one Redis, no cluster).
+_UNCHARGE = """
+local function uncharge(key)
+  local f = redis.call('HMGET', key, 'owner', 'charged')
+  if not f[2] then return end
+  local quota = '""" + QUOTA_PREFIX + """' .. f[1]
+  local uploads = redis.call('HINCRBY', quota, 'uploads', -1)
+  local bytes = redis.call('HINCRBY', quota, 'bytes', '-' .. f[2])
+  -- Counters lost with Redis while the upload came back from disk: never below zero.
+  if uploads <= 0 and bytes <= 0 then
+    redis.call('DEL', quota)
+  elseif uploads < 0 or bytes < 0 then
+    redis.call('HSET', quota, 'uploads', math.max(uploads, 0), 'bytes', string.format('%d', math.max(bytes, 0)))
+  end
+  redis.call('HDEL', key, 'charged')
+end
+"""
+
+# Create an upload for its owner, if the owner's limits allow: the one place where uploads are
+# created (the first chunk's claim, and `UploadRepository.open_upload` for protocols that create
+# an upload before any byte, such as tus). Limits of 0 are off. KEYS: the upload's keys, then the
+# owner's quota and creation-rate keys. Returns nil when created, else a refusal for `summary`.
+_OPEN_UPLOAD = """
+local function open_upload(quota, rate, file_id, owner, total, now, provisional, limits)
+  local max_uploads, max_bytes, per_minute = tonumber(limits[1]), tonumber(limits[2]), tonumber(limits[3])
+  local q = redis.call('HMGET', quota, 'uploads', 'bytes')
+  local uploads, bytes = tonumber(q[1] or '0'), tonumber(q[2] or '0')
+  if max_uploads > 0 and uploads + 1 > max_uploads then return {'too_many_uploads', max_uploads} end
+  if max_bytes > 0 and bytes + tonumber(total) > max_bytes then
+    return {'quota_exceeded', string.format('%d', math.max(max_bytes - bytes, 0))}
+  end
+  if per_minute > 0 then
+    -- a bucket of `per_minute` creations, refilled evenly over a minute
+    local b = redis.call('HMGET', rate, 'tokens', 'at')
+    local t = tonumber(now)
+    local tokens = math.min(per_minute, tonumber(b[1] or per_minute) + (t - tonumber(b[2] or now)) * per_minute / 60)
+    if tokens < 1 then return {'rate_limited', math.ceil((1 - tokens) * 60 / per_minute)} end
+    redis.call('HSET', rate, 'tokens', tostring(tokens - 1), 'at', now)
+    redis.call('EXPIRE', rate, 120)
+  end
+  redis.call('HSET', up, 'owner', owner, 'total', total, 'state', 'uploading', 'received', '0',
+             'next', '0', 'created_at', now, 'updated_at', now, 'provisional', provisional, 'charged', total)
+  redis.call('HINCRBY', quota, 'uploads', 1)
+  redis.call('HINCRBY', quota, 'bytes', total)
+  redis.call('ZADD', activity, now, file_id)
+  return nil
+end
+"""
+
+_CLAIM = _PRELUDE + _OPEN_UPLOAD + """
 local file_id, user, is_admin = ARGV[1], ARGV[2], ARGV[3] == '1'
 local s, e, total, crc = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local token, now, lease_until, create = ARGV[8], ARGV[9], ARGV[10], ARGV[11] == '1'
 local f = redis.call('HMGET', up, 'owner', 'total', 'state', 'error')
 if not f[1] then
   if not create then return {'absent'} end
-  redis.call('HSET', up, 'owner', user, 'total', total, 'state', 'uploading', 'received', '0',
-             'next', '0', 'created_at', now, 'updated_at', now, 'provisional', '1')
-  redis.call('ZADD', activity, now, file_id)
+  local refused = open_upload(KEYS[6], KEYS[7], file_id, user, total, now, '1', {ARGV[12], ARGV[13], ARGV[14]})
+  if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
   f = {user, total, 'uploading', false}
 end
 if f[1] ~= user and not is_admin then return {'not_found'} end
@@ -87,6 +153,13 @@ return summary('claimed')
 """
 
 # Renew a chunk's claim and, under the same token, its disk reservation.
+_OPEN = _PRELUDE + _OPEN_UPLOAD + """
+if redis.call('EXISTS', up) == 1 then return summary('exists') end
+local refused = open_upload(KEYS[6], KEYS[7], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {ARGV[6], ARGV[7], ARGV[8]})
+if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
+return summary('created')
+"""
+
 _RENEW = """
 local function renew(key)
   local held = redis.call('HGET', key, ARGV[1])
@@ -148,10 +221,11 @@ end
 return summary('committed')
 """
 
-_RELEASE = """
+_RELEASE = _UNCHARGE + """
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HGET', KEYS[1], 'provisional') == '1' and redis.call('ZCARD', KEYS[2]) == 0
    and redis.call('HLEN', KEYS[3]) == 0 then
+  uncharge(KEYS[1])
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[2])
   return 1
@@ -186,6 +260,10 @@ for i = 1, #members, 500 do
 end
 if fields['state'] ~= 'complete' then
   redis.call('ZADD', KEYS[4], fields['updated_at'], ARGV[3])
+  -- counted again for its owner (the counters went with the Redis that lost it), never refused
+  redis.call('HSET', KEYS[1], 'charged', fields['total'])
+  redis.call('HINCRBY', KEYS[6], 'uploads', 1)
+  redis.call('HINCRBY', KEYS[6], 'bytes', fields['total'])
 end
 if fields['state'] == 'assembling' then
   redis.call('ZADD', KEYS[5], fields['assembling_since'], ARGV[3])
@@ -193,7 +271,7 @@ end
 return 1
 """
 
-_SET_STATE = _HSET_ALL + """
+_SET_STATE = _HSET_ALL + _UNCHARGE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= ARGV[1] then return state or '' end
 local args = cjson.decode(ARGV[2])
@@ -202,6 +280,7 @@ if args['state'] and args['state'] ~= 'assembling' then
   redis.call('ZREM', KEYS[5], ARGV[3])
 end
 if args['state'] == 'complete' then
+  uncharge(KEYS[1])
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
 end
@@ -211,7 +290,7 @@ return 'ok'
 # Remove an upload that is stale: not complete, no activity since the cutoff, nothing in
 # flight. Marks it `expired` (chunks then answer 404) so that files can be removed
 # before the keys disappear; `forget` deletes the keys afterwards.
-_EXPIRE_IF_STALE = """
+_EXPIRE_IF_STALE = _UNCHARGE + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'updated_at')
 if not f[1] then
   redis.call('ZREM', KEYS[4], ARGV[2])
@@ -225,18 +304,35 @@ for i = 1, #held, 2 do
   local cexp = string.match(held[i + 1], ':([%d.]+)$')
   if tonumber(cexp) >= tonumber(ARGV[3]) then return 'busy' end
 end
+uncharge(KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'expired')
 return 'expired'
 """
 
 # Mark an upload for removal on its owner's request; refused while a worker assembles it.
-_TOMBSTONE = """
+_TOMBSTONE = _UNCHARGE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'absent' end
 if state == 'assembling' then return 'assembling' end
+uncharge(KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'expired')
 return state
 """
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """What one owner may hold open, checked atomically when an upload is created; 0 is no limit."""
+
+    max_open_uploads: int = 0
+    max_open_bytes: int = 0
+    creates_per_minute: int = 0
+
+    def args(self) -> list[int]:
+        return [self.max_open_uploads, self.max_open_bytes, self.creates_per_minute]
+
+
+NO_LIMITS = UploadLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +422,7 @@ class UploadRepository:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._claim = redis.register_script(_CLAIM)
+        self._open = redis.register_script(_OPEN)
         self._renew = redis.register_script(_RENEW)
         self._reserve_disk = redis.register_script(_RESERVE_DISK)
         self._commit = redis.register_script(_COMMIT)
@@ -338,15 +435,36 @@ class UploadRepository:
     async def claim(
         self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
         token: str, lease_seconds: float, create: bool, now: float | None = None,
+        limits: UploadLimits = NO_LIMITS,
     ) -> Progress:
-        """Reserve [start, end] for a chunk about to be written, creating the upload if asked."""
+        """Reserve [start, end] for a chunk about to be written, creating the upload if asked
+        (for `user`, within `limits`, as `open_upload` does)."""
         now = now if now is not None else time.time()
         reply = await self._claim(
-            keys=_keys(file_id),
+            keys=[*_keys(file_id), quota_key(user), create_rate_key(user)],
             args=[file_id, user, int(is_admin), start, end, total, crc32, token,
-                  repr(now), repr(now + lease_seconds), int(create)],
+                  repr(now), repr(now + lease_seconds), int(create), *limits.args()],
         )
         return Progress.from_reply(reply)
+
+    async def open_upload(self, file_id: str, owner: str, total: int, limits: UploadLimits,
+                          provisional: bool = False, now: float | None = None) -> Progress:
+        """Create an upload of `total` bytes for `owner` if the owner's limits allow it: the one
+        operation that checks and counts open uploads, their declared bytes and the creation
+        rate (a first chunk's claim runs the same Lua). Outcomes: `created`, `exists` (nothing
+        changed), `too_many_uploads`, `quota_exceeded` (extra: bytes still allowed),
+        `rate_limited` (extra: seconds to wait)."""
+        now = now if now is not None else time.time()
+        reply = await self._open(
+            keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner)],
+            args=[file_id, owner, total, repr(now), int(provisional), *limits.args()],
+        )
+        return Progress.from_reply(reply)
+
+    async def open_uploads_of(self, owner: str) -> tuple[int, int]:
+        """The owner's open uploads and their declared bytes, as counted for the limits."""
+        uploads, nbytes = await self.redis.hmget(quota_key(owner), "uploads", "bytes")
+        return int(uploads or 0), int(nbytes or 0)
 
     async def renew(self, file_id: str, token: str, lease_seconds: float) -> bool:
         """Extend a chunk's claim (and its disk reservation); False when the claim was lost."""
@@ -396,7 +514,7 @@ class UploadRepository:
 
     async def restore(self, file_id: str, fields: dict[str, str], chunks: list[Chunk]) -> bool:
         return bool(await self._restore(
-            keys=_keys(file_id),
+            keys=[*_keys(file_id), quota_key(fields["owner"])],
             args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id],
         ))
 

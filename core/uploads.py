@@ -44,11 +44,14 @@ from core.errors import (
     LengthMismatch,
     NotFound,
     Overlap,
+    QuotaExceeded,
+    TooManyUploads,
     TotalMismatch,
     UploadFailed,
+    UploadRateLimited,
 )
 from core.file_ids import validate_file_id
-from core.state import Chunk, Progress, Upload, UploadRepository
+from core.state import Chunk, Progress, Upload, UploadLimits, UploadRepository
 from core.storage import Storage
 from core.users import User
 
@@ -187,6 +190,28 @@ def _raise_for(progress: Progress) -> None:
             raise UploadFailed(f"the upload failed: {progress.extra}", error=progress.extra)
         case "overlap" | "lost":
             raise Overlap("the chunk overlaps bytes already stored or being written", **counters)
+        case "too_many_uploads" | "quota_exceeded" | "rate_limited":
+            raise_refused_creation(progress)
+
+
+# Seconds a client is told to wait when it has too many uploads open: they end at their own pace.
+OPEN_UPLOADS_RETRY_AFTER = 60
+
+
+def raise_refused_creation(progress: Progress) -> None:
+    """A new upload refused by its owner's limits (see `UploadRepository.open_upload`)."""
+    match progress.outcome:
+        case "too_many_uploads":
+            raise TooManyUploads(
+                f"you have {progress.extra} uploads that are not complete; finish or delete some first",
+                retry_after=OPEN_UPLOADS_RETRY_AFTER, max_open_uploads=int(progress.extra))
+        case "quota_exceeded":
+            raise QuotaExceeded(
+                "the declared sizes of your uploads that are not complete would exceed your quota; "
+                f"{progress.extra} bytes are left", quota_bytes_left=int(progress.extra))
+        case "rate_limited":
+            raise UploadRateLimited("you are creating uploads too fast; retry later",
+                                    retry_after=int(progress.extra))
 
 
 def _receipt(file_id: str, progress: Progress) -> ChunkReceipt:
@@ -205,6 +230,11 @@ class UploadService:
         self.repo = repo
         self.storage = storage
         self.enqueue_assembly = enqueue_assembly
+        self.limits = UploadLimits(
+            max_open_uploads=settings.max_open_uploads,
+            max_open_bytes=settings.user_quota_bytes,
+            creates_per_minute=settings.upload_create_rate,
+        )
 
     # --- receiving -------------------------------------------------------------
     async def receive_chunk(
@@ -278,7 +308,7 @@ class UploadService:
         progress = await self.repo.claim(*args, create=False)
         if progress.outcome == "absent":
             await self.restore_from_disk(file_id)
-            progress = await self.repo.claim(*args, create=True)
+            progress = await self.repo.claim(*args, create=True, limits=self.limits)
         return progress
 
     async def _write(self, file_id: str, stream: _Body, chunk: Chunk, total: int, token: str) -> None:

@@ -59,8 +59,10 @@ _ERRORS = documented_errors({
     400: "invalid_file_id, invalid_content_range, invalid_chunk_header, length_mismatch, checksum_mismatch, "
          "invalid_file_name, invalid_sha256",
     404: "not_found: no such upload, or another user's",
-    409: "overlap, total_mismatch, already_complete, upload_failed",
-    413: "chunk_too_large, file_too_large",
+    409: "overlap, total_mismatch, already_complete, upload_failed, too_many_chunks",
+    413: "chunk_too_large, file_too_large, quota_exceeded (a new upload would pass the user's declared-bytes quota)",
+    429: "too_many_uploads (the user's open uploads are at FT_MAX_OPEN_UPLOADS), "
+         "rate_limited (uploads created faster than FT_UPLOAD_CREATE_RATE per minute)",
     507: "insufficient_storage",
 })
 

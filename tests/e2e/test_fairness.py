@@ -1,0 +1,68 @@
+"""Per-user limits and bounded answers on the real stack: what one user may hold open, how fast
+they may create uploads, how many chunks an upload may hold, how long /status may get."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support import bearer, new_id, send_chunk, wait_for_state
+
+TiB = 1024**4
+
+
+@pytest.fixture
+def limited(make_stack):
+    """A stack whose users may hold 2 uploads open, declaring 1000 bytes in all."""
+    return make_stack(FT_MAX_OPEN_UPLOADS="2", FT_USER_QUOTA_BYTES="1000", FT_UPLOAD_CREATE_RATE="0")
+
+
+def test_open_uploads_and_declared_bytes_are_limited_per_user(limited, client):
+    stack, data = limited, os.urandom(1000)
+    alice, bob = stack.token(), stack.token()
+    first, second, third = new_id("q"), new_id("q"), new_id("q")
+    assert send_chunk(client, stack.url, alice, first, data, 0, 99, total=600).status_code == 200
+
+    over = send_chunk(client, stack.url, alice, second, data, 0, 99, total=401)
+    assert over.status_code == 413
+    assert over.json() == {"code": "quota_exceeded", "detail": over.json()["detail"], "quota_bytes_left": 400}
+    assert client.get(f"{stack.url}/status/{second}", headers=bearer(alice)).status_code == 404
+
+    assert send_chunk(client, stack.url, alice, second, data, 0, 99, total=400).status_code == 200
+    crowded = send_chunk(client, stack.url, alice, third, data, 0, 0, total=1)
+    assert crowded.status_code == 429 and crowded.json()["code"] == "too_many_uploads"
+    assert int(crowded.headers["Retry-After"]) > 0 and crowded.json()["max_open_uploads"] == 2
+    # Chunks of uploads already open are not creations: they go on.
+    assert send_chunk(client, stack.url, alice, first, data, 100, 199, total=600).status_code == 200
+    # Another user has limits of their own.
+    assert send_chunk(client, stack.url, bob, third, data, 0, 0, total=1).status_code == 200
+
+    # An upload that completes, or is deleted, is no longer open.
+    done = new_id("q")
+    assert send_chunk(client, stack.url, bob, done, data, 0, 0, total=1).status_code == 200
+    assert wait_for_state(client, stack.url, bob, done)["state"] == "complete"
+    assert send_chunk(client, stack.url, bob, new_id("q"), data, 0, 0, total=2).status_code == 200
+    assert client.delete(f"{stack.url}/upload/{second}", headers=bearer(alice)).status_code == 204
+    assert send_chunk(client, stack.url, alice, new_id("q"), data, 0, 0, total=1).status_code == 200
+
+
+def test_creating_uploads_too_fast_is_429_with_retry_after(make_stack, client):
+    stack = make_stack(FT_UPLOAD_CREATE_RATE="3")
+    token, data = stack.token(), b"rr"
+    answers = [send_chunk(client, stack.url, token, new_id("rate"), data, 0, 0) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert answers[-1].json()["code"] == "rate_limited"
+    assert 1 <= int(answers[-1].headers["Retry-After"]) <= 20  # one creation per 20 s at 3 a minute
+    # Uploads already created take their chunks whatever the rate.
+    existing = answers[0].json()["file_id"]
+    assert send_chunk(client, stack.url, token, existing, data, 1, 1).status_code == 200
+
+
+def test_declaring_terabytes_is_stopped_by_the_default_quota(stack, client):
+    """With the defaults (10 TiB of declared bytes open per user), the eleventh 1 TiB upload
+    is refused; each accepted one holds one sparse staging file, not a terabyte."""
+    token, answers = stack.token(), []
+    for _ in range(11):
+        answers.append(send_chunk(client, stack.url, token, new_id("tib"), b"t" * 10, 0, 9, total=TiB).status_code)
+    assert answers == [200] * 10 + [413]
