@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_open_uploads: int = Field(1000, ge=0, description="uploads not yet complete, per user")
     user_quota_bytes: int = Field(10 * TiB, ge=0, description="declared bytes of a user's open uploads")
     upload_create_rate: int = Field(6000, ge=0, description="uploads a user may create per minute")
+    max_chunks_per_upload: int = Field(1000, ge=0, description="chunks an upload may hold whatever their size")
+    min_average_chunk_bytes: int = Field(64 * KiB, ge=0, description="past that, chunks must average this")
     fsync_chunks: bool = False
 
     # Downloads

@@ -148,6 +148,16 @@ for i = 1, #held, 2 do
     return summary('overlap')
   end
 end
+-- Past `max_chunks` chunks (stored and in flight), only while they average `min_average` bytes:
+-- every chunk costs Redis memory and /status time, whatever its size.
+local max_chunks, min_average = tonumber(ARGV[15]), tonumber(ARGV[16])
+if max_chunks > 0 then
+  local count = redis.call('ZCARD', chunks) + redis.call('HLEN', claims) + 1
+  local bytes = tonumber(redis.call('HGET', up, 'received')) + ne - ns + 1
+  if count > max_chunks and bytes < count * min_average then
+    return summary('too_many_chunks', max_chunks)
+  end
+end
 redis.call('HSET', claims, token, member .. ':' .. lease_until)
 return summary('claimed')
 """
@@ -322,14 +332,20 @@ return state
 
 @dataclass(frozen=True, slots=True)
 class UploadLimits:
-    """What one owner may hold open, checked atomically when an upload is created; 0 is no limit."""
+    """What one owner may hold open, checked atomically when an upload is created, and how
+    finely an upload may be cut, checked when a chunk is claimed; 0 is no limit."""
 
     max_open_uploads: int = 0
     max_open_bytes: int = 0
     creates_per_minute: int = 0
+    max_chunks: int = 0
+    min_average_chunk_bytes: int = 0
 
-    def args(self) -> list[int]:
+    def creation_args(self) -> list[int]:
         return [self.max_open_uploads, self.max_open_bytes, self.creates_per_minute]
+
+    def chunk_args(self) -> list[int]:
+        return [self.max_chunks, self.min_average_chunk_bytes]
 
 
 NO_LIMITS = UploadLimits()
@@ -438,12 +454,14 @@ class UploadRepository:
         limits: UploadLimits = NO_LIMITS,
     ) -> Progress:
         """Reserve [start, end] for a chunk about to be written, creating the upload if asked
-        (for `user`, within `limits`, as `open_upload` does)."""
+        (for `user`, within `limits`, as `open_upload` does). Outcomes: `claimed`, `duplicate`,
+        `absent` (not created), `not_found`, `total_mismatch`, `already_complete`,
+        `upload_failed`, `overlap`, `too_many_chunks` (extra: the limit), or a refused creation."""
         now = now if now is not None else time.time()
         reply = await self._claim(
             keys=[*_keys(file_id), quota_key(user), create_rate_key(user)],
             args=[file_id, user, int(is_admin), start, end, total, crc32, token,
-                  repr(now), repr(now + lease_seconds), int(create), *limits.args()],
+                  repr(now), repr(now + lease_seconds), int(create), *limits.creation_args(), *limits.chunk_args()],
         )
         return Progress.from_reply(reply)
 
@@ -457,7 +475,7 @@ class UploadRepository:
         now = now if now is not None else time.time()
         reply = await self._open(
             keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner)],
-            args=[file_id, owner, total, repr(now), int(provisional), *limits.args()],
+            args=[file_id, owner, total, repr(now), int(provisional), *limits.creation_args()],
         )
         return Progress.from_reply(reply)
 

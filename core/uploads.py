@@ -45,6 +45,7 @@ from core.errors import (
     NotFound,
     Overlap,
     QuotaExceeded,
+    TooManyChunks,
     TooManyUploads,
     TotalMismatch,
     UploadFailed,
@@ -59,6 +60,9 @@ log = logging.getLogger("ft.uploads")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 MAX_FILE_NAME_BYTES = 1024
 MANIFEST_VERSION = 1
+# /status lists the first this many gaps (a client resumes from the first ones anyway); more
+# would make its answer, and the time to build it, grow with the number of chunks.
+MAX_MISSING_RANGES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +194,10 @@ def _raise_for(progress: Progress) -> None:
             raise UploadFailed(f"the upload failed: {progress.extra}", error=progress.extra)
         case "overlap" | "lost":
             raise Overlap("the chunk overlaps bytes already stored or being written", **counters)
+        case "too_many_chunks":
+            raise TooManyChunks(
+                f"this upload holds {progress.extra} chunks already; more only while they average "
+                "at least FT_MIN_AVERAGE_CHUNK_BYTES: send larger chunks", max_chunks=int(progress.extra))
         case "too_many_uploads" | "quota_exceeded" | "rate_limited":
             raise_refused_creation(progress)
 
@@ -234,6 +242,8 @@ class UploadService:
             max_open_uploads=settings.max_open_uploads,
             max_open_bytes=settings.user_quota_bytes,
             creates_per_minute=settings.upload_create_rate,
+            max_chunks=settings.max_chunks_per_upload,
+            min_average_chunk_bytes=settings.min_average_chunk_bytes,
         )
 
     # --- receiving -------------------------------------------------------------
@@ -305,7 +315,7 @@ class UploadService:
     async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str) -> Progress:
         args = (file_id, user.owner_id, user.is_admin, chunk.start, chunk.end, total, chunk.crc32, token,
                 self.settings.claim_lease)
-        progress = await self.repo.claim(*args, create=False)
+        progress = await self.repo.claim(*args, create=False, limits=self.limits)
         if progress.outcome == "absent":
             await self.restore_from_disk(file_id)
             progress = await self.repo.claim(*args, create=True, limits=self.limits)
@@ -421,7 +431,8 @@ class UploadService:
             "total_bytes": upload.total,
             "received_bytes": upload.received,
             "next_expected_byte": upload.next_expected,
-            "missing_ranges": [list(gap) for gap in missing],
+            "missing_ranges": [list(gap) for gap in missing[:MAX_MISSING_RANGES]],
+            "missing_ranges_truncated": len(missing) > MAX_MISSING_RANGES,
             "file_name": upload.file_name,
             "created_at": iso(upload.created_at),
             "updated_at": iso(upload.updated_at),

@@ -46,6 +46,8 @@ class StatusModel(BaseModel):
     # [start, end_inclusive] pairs; not tuple[int, int], whose `prefixItems` schema trips some
     # OpenAPI tools (schemathesis 4 among them).
     missing_ranges: list[Annotated[list[int], Field(min_length=2, max_length=2)]]
+    missing_ranges_truncated: bool = Field(
+        False, description="true when there are more gaps than the first 1000 listed in missing_ranges")
     file_name: str | None
     created_at: str | None
     updated_at: str | None

@@ -66,3 +66,21 @@ def test_declaring_terabytes_is_stopped_by_the_default_quota(stack, client):
     for _ in range(11):
         answers.append(send_chunk(client, stack.url, token, new_id("tib"), b"t" * 10, 0, 9, total=TiB).status_code)
     assert answers == [200] * 10 + [413]
+
+
+def test_an_upload_cut_into_too_many_small_chunks_is_409_and_larger_chunks_go_on(make_stack, client):
+    stack = make_stack(FT_MAX_CHUNKS_PER_UPLOAD="5", FT_MIN_AVERAGE_CHUNK_BYTES="1000")
+    token, file_id, data = stack.token(), new_id("frag"), os.urandom(20_000)
+    for start in range(0, 10, 2):
+        assert send_chunk(client, stack.url, token, file_id, data, start, start).status_code == 200
+    refused = send_chunk(client, stack.url, token, file_id, data, 10, 10)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "too_many_chunks" and refused.json()["max_chunks"] == 5
+    # More chunks are fine while they average at least 1000 bytes: the rest of the file in one.
+    assert send_chunk(client, stack.url, token, file_id, data, 10, 19_999).status_code == 200
+    status = client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).json()
+    assert status["missing_ranges"] == [[1, 1], [3, 3], [5, 5], [7, 7], [9, 9]]
+    assert status["missing_ranges_truncated"] is False
+    for start in range(1, 10, 2):  # 11 chunks, 19,995+ bytes: still above the average
+        assert send_chunk(client, stack.url, token, file_id, data, start, start).status_code == 200
+    assert wait_for_state(client, stack.url, token, file_id)["state"] == "complete"

@@ -17,9 +17,9 @@ from kombu.exceptions import OperationalError
 from core import maintenance
 from core.chunk_header import encode_header
 from core.errors import InsufficientStorage
-from core.state import DISK_RESERVED_KEY, NO_LIMITS, UploadLimits, UploadRepository, quota_key
+from core.state import DISK_RESERVED_KEY, Chunk, NO_LIMITS, UploadLimits, UploadRepository, quota_key
 from core.storage import Storage
-from core.uploads import ChunkRequest, UploadService
+from core.uploads import MAX_MISSING_RANGES, ChunkRequest, UploadService
 from core.users import UserStore
 
 MiB = 1024 * 1024
@@ -259,3 +259,47 @@ def test_restored_uploads_are_counted_again_and_counts_never_go_below_zero(run, 
     restored, after = run(scenario)
     assert restored == (1, 1000)
     assert after == (0, 0)
+
+
+# --- how finely an upload may be cut -----------------------------------------------------------
+
+
+def test_past_max_chunks_an_upload_takes_chunks_only_while_they_average_the_minimum(run, redis_db):
+    limits = UploadLimits(max_chunks=4, min_average_chunk_bytes=100)
+
+    async def scenario(env: Env):
+        repo, outcomes = env.repo, []
+
+        async def put(start: int, end: int) -> str:
+            token = f"t{start}"
+            claimed = await repo.claim("f", "alice", False, start, end, 10_000, 7, token, 60, True, limits=limits)
+            if claimed.outcome == "claimed":
+                await repo.commit("f", token, Chunk(start, end, 7), None, None)
+            return claimed.outcome if claimed.outcome != "too_many_chunks" else f"too_many_chunks:{claimed.extra}"
+
+        for start in range(0, 10, 2):  # one-byte chunks: four are fine, the fifth is not
+            outcomes.append(await put(start, start))
+        outcomes.append(await put(100, 599))  # 5 chunks, 504 bytes: average 100.8
+        outcomes.append(await put(1000, 1000))  # 6 chunks, 505 bytes: average 84
+        return outcomes
+
+    assert run(scenario) == ["claimed"] * 4 + ["too_many_chunks:4", "claimed", "too_many_chunks:4"]
+
+
+def test_status_lists_the_first_1000_gaps_and_says_there_are_more(run, redis_db):
+    async def scenario(env: Env):
+        user, repo = env.user(), env.repo
+        for i in range(1200):  # one-byte chunks at even offsets: 1200 gaps
+            start = 2 * i + 1
+            assert (await repo.claim("g", user.owner_id, False, start, start, 2401, 7, f"t{i}", 60, True)).outcome == "claimed"
+            await repo.commit("g", f"t{i}", Chunk(start, start, 7), None, None)
+        many = await env.service.status(user, "g")
+        await env.send(user, "h", b"x" * 10, 0, 20)
+        few = await env.service.status(user, "h")
+        return many, few
+
+    many, few = run(scenario)
+    assert len(many["missing_ranges"]) == MAX_MISSING_RANGES == 1000
+    assert many["missing_ranges"][:2] == [[0, 0], [2, 2]] and many["missing_ranges"][-1] == [1998, 1998]
+    assert many["missing_ranges_truncated"] is True and many["received_bytes"] == 1200
+    assert few["missing_ranges"] == [[10, 19]] and few["missing_ranges_truncated"] is False
