@@ -9,6 +9,7 @@ from fastapi.routing import iter_route_contexts
 from limits.errors import StorageError
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -45,6 +46,9 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.InsufficientStorage: 507,
     errors.Unavailable: 503,
 }
+
+# Error replies of a Redis that refuses writes (plain, or from inside a Lua script).
+_REDIS_REFUSING_WRITES = ("MISCONF", "OOM", "READONLY", "NOREPLICAS")
 
 # Starlette's own HTTP errors (unknown route, wrong method, ...) get a code too.
 _CODE_BY_STATUS = {
@@ -158,6 +162,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for exc_type in (RedisConnectionError, RedisTimeoutError, StorageError):
         app.add_exception_handler(exc_type, _unavailable)
+
+    @app.exception_handler(RedisResponseError)
+    async def _redis_refused(request: Request, exc: RedisResponseError) -> JSONResponse:
+        # A Redis that refuses writes (its own disk full, out of memory, a read-only replica)
+        # is as unavailable as one that is down. Any other error reply is our bug: re-raised, it
+        # reaches the catch-all below (500) and Starlette logs its traceback.
+        if str(exc).startswith(_REDIS_REFUSING_WRITES):
+            return error_response(503, "unavailable", "the state store (Redis) refuses writes; retry later")
+        raise exc
 
     @app.exception_handler(Exception)
     async def _broken(request: Request, exc: Exception) -> JSONResponse:

@@ -140,12 +140,15 @@ local prev = redis.call('ZREVRANGEBYSCORE', chunks, e, '-inf', 'LIMIT', 0, 1)
 if prev[1] and chunk_end(prev[1]) >= ns then return summary('overlap') end
 local held = redis.call('HGETALL', claims)
 local t = tonumber(now)
+local in_flight = ne - ns + 1
 for i = 1, #held, 2 do
   local cs, ce, cexp = string.match(held[i + 1], '^(%d+):(%d+):%d+:([%d.]+)$')
   if tonumber(cexp) < t then
     redis.call('HDEL', claims, held[i])
   elseif tonumber(cs) <= ne and tonumber(ce) >= ns then
     return summary('overlap')
+  else
+    in_flight = in_flight + tonumber(ce) - tonumber(cs) + 1
   end
 end
 -- Past `max_chunks` chunks (stored and in flight), only while they average `min_average` bytes:
@@ -153,7 +156,7 @@ end
 local max_chunks, min_average = tonumber(ARGV[15]), tonumber(ARGV[16])
 if max_chunks > 0 then
   local count = redis.call('ZCARD', chunks) + redis.call('HLEN', claims) + 1
-  local bytes = tonumber(redis.call('HGET', up, 'received')) + ne - ns + 1
+  local bytes = tonumber(redis.call('HGET', up, 'received')) + in_flight
   if count > max_chunks and bytes < count * min_average then
     return summary('too_many_chunks', max_chunks)
   end

@@ -4,7 +4,12 @@ they may create uploads, how many chunks an upload may hold, how long /status ma
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from tests.support import bearer, new_id, send_chunk, wait_for_state
@@ -83,4 +88,69 @@ def test_an_upload_cut_into_too_many_small_chunks_is_409_and_larger_chunks_go_on
     assert status["missing_ranges_truncated"] is False
     for start in range(1, 10, 2):  # 11 chunks, 19,995+ bytes: still above the average
         assert send_chunk(client, stack.url, token, file_id, data, start, start).status_code == 200
+    assert wait_for_state(client, stack.url, token, file_id)["state"] == "complete"
+
+
+# --- the attacks of docs/RELIABILITY.md "Fair use", with the default limits ------------------------
+
+
+def _post_all(url: str, token: str, requests: list[tuple[str, int, int, int]], threads: int = 16):
+    """POST one-byte chunks (file_id, start, total) from `threads` clients at once; their answers."""
+
+    def send(job):
+        file_id, start, total, _ = job
+        with httpx.Client(timeout=60) as c:
+            return send_chunk(c, url, token, file_id, b"\0" * total, start, start, total=total)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(send, requests))
+
+
+@pytest.mark.slow
+def test_floods_of_uploads_and_fragments_meet_the_default_limits(make_stack, client, capsys):
+    stack = make_stack()
+    token = stack.token()
+
+    began = time.monotonic()
+    flood = _post_all(stack.url, token, [(new_id("flood"), 0, 2, i) for i in range(1100)])
+    flood_seconds = time.monotonic() - began
+    codes = Counter(r.status_code for r in flood)
+    assert codes == {200: 1000, 429: 100}
+    assert {r.json()["code"] for r in flood if r.status_code == 429} == {"too_many_uploads"}
+
+    other = stack.token()
+    file_id = new_id("frag")
+    fragments = _post_all(stack.url, other, [(file_id, 2 * i + 1, 2400, i) for i in range(1100)])
+    assert Counter(r.status_code for r in fragments) == {200: 1000, 409: 100}
+    timings, size = [], 0
+    for _ in range(20):
+        started = time.perf_counter()
+        answer = client.get(f"{stack.url}/status/{file_id}", headers=bearer(other))
+        timings.append(time.perf_counter() - started)
+        size = len(answer.content)
+    body = answer.json()
+    assert len(body["missing_ranges"]) == 1000 and body["missing_ranges_truncated"] is True
+
+    with capsys.disabled():
+        print(f"\n[fair use] 1100 creations by one user from 16 clients in {flood_seconds:.1f} s: {dict(codes)}; "
+              f"1100 one-byte chunks into one upload: {dict(Counter(r.status_code for r in fragments))}; "
+              f"/status then {size} bytes, median {statistics.median(timings) * 1000:.1f} ms")
+
+
+def test_a_redis_refusing_writes_is_503_not_500(make_stack, client, redis_server):
+    """What a full disk does to a Redis that saves snapshots on it (MISCONF), shown here with the
+    refusal that needs no full disk: writes need a replica that does not exist (NOREPLICAS)."""
+    stack = make_stack()
+    token, file_id, data = stack.token(), new_id("ro"), os.urandom(200)
+    assert send_chunk(client, stack.url, token, file_id, data, 0, 99).status_code == 200
+    server = redis_server.client()
+    server.config_set("min-replicas-to-write", 1)
+    try:
+        refused = send_chunk(client, stack.url, token, file_id, data, 100, 199)
+        reading = client.get(f"{stack.url}/status/{file_id}", headers=bearer(token))
+    finally:
+        server.config_set("min-replicas-to-write", 0)
+    assert refused.status_code == 503 and refused.json()["code"] == "unavailable", refused.text
+    assert reading.status_code == 200 and reading.json()["received_bytes"] == 100
+    assert send_chunk(client, stack.url, token, file_id, data, 100, 199).status_code == 200
     assert wait_for_state(client, stack.url, token, file_id)["state"] == "complete"

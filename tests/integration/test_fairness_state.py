@@ -303,3 +303,19 @@ def test_status_lists_the_first_1000_gaps_and_says_there_are_more(run, redis_db)
     assert many["missing_ranges"][:2] == [[0, 0], [2, 2]] and many["missing_ranges"][-1] == [1998, 1998]
     assert many["missing_ranges_truncated"] is True and many["received_bytes"] == 1200
     assert few["missing_ranges"] == [[10, 19]] and few["missing_ranges_truncated"] is False
+
+
+def test_chunks_in_flight_count_with_their_bytes(run, redis_db):
+    """Parallel chunks of exactly the minimum average never meet the limit."""
+    limits = UploadLimits(max_chunks=2, min_average_chunk_bytes=100)
+
+    async def scenario(env: Env):
+        outcomes = []
+        for i in range(4):  # four claims in flight at once, 100 bytes each
+            claimed = await env.repo.claim("p", "alice", False, 100 * i, 100 * i + 99, 1000, 7, f"t{i}", 60, True,
+                                           limits=limits)
+            outcomes.append(claimed.outcome)
+        small = await env.repo.claim("p", "alice", False, 400, 400, 1000, 7, "t-small", 60, True, limits=limits)
+        return outcomes, small.outcome
+
+    assert run(scenario) == (["claimed"] * 4, "too_many_chunks")
