@@ -9,6 +9,7 @@ from fastapi.routing import iter_route_contexts
 from limits.errors import StorageError
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -40,6 +41,10 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.ChunkTooLarge: 413,
     errors.FileTooLarge: 413,
     errors.TooManyAttempts: 429,
+    errors.QuotaExceeded: 413,
+    errors.TooManyUploads: 429,
+    errors.UploadRateLimited: 429,
+    errors.TooManyChunks: 409,
     errors.InsufficientStorage: 507,
     errors.UnsupportedTusVersion: 412,
     errors.UnsupportedMediaType: 415,
@@ -51,6 +56,9 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.ConcatenationError: 400,
     errors.Unavailable: 503,
 }
+
+# Error replies of a Redis that refuses writes (plain, or from inside a Lua script).
+_REDIS_REFUSING_WRITES = ("MISCONF", "OOM", "READONLY", "NOREPLICAS")
 
 # Starlette's own HTTP errors (unknown route, wrong method, ...) get a code too.
 _CODE_BY_STATUS = {
@@ -120,8 +128,8 @@ def to_response(exc: errors.TransferError) -> JSONResponse:
     headers = {}
     if isinstance(exc, errors.NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, errors.TooManyAttempts):
-        headers["Retry-After"] = str(exc.retry_after)
+    if (retry_after := getattr(exc, "retry_after", None)) is not None:
+        headers["Retry-After"] = str(retry_after)
     if isinstance(exc, errors.BodyStalled):
         headers["Connection"] = "close"  # the rest of a stalled body is not worth waiting for
     if isinstance(exc, errors.UnsupportedTusVersion):
@@ -183,6 +191,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _busy(request: Request, exc: RedisBusy) -> JSONResponse:
         return error_response(503, "overloaded", "the server is handling as many requests as it can; retry later",
                               headers={"Retry-After": str(request.app.state.settings.overload_retry_after)})
+
+    @app.exception_handler(RedisResponseError)
+    async def _redis_refused(request: Request, exc: RedisResponseError) -> JSONResponse:
+        # A Redis that refuses writes (its own disk full, out of memory, a read-only replica)
+        # is as unavailable as one that is down. Any other error reply is our bug: re-raised, it
+        # reaches the catch-all below (500) and Starlette logs its traceback.
+        if str(exc).startswith(_REDIS_REFUSING_WRITES):
+            return error_response(503, "unavailable", "the state store (Redis) refuses writes; retry later",
+                                  headers={"Retry-After": str(request.app.state.settings.unavailable_retry_after)})
+        raise exc
 
     @app.exception_handler(Exception)
     async def _broken(request: Request, exc: Exception) -> JSONResponse:

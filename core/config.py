@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     max_chunk_bytes: int = Field(64 * MiB, gt=0)
     min_free_bytes: int = Field(1 * GiB, ge=0)
     claim_lease: int = Field(60, gt=0, description="seconds an in-flight chunk holds its range")
+    # Per user (0: no limit); README "Fair use" says why these defaults
+    max_open_uploads: int = Field(1000, ge=0, description="uploads not yet complete, per user")
+    user_quota_bytes: int = Field(10 * TiB, ge=0, description="declared bytes of a user's open uploads")
+    upload_create_rate: int = Field(6000, ge=0, description="uploads a user may create per minute")
+    max_chunks_per_upload: int = Field(1000, ge=0, description="chunks an upload may hold whatever their size")
+    min_average_chunk_bytes: int = Field(64 * KiB, ge=0, description="past that, chunks must average this")
     fsync_chunks: bool = False
     tus_commit_bytes: int = Field(
         8 * MiB, gt=0, description="a streaming tus PATCH records what it has stored at least this often")

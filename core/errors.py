@@ -127,6 +127,31 @@ class InsufficientStorage(TransferError):
     code = "insufficient_storage"
 
 
+# --- fairness: what one user may hold or do -----------------------------------
+class QuotaExceeded(TransferError):
+    code = "quota_exceeded"
+
+
+class RetryLater(TransferError):
+    """Refused for now; `retry_after` (seconds) becomes the Retry-After header."""
+
+    def __init__(self, detail: str, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+
+class TooManyUploads(RetryLater):
+    code = "too_many_uploads"
+
+
+class UploadRateLimited(RetryLater):
+    code = "rate_limited"
+
+
+class TooManyChunks(TransferError):
+    code = "too_many_chunks"
+
+
 # --- auth -----------------------------------------------------------------
 class NotAuthenticated(TransferError):
     code = "not_authenticated"

@@ -9,6 +9,12 @@ Keys of one upload (file ids are validated, so they are safe in key names):
   ft:activity         sorted set file_id -> last activity, of uploads not yet complete
   ft:assembling       sorted set file_id -> when it became `assembling`
   ft:owner:<owner_id> sorted set file_id -> created_at, of one owner's uploads (the files list)
+  ft:disk:reserved    hash token -> "BYTES:LEASE_UNTIL": disk space held by chunks being written
+  ft:quota:<owner>    hash: uploads, bytes: the owner's open (not complete) uploads and their
+                      declared bytes. An upload counted there has `charged` (its total) in its
+                      hash; whatever ends it (complete, delete, cleanup, a first chunk that
+                      failed) uncharges it once, through `charged`.
+  ft:rate:create:<owner>  hash: tokens, at: the owner's bucket of upload creations
 
 Uploads created through tus (`create`) also keep `tus_*` fields in their hash: the raw
 Upload-Metadata, `tus_deferred` (1 while the length is not yet known; `total` then holds
@@ -31,10 +37,23 @@ import redis.asyncio as aioredis
 
 ACTIVITY_KEY = "ft:activity"
 ASSEMBLING_KEY = "ft:assembling"
+DISK_RESERVED_KEY = "ft:disk:reserved"
+
+
+QUOTA_PREFIX = "ft:quota:"
+CREATE_RATE_PREFIX = "ft:rate:create:"
 
 
 def upload_key(file_id: str) -> str:
     return f"ft:up:{file_id}"
+
+
+def quota_key(owner: str) -> str:
+    return f"{QUOTA_PREFIX}{owner}"
+
+
+def create_rate_key(owner: str) -> str:
+    return f"{CREATE_RATE_PREFIX}{owner}"
 
 
 def _keys(file_id: str) -> list[str]:
@@ -53,16 +72,65 @@ local function chunk_end(member)
 end
 """
 
-_CLAIM = _PRELUDE + """
+# Uncharge an upload from its owner's quota, once. The quota key is named from the owner stored
+# in the upload's hash, so scripts that end an upload need not be told it (one Redis, no cluster).
+_UNCHARGE = """
+local function uncharge(key)
+  local f = redis.call('HMGET', key, 'owner', 'charged')
+  if not f[2] then return end
+  local quota = '""" + QUOTA_PREFIX + """' .. f[1]
+  local uploads = redis.call('HINCRBY', quota, 'uploads', -1)
+  local bytes = redis.call('HINCRBY', quota, 'bytes', '-' .. f[2])
+  -- Counters lost with Redis while the upload came back from disk: never below zero.
+  if uploads <= 0 and bytes <= 0 then
+    redis.call('DEL', quota)
+  elseif uploads < 0 or bytes < 0 then
+    redis.call('HSET', quota, 'uploads', math.max(uploads, 0), 'bytes', string.format('%d', math.max(bytes, 0)))
+  end
+  redis.call('HDEL', key, 'charged')
+end
+"""
+
+# Create an upload for its owner, if the owner's limits allow: the one place where uploads are
+# created (the first chunk's claim, and `UploadRepository.open_upload` for protocols that create
+# an upload before any byte, such as tus). Limits of 0 are off. KEYS: the upload's keys, then the
+# owner's quota and creation-rate keys. Returns nil when created, else a refusal for `summary`.
+_OPEN_UPLOAD = """
+local function open_upload(quota, rate, file_id, owner, total, now, provisional, limits)
+  local max_uploads, max_bytes, per_minute = tonumber(limits[1]), tonumber(limits[2]), tonumber(limits[3])
+  local q = redis.call('HMGET', quota, 'uploads', 'bytes')
+  local uploads, bytes = tonumber(q[1] or '0'), tonumber(q[2] or '0')
+  if max_uploads > 0 and uploads + 1 > max_uploads then return {'too_many_uploads', max_uploads} end
+  if max_bytes > 0 and bytes + tonumber(total) > max_bytes then
+    return {'quota_exceeded', string.format('%d', math.max(max_bytes - bytes, 0))}
+  end
+  if per_minute > 0 then
+    -- a bucket of `per_minute` creations, refilled evenly over a minute
+    local b = redis.call('HMGET', rate, 'tokens', 'at')
+    local t = tonumber(now)
+    local tokens = math.min(per_minute, tonumber(b[1] or per_minute) + (t - tonumber(b[2] or now)) * per_minute / 60)
+    if tokens < 1 then return {'rate_limited', math.ceil((1 - tokens) * 60 / per_minute)} end
+    redis.call('HSET', rate, 'tokens', tostring(tokens - 1), 'at', now)
+    redis.call('EXPIRE', rate, 120)
+  end
+  redis.call('HSET', up, 'owner', owner, 'total', total, 'state', 'uploading', 'received', '0',
+             'next', '0', 'created_at', now, 'updated_at', now, 'provisional', provisional, 'charged', total)
+  redis.call('HINCRBY', quota, 'uploads', 1)
+  redis.call('HINCRBY', quota, 'bytes', total)
+  redis.call('ZADD', activity, now, file_id)
+  return nil
+end
+"""
+
+_CLAIM = _PRELUDE + _OPEN_UPLOAD + """
 local file_id, user, is_admin = ARGV[1], ARGV[2], ARGV[3] == '1'
 local s, e, total, crc = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local token, now, lease_until, create = ARGV[8], ARGV[9], ARGV[10], ARGV[11] == '1'
 local f = redis.call('HMGET', up, 'owner', 'total', 'state', 'error')
 if not f[1] then
   if not create then return {'absent'} end
-  redis.call('HSET', up, 'owner', user, 'total', total, 'state', 'uploading', 'received', '0',
-             'next', '0', 'created_at', now, 'updated_at', now, 'provisional', '1')
-  redis.call('ZADD', activity, now, file_id)
+  local refused = open_upload(KEYS[6], KEYS[7], file_id, user, total, now, '1', {ARGV[12], ARGV[13], ARGV[14]})
+  if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
   f = {user, total, 'uploading', false}
 end
 if f[1] ~= user and not is_admin then return {'not_found'} end
@@ -77,25 +145,69 @@ local prev = redis.call('ZREVRANGEBYSCORE', chunks, e, '-inf', 'LIMIT', 0, 1)
 if prev[1] and chunk_end(prev[1]) >= ns then return summary('overlap') end
 local held = redis.call('HGETALL', claims)
 local t = tonumber(now)
+local in_flight = ne - ns + 1
 for i = 1, #held, 2 do
   local cs, ce, cexp = string.match(held[i + 1], '^(%d+):(%d+):%d+:([%d.]+)$')
   if tonumber(cexp) < t then
     redis.call('HDEL', claims, held[i])
   elseif tonumber(cs) <= ne and tonumber(ce) >= ns then
     return summary('overlap')
+  else
+    in_flight = in_flight + tonumber(ce) - tonumber(cs) + 1
+  end
+end
+-- Past `max_chunks` chunks (stored and in flight), only while they average `min_average` bytes:
+-- every chunk costs Redis memory and /status time, whatever its size.
+local max_chunks, min_average = tonumber(ARGV[15]), tonumber(ARGV[16])
+if max_chunks > 0 then
+  local count = redis.call('ZCARD', chunks) + redis.call('HLEN', claims) + 1
+  local bytes = tonumber(redis.call('HGET', up, 'received')) + in_flight
+  if count > max_chunks and bytes < count * min_average then
+    return summary('too_many_chunks', max_chunks)
   end
 end
 redis.call('HSET', claims, token, member .. ':' .. lease_until)
 return summary('claimed')
 """
 
+# Renew a chunk's claim and, under the same token, its disk reservation.
+_OPEN = _PRELUDE + _OPEN_UPLOAD + """
+if redis.call('EXISTS', up) == 1 then return summary('exists') end
+local refused = open_upload(KEYS[6], KEYS[7], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {ARGV[6], ARGV[7], ARGV[8]})
+if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
+return summary('created')
+"""
+
 _RENEW = """
-local held = redis.call('HGET', KEYS[1], ARGV[1])
-if not held then return 0 end
--- string.gsub returns (string, count): keep only the string, or HSET gets a stray argument
-local renewed = string.gsub(held, ':[%d.]+$', ':' .. ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], renewed)
-return 1
+local function renew(key)
+  local held = redis.call('HGET', key, ARGV[1])
+  if not held then return 0 end
+  -- string.gsub returns (string, count): keep only the string, or HSET gets a stray argument
+  local renewed = string.gsub(held, ':[%d.]+$', ':' .. ARGV[2])
+  redis.call('HSET', key, ARGV[1], renewed)
+  return 1
+end
+renew(KEYS[2])
+return renew(KEYS[1])
+"""
+
+# Hold disk space for a chunk about to be written; returns the bytes that other chunks hold.
+# The caller measures free space only afterwards: a chunk that let go of its hold before this
+# ran had written its bytes already, so they show in that measurement (measured before, they
+# would be counted nowhere). One count for all API processes, which share one data disk.
+_RESERVE_DISK = """
+local token, want, now, lease_until = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local held, others = redis.call('HGETALL', KEYS[1]), 0
+for i = 1, #held, 2 do
+  local bytes, expires = string.match(held[i + 1], '^(%d+):([%d.]+)$')
+  if tonumber(expires) < now then
+    redis.call('HDEL', KEYS[1], held[i])  -- its process died mid-chunk
+  elseif held[i] ~= token then
+    others = others + tonumber(bytes)
+  end
+end
+redis.call('HSET', KEYS[1], token, want .. ':' .. lease_until)
+return string.format('%d', others)
 """
 
 def owner_index_key(owner_id: str) -> str:
@@ -140,10 +252,11 @@ end
 return summary('committed')
 """
 
-_RELEASE = """
+_RELEASE = _UNCHARGE + """
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HGET', KEYS[1], 'provisional') == '1' and redis.call('ZCARD', KEYS[2]) == 0
    and redis.call('HLEN', KEYS[3]) == 0 then
+  uncharge(KEYS[1])
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[2])
   return 1
@@ -178,6 +291,10 @@ for i = 1, #members, 500 do
 end
 if fields['state'] ~= 'complete' then
   redis.call('ZADD', KEYS[4], fields['updated_at'], ARGV[3])
+  -- counted again for its owner (the counters went with the Redis that lost it), never refused
+  redis.call('HSET', KEYS[1], 'charged', fields['total'])
+  redis.call('HINCRBY', KEYS[6], 'uploads', 1)
+  redis.call('HINCRBY', KEYS[6], 'bytes', fields['total'])
 end
 if fields['state'] == 'assembling' then
   redis.call('ZADD', KEYS[5], fields['assembling_since'], ARGV[3])
@@ -185,7 +302,7 @@ end
 return 1
 """
 
-_SET_STATE = _HSET_ALL + """
+_SET_STATE = _HSET_ALL + _UNCHARGE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= ARGV[1] then return state or '' end
 local args = cjson.decode(ARGV[2])
@@ -194,6 +311,7 @@ if args['state'] and args['state'] ~= 'assembling' then
   redis.call('ZREM', KEYS[5], ARGV[3])
 end
 if args['state'] == 'complete' then
+  uncharge(KEYS[1])
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], ARGV[3])
 end
@@ -203,7 +321,7 @@ return 'ok'
 # Remove an upload that is stale: not complete, no activity since the cutoff, nothing in
 # flight. Marks it `expired` (chunks then answer 404) so that files can be removed
 # before the keys disappear; `forget` deletes the keys afterwards.
-_EXPIRE_IF_STALE = """
+_EXPIRE_IF_STALE = _UNCHARGE + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'updated_at')
 if not f[1] then
   redis.call('ZREM', KEYS[4], ARGV[2])
@@ -217,15 +335,17 @@ for i = 1, #held, 2 do
   local cexp = string.match(held[i + 1], ':([%d.]+)$')
   if tonumber(cexp) >= tonumber(ARGV[3]) then return 'busy' end
 end
+uncharge(KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'expired')
 return 'expired'
 """
 
 # Mark an upload for removal on its owner's request; refused while a worker assembles it.
-_TOMBSTONE = """
+_TOMBSTONE = _UNCHARGE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'absent' end
 if state == 'assembling' then return 'assembling' end
+uncharge(KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'expired')
 return state
 """
@@ -234,25 +354,25 @@ return state
 # Create an upload whose id the server chose (tus). KEYS[6] is the owner's index. A final
 # concatenation is created with all its bytes already counted (ARGV[6] = total) and its
 # parts' chunks, in state `assembling`.
-_CREATE = _HSET_ALL + """
-local up, chunks, activity, assembling, owned = KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6]
+_CREATE = _PRELUDE + _HSET_ALL + _OPEN_UPLOAD + """
+local owned = KEYS[6]
 local file_id, owner, total, now, state, received = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if redis.call('EXISTS', up) == 1 then return 'exists' end
-redis.call('HSET', up, 'owner', owner, 'total', total, 'state', state, 'received', received,
-           'next', received, 'created_at', now, 'updated_at', now, 'provisional', '0')
+if redis.call('EXISTS', up) == 1 then return {'exists'} end
+local refused = open_upload(KEYS[7], KEYS[8], file_id, owner, total, now, '0', {ARGV[9], ARGV[10], ARGV[11]})
+if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
+redis.call('HSET', up, 'state', state, 'received', received, 'next', received)
 local extra = cjson.decode(ARGV[7])
 if next(extra) then hset_all(up, extra) end
 local members = cjson.decode(ARGV[8])
 for i = 1, #members do
   redis.call('ZADD', chunks, string.match(members[i], '^(%d+):'), members[i])
 end
-redis.call('ZADD', activity, now, file_id)
 if state == 'assembling' then
   redis.call('HSET', up, 'assembling_since', now)
   redis.call('ZADD', assembling, now, file_id)
 end
 redis.call('ZADD', owned, now, file_id)
-return 'created'
+return summary('created')
 """
 
 # The length of a deferred-length upload becomes known: not below what is already stored;
@@ -270,6 +390,27 @@ if f[1] == 'uploading' and tonumber(f[3]) == tonumber(total) and redis.call('HGE
 end
 return summary('declared')
 """
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """What one owner may hold open, checked atomically when an upload is created, and how
+    finely an upload may be cut, checked when a chunk is claimed; 0 is no limit."""
+
+    max_open_uploads: int = 0
+    max_open_bytes: int = 0
+    creates_per_minute: int = 0
+    max_chunks: int = 0
+    min_average_chunk_bytes: int = 0
+
+    def creation_args(self) -> list[int]:
+        return [self.max_open_uploads, self.max_open_bytes, self.creates_per_minute]
+
+    def chunk_args(self) -> list[int]:
+        return [self.max_chunks, self.min_average_chunk_bytes]
+
+
+NO_LIMITS = UploadLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +500,9 @@ class UploadRepository:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._claim = redis.register_script(_CLAIM)
+        self._open = redis.register_script(_OPEN)
         self._renew = redis.register_script(_RENEW)
+        self._reserve_disk = redis.register_script(_RESERVE_DISK)
         self._commit = redis.register_script(_COMMIT)
         self._release = redis.register_script(_RELEASE)
         self._restore = redis.register_script(_RESTORE)
@@ -372,18 +515,57 @@ class UploadRepository:
     async def claim(
         self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
         token: str, lease_seconds: float, create: bool, now: float | None = None,
+        limits: UploadLimits = NO_LIMITS,
     ) -> Progress:
-        """Reserve [start, end] for a chunk about to be written, creating the upload if asked."""
+        """Reserve [start, end] for a chunk about to be written, creating the upload if asked
+        (for `user`, within `limits`, as `open_upload` does). Outcomes: `claimed`, `duplicate`,
+        `absent` (not created), `not_found`, `total_mismatch`, `already_complete`,
+        `upload_failed`, `overlap`, `too_many_chunks` (extra: the limit), or a refused creation."""
         now = now if now is not None else time.time()
         reply = await self._claim(
-            keys=_keys(file_id),
+            keys=[*_keys(file_id), quota_key(user), create_rate_key(user)],
             args=[file_id, user, int(is_admin), start, end, total, crc32, token,
-                  repr(now), repr(now + lease_seconds), int(create)],
+                  repr(now), repr(now + lease_seconds), int(create), *limits.creation_args(), *limits.chunk_args()],
         )
         return Progress.from_reply(reply)
 
+    async def open_upload(self, file_id: str, owner: str, total: int, limits: UploadLimits,
+                          provisional: bool = False, now: float | None = None) -> Progress:
+        """Create an upload of `total` bytes for `owner` if the owner's limits allow it: the one
+        operation that checks and counts open uploads, their declared bytes and the creation
+        rate (a first chunk's claim runs the same Lua). Outcomes: `created`, `exists` (nothing
+        changed), `too_many_uploads`, `quota_exceeded` (extra: bytes still allowed),
+        `rate_limited` (extra: seconds to wait)."""
+        now = now if now is not None else time.time()
+        reply = await self._open(
+            keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner)],
+            args=[file_id, owner, total, repr(now), int(provisional), *limits.creation_args()],
+        )
+        return Progress.from_reply(reply)
+
+    async def open_uploads_of(self, owner: str) -> tuple[int, int]:
+        """The owner's open uploads and their declared bytes, as counted for the limits."""
+        uploads, nbytes = await self.redis.hmget(quota_key(owner), "uploads", "bytes")
+        return int(uploads or 0), int(nbytes or 0)
+
     async def renew(self, file_id: str, token: str, lease_seconds: float) -> bool:
-        return bool(await self._renew(keys=[_keys(file_id)[2]], args=[token, repr(time.time() + lease_seconds)]))
+        """Extend a chunk's claim (and its disk reservation); False when the claim was lost."""
+        return bool(await self._renew(
+            keys=[_keys(file_id)[2], DISK_RESERVED_KEY], args=[token, repr(time.time() + lease_seconds)]
+        ))
+
+    async def reserve_disk(self, token: str, nbytes: int, lease_seconds: float, now: float | None = None) -> int:
+        """Hold `nbytes` of the data disk for a chunk; returns the bytes other chunks hold.
+        Measure free space after this call, not before (see _RESERVE_DISK). Released by
+        `release_disk`, or when the lease lapses (renewed with the chunk's claim)."""
+        now = now if now is not None else time.time()
+        others = await self._reserve_disk(
+            keys=[DISK_RESERVED_KEY], args=[token, nbytes, repr(now), repr(now + lease_seconds)]
+        )
+        return int(others)
+
+    async def release_disk(self, token: str) -> None:
+        await self.redis.hdel(DISK_RESERVED_KEY, token)
 
     async def commit(
         self, file_id: str, token: str, chunk: Chunk, file_name: str | None, sha256: str | None,
@@ -401,22 +583,24 @@ class UploadRepository:
         return Progress.from_reply(reply)
 
     async def create(
-        self, file_id: str, owner: str, total: int, fields: dict[str, str], *,
+        self, file_id: str, owner: str, total: int, fields: dict[str, str], limits: UploadLimits, *,
         complete_chunks: list[Chunk] | None = None, now: float | None = None,
-    ) -> bool:
-        """Create an upload in one step; False if the id is taken. With `complete_chunks` it is
-        created with all its bytes counted (a tus final concatenation), ready for assembly."""
+    ) -> Progress:
+        """Create an upload in one step, within the owner's limits (the same Lua function as a
+        first chunk's claim). With `complete_chunks` it is created with all its bytes counted (a
+        tus final concatenation), ready for assembly. Outcomes: `created`, `exists` (the id is
+        taken; nothing changed), or a refusal as `open_upload` gives."""
         now = now if now is not None else time.time()
         chunks = complete_chunks or []
         state, received = ("assembling", total) if complete_chunks is not None else ("uploading", 0)
         if total == 0 and complete_chunks is None and "tus_deferred" not in fields and "tus_concat" not in fields:
             state = "assembling"  # nothing to wait for: an empty file
         reply = await self._create(
-            keys=[*_keys(file_id), owner_index_key(owner)],
+            keys=[*_keys(file_id), owner_index_key(owner), quota_key(owner), create_rate_key(owner)],
             args=[file_id, owner, total, repr(now), state, received,
-                  json.dumps(fields), json.dumps([c.member for c in chunks])],
+                  json.dumps(fields), json.dumps([c.member for c in chunks]), *limits.creation_args()],
         )
-        return reply in (b"created", "created")
+        return Progress.from_reply(reply)
 
     async def declare_length(self, file_id: str, total: int, now: float | None = None) -> Progress:
         """Fix the total of a deferred-length upload."""
@@ -441,7 +625,7 @@ class UploadRepository:
 
     async def restore(self, file_id: str, fields: dict[str, str], chunks: list[Chunk]) -> bool:
         return bool(await self._restore(
-            keys=_keys(file_id),
+            keys=[*_keys(file_id), quota_key(fields["owner"])],
             args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id],
         ))
 

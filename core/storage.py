@@ -41,15 +41,21 @@ def write_json_atomic(path: Path, document: dict) -> None:
 
 
 def write_at(fd: int, piece: bytes, offset: int) -> None:
-    """Write received bytes at their offset; a full disk is the client's 507, not a 500."""
+    """Write all received bytes at their offset; a full disk is the client's 507, not a 500.
+
+    A disk filling up shows first as a short write (Linux writes what fits), then as ENOSPC:
+    the rest is tried again, so that one is told from a write cut short by a signal."""
+    view = memoryview(piece)
     try:
-        written = os.pwrite(fd, piece, offset)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            if written == 0:
+                raise OSError(errno.ENOSPC, f"no byte written at {offset}")
+            view, offset = view[written:], offset + written
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InsufficientStorage("the disk filled up while storing these bytes; retry later") from None
         raise
-    if written != len(piece):  # pragma: no cover - regular files write fully or raise
-        raise OSError(f"short write at {offset}")
 
 
 def read_json(path: Path) -> dict | None:
@@ -173,3 +179,9 @@ class Storage:
     def free_bytes(self) -> int:
         stats = os.statvfs(self.data_dir)
         return stats.f_bavail * stats.f_frsize
+
+    def allocation_for(self, length: int) -> int:
+        """Disk space that writing `length` bytes into a sparse staging file may take: whole
+        blocks, and one more when the bytes straddle a block boundary at each end."""
+        block = os.statvfs(self.data_dir).f_frsize or 4096
+        return (length + block - 1) // block * block + block

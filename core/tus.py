@@ -37,7 +37,6 @@ from core.errors import (
     AlreadyComplete,
     ConcatenationError,
     FileTooLarge,
-    InsufficientStorage,
     InvalidTusHeader,
     NotFound,
     OffsetMismatch,
@@ -49,8 +48,9 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload
+from core.body_pace import paced
 from core.storage import write_at
-from core.uploads import MAX_FILE_NAME_BYTES, UploadService
+from core.uploads import MAX_FILE_NAME_BYTES, UploadService, raise_refused_creation
 from core.users import User
 
 TUS_VERSION = "1.0.0"
@@ -261,8 +261,11 @@ class TusService:
     async def _create(self, user: User, total: int, fields: dict[str, str], chunks: list[Chunk] | None = None) -> str:
         while True:
             file_id = secrets.token_hex(16)
-            if await self.repo.create(file_id, user.owner_id, total, fields, complete_chunks=chunks):
+            progress = await self.repo.create(file_id, user.owner_id, total, fields, self.uploads.limits,
+                                              complete_chunks=chunks)
+            if progress.outcome == "created":
                 return file_id
+            raise_refused_creation(progress)  # else the id was taken: draw another
 
     async def _create_final(self, user: User, new: NewUpload) -> TusUpload:
         """A final concatenation: every part a finished partial upload of the caller's; the
@@ -321,9 +324,15 @@ class TusService:
             if request.offset + request.content_length > limit:
                 raise UploadLengthExceeded(f"the body goes past the upload's length of {limit} bytes")
             limit = request.offset + request.content_length
-        if self.storage.free_bytes() - (limit - request.offset) < self.settings.min_free_bytes:
-            raise InsufficientStorage("not enough free disk space to store this upload; retry later")
-        end = await self._stream(upload, request, limit, length, body)
+        # The body's room on disk is held before a byte is written (as a chunk's is), under the
+        # token of the claim, which renews both; a body that idles or trickles is dropped.
+        token = secrets.token_hex(8)
+        await self.uploads.reserve_disk(token, limit - request.offset)
+        try:
+            paced_body = paced(body, self.settings.body_idle_timeout, self.settings.body_min_rate)
+            end = await self._stream(upload, request, limit, length, paced_body, token)
+        finally:
+            await self.uploads.release_disk(token)
         if request.complete and length is None:
             await self._declare(upload, current, end)
         await self._start_assembly_if_done(file_id)
@@ -352,12 +361,11 @@ class TusService:
             await self.uploads.start_assembly(file_id)
 
     async def _stream(self, upload: Upload, request: Append, limit: int, length: int | None,
-                      body: AsyncIterator[bytes]) -> int:
+                      body: AsyncIterator[bytes], token: str) -> int:
         """Write the body at the offset under a claim of [offset, limit); record what arrived as
         chunks. Returns the offset after the last byte stored."""
         file_id, start = upload.file_id, request.offset
         lease = self.settings.claim_lease
-        token = secrets.token_hex(8)
         total = length if length is not None else upload.total  # the length may be declared just now
         progress = await self.repo.claim(file_id, upload.owner, True, start, limit - 1, total, 0, token, lease,
                                          create=False)

@@ -11,12 +11,14 @@ releases its claim and leaves the upload as it was.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,11 +45,15 @@ from core.errors import (
     LengthMismatch,
     NotFound,
     Overlap,
+    QuotaExceeded,
+    TooManyChunks,
+    TooManyUploads,
     TotalMismatch,
     UploadFailed,
+    UploadRateLimited,
 )
 from core.file_ids import validate_file_id
-from core.state import Chunk, Progress, Upload, UploadRepository
+from core.state import Chunk, Progress, Upload, UploadLimits, UploadRepository
 from core.storage import Storage, write_at
 from core.users import User
 
@@ -55,6 +61,9 @@ log = logging.getLogger("ft.uploads")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 MAX_FILE_NAME_BYTES = 1024
 MANIFEST_VERSION = 1
+# /status lists the first this many gaps (a client resumes from the first ones anyway); more
+# would make its answer, and the time to build it, grow with the number of chunks.
+MAX_MISSING_RANGES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +153,20 @@ class _Body:
                 yield piece
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def _disk_full_is_507():
+    """A full disk (or quota) met while storing a chunk is the client's 507, never a 500."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise InsufficientStorage("the disk filled up while storing this chunk; retry later") from None
+        raise
+
+
 def _raise_for(progress: Progress) -> None:
     """Turn a refused claim into the contract's error."""
     counters = {"next_expected_byte": progress.next_expected}
@@ -160,6 +183,32 @@ def _raise_for(progress: Progress) -> None:
             raise UploadFailed(f"the upload failed: {progress.extra}", error=progress.extra)
         case "overlap" | "lost":
             raise Overlap("the chunk overlaps bytes already stored or being written", **counters)
+        case "too_many_chunks":
+            raise TooManyChunks(
+                f"this upload holds {progress.extra} chunks already; more only while they average "
+                "at least FT_MIN_AVERAGE_CHUNK_BYTES: send larger chunks", max_chunks=int(progress.extra))
+        case "too_many_uploads" | "quota_exceeded" | "rate_limited":
+            raise_refused_creation(progress)
+
+
+# Seconds a client is told to wait when it has too many uploads open: they end at their own pace.
+OPEN_UPLOADS_RETRY_AFTER = 60
+
+
+def raise_refused_creation(progress: Progress) -> None:
+    """A new upload refused by its owner's limits (see `UploadRepository.open_upload`)."""
+    match progress.outcome:
+        case "too_many_uploads":
+            raise TooManyUploads(
+                f"you have {progress.extra} uploads that are not complete; finish or delete some first",
+                retry_after=OPEN_UPLOADS_RETRY_AFTER, max_open_uploads=int(progress.extra))
+        case "quota_exceeded":
+            raise QuotaExceeded(
+                "the declared sizes of your uploads that are not complete would exceed your quota; "
+                f"{progress.extra} bytes are left", quota_bytes_left=int(progress.extra))
+        case "rate_limited":
+            raise UploadRateLimited("you are creating uploads too fast; retry later",
+                                    retry_after=int(progress.extra))
 
 
 def _receipt(file_id: str, progress: Progress) -> ChunkReceipt:
@@ -178,6 +227,13 @@ class UploadService:
         self.repo = repo
         self.storage = storage
         self.enqueue_assembly = enqueue_assembly
+        self.limits = UploadLimits(
+            max_open_uploads=settings.max_open_uploads,
+            max_open_bytes=settings.user_quota_bytes,
+            creates_per_minute=settings.upload_create_rate,
+            max_chunks=settings.max_chunks_per_upload,
+            min_average_chunk_bytes=settings.min_average_chunk_bytes,
+        )
 
     # --- receiving -------------------------------------------------------------
     async def receive_chunk(
@@ -204,36 +260,54 @@ class UploadService:
         header = decode_header(raw_header)
         check_header_matches(header, content_range)
 
-        if self.storage.free_bytes() - content_range.length < self.settings.min_free_bytes:
-            raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
-
         chunk = Chunk(content_range.start, content_range.end, header.crc32)
         token = secrets.token_hex(8)
-        progress = await self._claim(user, file_id, chunk, content_range.total, token)
-        if progress.outcome == "duplicate":
-            await self._drain(stream, chunk)
-            return _receipt(file_id, progress)
-        _raise_for(progress)
-
+        await self.reserve_disk(token, content_range.length)
         try:
-            await self._write(file_id, stream, chunk, content_range.total, token)
-            progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.repo.release(file_id, token)
-            raise
+            progress = await self._claim(user, file_id, chunk, content_range.total, token)
+            if progress.outcome == "duplicate":
+                await self._drain(stream, chunk)
+                return _receipt(file_id, progress)
+            _raise_for(progress)
+            try:
+                with _disk_full_is_507():
+                    await self._write(file_id, stream, chunk, content_range.total, token)
+                progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.repo.release(file_id, token)
+                raise
+        finally:
+            await self.release_disk(token)
         _raise_for(progress)
         if progress.state == "assembling":
             await self.start_assembly(file_id)
         return _receipt(file_id, progress)
 
+    async def reserve_disk(self, token: str, length: int) -> None:
+        """Hold the disk space this chunk will take before writing a byte of it: a free-space
+        check alone lets every one of many parallel chunks pass on the same free bytes."""
+        need = self.storage.allocation_for(length)
+        held_by_others = await self.repo.reserve_disk(token, need, self.settings.claim_lease)
+        if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:
+            await self.release_disk(token)
+            raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
+
+    async def release_disk(self, token: str) -> None:
+        """The chunk's bytes are on disk now (or never will be): free space speaks for itself."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.repo.release_disk(token)
+            except Exception as exc:  # noqa: BLE001 - Redis gone: the hold lapses with its lease
+                log.warning("disk reservation %s not released: %s", token, exc)
+
     async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str) -> Progress:
         args = (file_id, user.owner_id, user.is_admin, chunk.start, chunk.end, total, chunk.crc32, token,
                 self.settings.claim_lease)
-        progress = await self.repo.claim(*args, create=False)
+        progress = await self.repo.claim(*args, create=False, limits=self.limits)
         if progress.outcome == "absent":
             await self.restore_from_disk(file_id)
-            progress = await self.repo.claim(*args, create=True)
+            progress = await self.repo.claim(*args, create=True, limits=self.limits)
         return progress
 
     async def _write(self, file_id: str, stream: _Body, chunk: Chunk, total: int, token: str) -> None:
@@ -286,7 +360,12 @@ class UploadService:
             except OSError as exc:  # e.g. a full disk: the chunk is stored; assembly must still start
                 log.warning("no manifest for %s before assembly: %s", file_id, exc)
         if self.enqueue_assembly is not None:
-            await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
+            try:
+                await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
+            except Exception as exc:  # noqa: BLE001 - e.g. the broker refuses writes on a full disk
+                # The chunk is stored and the upload is `assembling`, in the set that the persist
+                # job sweeps: it enqueues every assembly nobody runs once FT_ASSEMBLY_LEASE passed.
+                log.warning("assembly of %s not queued (%s); the persist job will queue it", file_id, exc)
 
     # --- reading ---------------------------------------------------------------
     async def load(self, file_id: str) -> Upload | None:
@@ -342,7 +421,8 @@ class UploadService:
             "total_bytes": None if deferred else upload.total,
             "received_bytes": upload.received,
             "next_expected_byte": upload.next_expected,
-            "missing_ranges": [list(gap) for gap in missing],
+            "missing_ranges": [list(gap) for gap in missing[:MAX_MISSING_RANGES]],
+            "missing_ranges_truncated": len(missing) > MAX_MISSING_RANGES,
             "file_name": upload.file_name,
             "created_at": iso(upload.created_at),
             "updated_at": iso(upload.updated_at),

@@ -46,6 +46,8 @@ class StatusModel(BaseModel):
     # [start, end_inclusive] pairs; not tuple[int, int], whose `prefixItems` schema trips some
     # OpenAPI tools (schemathesis 4 among them).
     missing_ranges: list[Annotated[list[int], Field(min_length=2, max_length=2)]]
+    missing_ranges_truncated: bool = Field(
+        False, description="true when there are more gaps than the first 1000 listed in missing_ranges")
     file_name: str | None
     created_at: str | None
     updated_at: str | None
@@ -59,8 +61,10 @@ _ERRORS = documented_errors({
     400: "invalid_file_id, invalid_content_range, invalid_chunk_header, length_mismatch, checksum_mismatch, "
          "invalid_file_name, invalid_sha256",
     404: "not_found: no such upload, or another user's",
-    409: "overlap, total_mismatch, already_complete, upload_failed",
-    413: "chunk_too_large, file_too_large",
+    409: "overlap, total_mismatch, already_complete, upload_failed, too_many_chunks",
+    413: "chunk_too_large, file_too_large, quota_exceeded (a new upload would pass the user's declared-bytes quota)",
+    429: "too_many_uploads (the user's open uploads are at FT_MAX_OPEN_UPLOADS), "
+         "rate_limited (uploads created faster than FT_UPLOAD_CREATE_RATE per minute)",
     507: "insufficient_storage",
 })
 
