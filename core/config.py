@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     download_read_size: int = Field(1 * MiB, gt=0)
     accel_redirect: bool = False
     accel_prefix: str = "/_ft_files"
+    link_ttl: int = Field(300, gt=0, le=86400, description="seconds a signed download link stays valid")
 
     # Background work
     cleanup_interval: int = Field(3600, gt=0)

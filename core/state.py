@@ -8,6 +8,9 @@ Keys of one upload (file ids are validated, so they are safe in key names):
   ft:up:<id>:claims   hash token -> "START:END:CRC:LEASE_UNTIL" of chunks being written now
   ft:activity         sorted set file_id -> last activity, of uploads not yet complete
   ft:assembling       sorted set file_id -> when it became `assembling`
+  ft:owner:<owner>    sorted set file_id -> created_at: one owner's uploads and files (the list)
+  ft:files:all        sorted set file_id -> created_at: everybody's (the admins' list)
+  ft:files:indexed    set once the two indexes above have been rebuilt from disk and Redis
 
 Stored chunks never overlap (the claim refuses overlaps with stored and in-flight
 chunks), so one ZREVRANGEBYSCORE finds the only stored chunk that could overlap a
@@ -26,15 +29,28 @@ import redis.asyncio as aioredis
 
 ACTIVITY_KEY = "ft:activity"
 ASSEMBLING_KEY = "ft:assembling"
+ALL_FILES_KEY = "ft:files:all"
+FILES_INDEXED_KEY = "ft:files:indexed"
+OWNER_FILES_PREFIX = "ft:owner:"
 
 
 def upload_key(file_id: str) -> str:
     return f"ft:up:{file_id}"
 
 
+def owner_files_key(owner_id: str) -> str:
+    return f"{OWNER_FILES_PREFIX}{owner_id}"
+
+
 def _keys(file_id: str) -> list[str]:
     base = upload_key(file_id)
     return [base, f"{base}:chunks", f"{base}:claims", ACTIVITY_KEY, ASSEMBLING_KEY]
+
+
+def _indexed_keys(file_id: str) -> list[str]:
+    """An upload's keys and the everybody index (KEYS[6]); owner indexes are named from the
+    hash's `owner` inside the scripts, with OWNER_FILES_PREFIX passed as an argument."""
+    return [*_keys(file_id), ALL_FILES_KEY]
 
 
 _PRELUDE = """
@@ -58,6 +74,8 @@ if not f[1] then
   redis.call('HSET', up, 'owner', user, 'total', total, 'state', 'uploading', 'received', '0',
              'next', '0', 'created_at', now, 'updated_at', now, 'provisional', '1')
   redis.call('ZADD', activity, now, file_id)
+  redis.call('ZADD', ARGV[12] .. user, now, file_id)
+  redis.call('ZADD', KEYS[6], now, file_id)
   f = {user, total, 'uploading', false}
 end
 if f[1] ~= user and not is_admin then return {'not_found'} end
@@ -122,15 +140,41 @@ end
 return summary('committed')
 """
 
-_RELEASE = """
+# Removes an upload's keys and its entries in every index; ARGV[2] file id, ARGV[3] owner prefix.
+_DROP = """
+local function drop()
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then redis.call('ZREM', ARGV[3] .. owner, ARGV[2]) end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('ZREM', KEYS[5], ARGV[2])
+  redis.call('ZREM', KEYS[6], ARGV[2])
+end
+"""
+
+_RELEASE = _DROP + """
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HGET', KEYS[1], 'provisional') == '1' and redis.call('ZCARD', KEYS[2]) == 0
    and redis.call('HLEN', KEYS[3]) == 0 then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[4], ARGV[2])
+  drop()
   return 1
 end
 return 0
+"""
+
+_FORGET = _DROP + """
+drop()
+return 1
+"""
+
+# Puts an upload that Redis holds into the indexes (idempotent); ARGV[1] file id, ARGV[2] prefix.
+_REINDEX = """
+local f = redis.call('HMGET', KEYS[1], 'owner', 'created_at', 'state')
+if not f[1] then return 0 end
+if f[3] == 'expired' then return 1 end
+redis.call('ZADD', ARGV[2] .. f[1], f[2] or '0', ARGV[1])
+redis.call('ZADD', KEYS[2], f[2] or '0', ARGV[1])
+return 1
 """
 
 # Restore an upload from its on-disk manifest, unless Redis already knows it.
@@ -164,6 +208,8 @@ end
 if fields['state'] == 'assembling' then
   redis.call('ZADD', KEYS[5], fields['assembling_since'], ARGV[3])
 end
+redis.call('ZADD', ARGV[4] .. fields['owner'], fields['created_at'], ARGV[3])
+redis.call('ZADD', KEYS[6], fields['created_at'], ARGV[3])
 return 1
 """
 
@@ -307,6 +353,8 @@ class UploadRepository:
         self._set_state = redis.register_script(_SET_STATE)
         self._expire = redis.register_script(_EXPIRE_IF_STALE)
         self._tombstone = redis.register_script(_TOMBSTONE)
+        self._forget = redis.register_script(_FORGET)
+        self._reindex = redis.register_script(_REINDEX)
 
     async def claim(
         self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
@@ -315,9 +363,9 @@ class UploadRepository:
         """Reserve [start, end] for a chunk about to be written, creating the upload if asked."""
         now = now if now is not None else time.time()
         reply = await self._claim(
-            keys=_keys(file_id),
+            keys=_indexed_keys(file_id),
             args=[file_id, user, int(is_admin), start, end, total, crc32, token,
-                  repr(now), repr(now + lease_seconds), int(create)],
+                  repr(now), repr(now + lease_seconds), int(create), OWNER_FILES_PREFIX],
         )
         return Progress.from_reply(reply)
 
@@ -338,7 +386,7 @@ class UploadRepository:
 
     async def release(self, file_id: str, token: str) -> bool:
         """Give back a claim whose chunk failed; drops a provisional upload that got nothing."""
-        return bool(await self._release(keys=_keys(file_id), args=[token, file_id]))
+        return bool(await self._release(keys=_indexed_keys(file_id), args=[token, file_id, OWNER_FILES_PREFIX]))
 
     async def get(self, file_id: str) -> Upload | None:
         raw = await self.redis.hgetall(upload_key(file_id))
@@ -353,8 +401,8 @@ class UploadRepository:
 
     async def restore(self, file_id: str, fields: dict[str, str], chunks: list[Chunk]) -> bool:
         return bool(await self._restore(
-            keys=_keys(file_id),
-            args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id],
+            keys=_indexed_keys(file_id),
+            args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id, OWNER_FILES_PREFIX],
         ))
 
     async def transition(self, file_id: str, expected_state: str, **fields: str) -> bool:
@@ -381,12 +429,54 @@ class UploadRepository:
         return reply.decode() if isinstance(reply, bytes) else reply
 
     async def forget(self, file_id: str) -> None:
-        keys = _keys(file_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*keys[:3])
-            pipe.zrem(ACTIVITY_KEY, file_id)
-            pipe.zrem(ASSEMBLING_KEY, file_id)
-            await pipe.execute()
+        await self._forget(keys=_indexed_keys(file_id), args=["", file_id, OWNER_FILES_PREFIX])
+
+    # --- the files list ----------------------------------------------------------
+    async def reindex(self, file_id: str) -> bool:
+        """Put an upload Redis knows into the list indexes; False when Redis does not know it."""
+        return bool(await self._reindex(keys=[upload_key(file_id), ALL_FILES_KEY], args=[file_id, OWNER_FILES_PREFIX]))
+
+    async def files_indexed(self) -> bool:
+        return bool(await self.redis.exists(FILES_INDEXED_KEY))
+
+    async def mark_files_indexed(self) -> None:
+        await self.redis.set(FILES_INDEXED_KEY, repr(time.time()))
+
+    async def active_ids(self, batch: int = 1000):
+        """Every upload not yet complete (the activity index), a batch at a time."""
+        async for member, _ in self.redis.zscan_iter(ACTIVITY_KEY, count=batch):
+            yield member.decode()
+
+    async def newest_first(
+        self, owner_id: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[tuple[str, float]]:
+        """Up to `limit` (file_id, created_at) of one owner (or everybody's, for None), newest
+        first, strictly after the position `before` in that order. Positions are (score,
+        member), never offsets, so uploads created meanwhile neither repeat nor hide others.
+        Redis orders equal scores by member bytes, so ties are skipped here, in Python."""
+        key = ALL_FILES_KEY if owner_id is None else owner_files_key(owner_id)
+        top = "+inf" if before is None else repr(before[0])
+        found: list[tuple[str, float]] = []
+        offset = 0
+        while len(found) < limit:
+            batch = await self.redis.zrevrangebyscore(key, top, "-inf", start=offset, num=limit, withscores=True)
+            for raw, score in batch:
+                member = raw.decode()
+                if before is None or score < before[0] or member < before[1]:
+                    found.append((member, score))
+            if len(batch) < limit:
+                break
+            offset += len(batch)
+        return found[:limit]
+
+    async def get_many(self, file_ids: list[str]) -> list[Upload | None]:
+        """Uploads by id in one round trip; None for ids Redis does not know (or expired)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for file_id in file_ids:
+                pipe.hgetall(upload_key(file_id))
+            replies = await pipe.execute()
+        uploads = [Upload.from_hash(fid, raw) if raw else None for fid, raw in zip(file_ids, replies)]
+        return [u if u is not None and u.state != "expired" else None for u in uploads]
 
     async def assembling_since(self, cutoff: float) -> list[str]:
         """Uploads that became `assembling` at or before `cutoff` (few: assembly is quick)."""
