@@ -25,10 +25,14 @@ async def get_user_store(request: Request) -> UserStore:
     return request.app.state.users
 
 
-async def current_user(
-    request: Request,
-    token: Annotated[str | None, Depends(_bearer)],
-) -> User:
+BearerToken = Annotated[str | None, Depends(_bearer)]
+
+
+async def current_user(request: Request, token: BearerToken) -> User:
+    return await user_for_token(request, token)
+
+
+async def user_for_token(request: Request, token: str | None) -> User:
     """The user behind a valid bearer token who still exists and whose token is not revoked."""
     if not token:
         raise NotAuthenticated("missing bearer token")
