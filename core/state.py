@@ -259,6 +259,18 @@ return state
 """
 
 
+# What the files list shows of each upload, read for a whole page by one script call.
+LIST_FIELDS = ("owner", "state", "total", "received", "name", "created_at", "updated_at", "sha256")
+_LIST_FIELDS = """
+local out = {}
+for i = 1, #KEYS do
+  local f = redis.call('HMGET', KEYS[i], %s)
+  for j = 1, %d do out[#out + 1] = f[j] or '' end
+end
+return out
+""" % (", ".join(f"'{name}'" for name in LIST_FIELDS), len(LIST_FIELDS))
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     start: int
@@ -355,6 +367,7 @@ class UploadRepository:
         self._tombstone = redis.register_script(_TOMBSTONE)
         self._forget = redis.register_script(_FORGET)
         self._reindex = redis.register_script(_REINDEX)
+        self._list_fields = redis.register_script(_LIST_FIELDS)
 
     async def claim(
         self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
@@ -470,13 +483,19 @@ class UploadRepository:
         return found[:limit]
 
     async def get_many(self, file_ids: list[str]) -> list[Upload | None]:
-        """Uploads by id in one round trip; None for ids Redis does not know (or expired)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for file_id in file_ids:
-                pipe.hgetall(upload_key(file_id))
-            replies = await pipe.execute()
-        uploads = [Upload.from_hash(fid, raw) if raw else None for fid, raw in zip(file_ids, replies)]
-        return [u if u is not None and u.state != "expired" else None for u in uploads]
+        """The listed fields of many uploads in one script call (one reply to parse, not one per
+        upload); None for ids Redis does not know, or that are being removed."""
+        if not file_ids:
+            return []
+        flat = await self._list_fields(keys=[upload_key(f) for f in file_ids])
+        width = len(LIST_FIELDS)
+        uploads: list[Upload | None] = []
+        for index, file_id in enumerate(file_ids):
+            values = flat[index * width:(index + 1) * width]
+            fields = {name: value for name, value in zip(LIST_FIELDS, values) if value}
+            known = "owner" in fields and fields.get("state") not in (None, b"expired")
+            uploads.append(Upload.from_hash(file_id, fields) if known else None)
+        return uploads
 
     async def assembling_since(self, cutoff: float) -> list[str]:
         """Uploads that became `assembling` at or before `cutoff` (few: assembly is quick)."""

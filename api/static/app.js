@@ -199,7 +199,7 @@
     const rows = items.map((item) => row(item, owners));
     $('files-body').replaceChildren(...rows);
     $('empty').hidden = items.length > 0;
-    $('files-table').hidden = items.length === 0;
+    $('table-wrap').hidden = items.length === 0;
     $('more').hidden = !next || state.limit >= MAX_LIMIT;
     const done = items.filter((f) => f.state === 'complete').length;
     $('files-summary').textContent = items.length
