@@ -104,7 +104,8 @@ async def list_files(
     users: UserStoreDep,
     uploads: UploadServiceDep,
     limit: Annotated[int, Query(ge=1, le=files_list.MAX_LIMIT, description="items per page")] = files_list.DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512, description="`next` of the previous page")] = None,
+    cursor: Annotated[str | None, Query(max_length=512, pattern="^[A-Za-z0-9_-]+$",
+                                        description="`next` of the previous page")] = None,
     owner: Annotated[str | None, Query(max_length=128, description="admins: this user's files")] = None,
     all: Annotated[bool, Query(description="admins: everybody's files")] = False,  # noqa: A002 - the contract's name
 ) -> dict:

@@ -117,13 +117,17 @@ def known_ids(stack):
 def test_user_operations_conform_and_never_fail(stack, tmp_path, known_ids):
     token, ids, data = known_ids
     operations = [
-        {"include-path-regex": "^/(status|download)/",
+        {"include-path-regex": "^/(status|download|files)/",
          "parameters": {"path.file_id": {"dictionary": "file_ids", "probability": 0.5}}},
         {"include-path": "/upload/{file_id}", "include-method": "POST",
          "checks": {"positive_data_acceptance": {"enabled": False}}},
-        {"include-path": "/download/{file_id}",
+        {"include-path-regex": "^/(download|files)/\\{file_id\\}$",
          "checks": {"positive_data_acceptance": {
              "expected-statuses": ["2xx", "3xx", "401", "403", "404", "409", "412", "416"]}}},
+        # A cursor is opaque: a well-formed string this server never handed out is refused (400).
+        {"include-path": "/files", "include-method": "GET",
+         "checks": {"positive_data_acceptance": {
+             "expected-statuses": ["2xx", "400", "401", "403", "404"]}}},
     ]
     result = run_schemathesis(stack, tmp_path, token, operations, "--exclude-tag", "admin",
                               dictionaries={"file_ids": ids})
