@@ -271,6 +271,10 @@ return out
 """ % (", ".join(f"'{name}'" for name in LIST_FIELDS), len(LIST_FIELDS))
 
 
+def _decoded(entries: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
+    return [(member.decode(), score) for member, score in entries]
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     start: int
@@ -466,21 +470,18 @@ class UploadRepository:
         """Up to `limit` (file_id, created_at) of one owner (or everybody's, for None), newest
         first, strictly after the position `before` in that order. Positions are (score,
         member), never offsets, so uploads created meanwhile neither repeat nor hide others.
-        Redis orders equal scores by member bytes, so ties are skipped here, in Python."""
+        Redis orders equal scores by member bytes, descending here: uploads created in the same
+        instant as `before` come first if their id sorts below its id."""
         key = ALL_FILES_KEY if owner_id is None else owner_files_key(owner_id)
-        top = "+inf" if before is None else repr(before[0])
-        found: list[tuple[str, float]] = []
-        offset = 0
-        while len(found) < limit:
-            batch = await self.redis.zrevrangebyscore(key, top, "-inf", start=offset, num=limit, withscores=True)
-            for raw, score in batch:
-                member = raw.decode()
-                if before is None or score < before[0] or member < before[1]:
-                    found.append((member, score))
-            if len(batch) < limit:
-                break
-            offset += len(batch)
-        return found[:limit]
+        if before is None:
+            return _decoded(await self.redis.zrevrangebyscore(key, "+inf", "-inf", start=0, num=limit, withscores=True))
+        score, member = before
+        ties = _decoded(await self.redis.zrevrangebyscore(key, repr(score), repr(score), withscores=True))
+        found = [(m, s) for m, s in ties if m < member][:limit]
+        if len(found) < limit:
+            found += _decoded(await self.redis.zrevrangebyscore(
+                key, f"({score!r}", "-inf", start=0, num=limit - len(found), withscores=True))
+        return found
 
     async def get_many(self, file_ids: list[str]) -> list[Upload | None]:
         """The listed fields of many uploads in one script call (one reply to parse, not one per
