@@ -29,5 +29,15 @@ async def docs() -> FileResponse:
     return FileResponse(STATIC_DIR / "docs.html", headers=_PAGE_HEADERS)
 
 
+class _RevalidatedStaticFiles(StaticFiles):
+    """Static files that browsers revalidate on every use (ETag → 304), so that the page's
+    scripts never lag behind the API after an upgrade."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def static_files() -> StaticFiles:
-    return StaticFiles(directory=STATIC_DIR)
+    return _RevalidatedStaticFiles(directory=STATIC_DIR)

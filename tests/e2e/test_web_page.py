@@ -111,6 +111,11 @@ def test_sign_in_list_download_delete_reload_and_sign_out(stack, client, visit):
     assert "holiday photos.zip" in file_row(page, first_id).inner_text()
     assert "uploading" in file_row(page, partial_id).inner_text()
     assert file_row(page, partial_id).get_by_role("link", name="Download").count() == 0
+    # The table follows the server by itself: the rest of the draft arrives, a worker
+    # assembles it, and its row turns complete with a Download link, no click needed.
+    assert send_chunk(client, stack.url, token, partial_id, b"xy" * 5000, 5000, 9999).status_code == 200
+    file_row(page, partial_id).get_by_text("complete").wait_for()
+    file_row(page, partial_id).get_by_role("link", name="Download").wait_for()
     ids = page.locator("#files-body tr").evaluate_all("rows => rows.map(r => r.dataset.fileId)")
     assert ids == [partial_id, second_id, first_id]  # newest first
 
