@@ -76,12 +76,12 @@ chunk that has them: `X-File-Name` (the original name, percent-encoded UTF-8) an
 The header must agree with `Content-Range` (modulo 2^32, so files over 4 GiB work) and the
 CRC with the payload, or the chunk is refused (400) and nothing of it is kept.
 
-**Worked example:** the 12-byte file `hello world\n` in two chunks.
+**Worked example:** the 12-byte file `hello world\\n` in two chunks.
 
 | chunk | Content-Range | payload | CRC-32 | body (hex) |
 |---|---|---|---|---|
 | 1 | `bytes 0-5/12` | `hello ` | `0xed81f9f6` | `00000000 00000005 ed81f9f6` + `68656c6c6f20` |
-| 2 | `bytes 6-11/12` | `world\n` | `0xdd3861a8` | `00000006 0000000b dd3861a8` + `776f726c640a` |
+| 2 | `bytes 6-11/12` | `world\\n` | `0xdd3861a8` | `00000006 0000000b dd3861a8` + `776f726c640a` |
 
 In Python: `struct.pack(">III", start % 2**32, end % 2**32, zlib.crc32(payload)) + payload`.
 Past 4 GiB the header wraps: bytes 21474836490-21474836589 (5 GiB + 10) carry START 10 and

@@ -64,4 +64,6 @@ def test_every_endpoint_has_a_summary_and_a_description(tmp_path):
     assert "12-byte chunk header" in upload and "Worked example" in upload
     for payload in (b"hello ", b"world\n"):  # the example's CRCs are the real ones
         assert f"{zlib.crc32(payload):08x}" in upload
+    example_rows = [line for line in upload.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(example_rows) == 2 and all(row.count("|") == 6 for row in example_rows)
     assert "/docs" not in {route.path for route in app.routes if getattr(route, "include_in_schema", False)}
