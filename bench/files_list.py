@@ -79,7 +79,7 @@ def page_load(url: str) -> list[str]:
     """Bytes and time of the page in Chromium: cold load of the sign-in view, then signed in."""
     from playwright.sync_api import sync_playwright
 
-    from tests.e2e.test_web_page import CHROMIUM, CHROMIUM_ARGS
+    from tests.support import CHROMIUM, CHROMIUM_ARGS
 
     lines = []
     with sync_playwright() as playwright:

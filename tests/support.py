@@ -20,6 +20,10 @@ from ops.redis_server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+# Debian's Chromium, driven by Playwright (whose own browser download cannot work here).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):

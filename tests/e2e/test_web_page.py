@@ -16,11 +16,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.support import bearer, login, new_id, send_chunk, wait_for_state
+from tests.support import CHROMIUM, CHROMIUM_ARGS, bearer, login, new_id, send_chunk, wait_for_state
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
