@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import statistics
 import sys
 import tempfile
@@ -71,7 +72,7 @@ def timed_get(client, path: str, **params) -> tuple[float, dict]:
 
 def summary(name: str, seconds: list[float]) -> str:
     ms = sorted(s * 1000 for s in seconds)
-    p95 = ms[max(0, int(len(ms) * 0.95) - 1)]
+    p95 = ms[max(0, math.ceil(len(ms) * 0.95) - 1)]
     return f"{name:<44} n={len(ms):<5} median {statistics.median(ms):7.2f} ms   p95 {p95:7.2f} ms   max {ms[-1]:7.2f} ms"
 
 
