@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
 
-.PHONY: run test test-slow bench venv clean
+.PHONY: run test test-slow bench venv clean web-assets
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The web page's browser assets (Uppy, Swagger UI): pinned in web/package-lock.json, copied into
+# api/static/vendor/ and committed there, so `make run` needs neither Node nor a network.
+web-assets:
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	while read -r source target; do cp "web/node_modules/$$source" "api/static/vendor/$$target"; done < web/vendor-files.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -55,10 +55,14 @@ async def get_client_address(request: Request) -> str:
     return client_address(peer, request.headers.getlist("x-forwarded-for"), proxies)
 
 
-async def current_user(
-    request: Request,
-    token: Annotated[str | None, Depends(_bearer)],
-) -> User:
+BearerToken = Annotated[str | None, Depends(_bearer)]
+
+
+async def current_user(request: Request, token: BearerToken) -> User:
+    return await user_for_token(request, token)
+
+
+async def user_for_token(request: Request, token: str | None) -> User:
     """The user behind a valid bearer token: same name, same id (not a later user of that
     name), and a token version not revoked since."""
     if not token:

@@ -30,6 +30,7 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.NotAuthenticated: 401,
     errors.InvalidCredentials: 401,
     errors.Forbidden: 403,
+    errors.InvalidLink: 403,
     errors.NotFound: 404,
     errors.Overlap: 409,
     errors.TotalMismatch: 409,

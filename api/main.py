@@ -9,9 +9,11 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
-from api.routers import admin, auth, downloads, health, tus, uploads
+from api.routers import admin, auth, downloads, files, health, tus, uploads, web
+from api.security_headers import SecurityHeaders
 from core.config import Settings
 from core.jobs import Jobs
+from core.links import DownloadLinks
 from core.login_throttle import LoginThrottle
 from core.redis_clients import async_redis
 from core.state import UploadRepository
@@ -21,6 +23,26 @@ from core.uploads import UploadService
 from core.users import RecentUsers, UserStore
 
 log = logging.getLogger("ft.api")
+
+API_DESCRIPTION = """
+Moves large files between devices and this server over unreliable networks without losing or
+corrupting a byte. People use the web page at [`/`](/); programs use these endpoints.
+
+**Sign in:** `POST /token` with a user name and password (the **Authorize** button does it
+for you), then send `Authorization: Bearer <access_token>` on every other request.
+
+**Upload** in chunks with `POST /upload/{file_id}` (each body starts with a 12-byte chunk
+header, explained there with an example), in any order, in parallel, resuming after any
+interruption: `GET /status/{file_id}` lists the `missing_ranges`. Or use any tus client
+(Uppy, tus-js-client, tuspy) on `/files/`. When the last byte arrives a worker verifies every
+chunk and the SHA-256, then the file is `complete`.
+
+**Find and fetch:** `GET /files` lists your files, newest first; `GET /download/{file_id}`
+serves whole files and byte ranges; `POST /files/{file_id}/link` makes a short-lived link that
+needs no header (for browsers).
+
+**Errors** are JSON: `{"code": "snake_case", "detail": "human text", ...}`.
+"""
 
 
 def bootstrap_admin(settings: Settings, users: UserStore) -> None:
@@ -52,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, UploadRepository(app.state.redis), Storage(settings), app.state.jobs.assemble
         )
         app.state.tus = TusService(app.state.uploads)
+        app.state.links = DownloadLinks(app.state.uploads, settings.jwt_key(), settings.link_ttl)
         try:
             yield
         finally:
@@ -60,8 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="File Transfer API",
         version="1.0",
-        description="Resumable chunked uploads and range downloads of large files.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        # Served by api/routers/web.py from local files (no CDN, no inline script); no ReDoc.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings = settings
     app.state.users = users
@@ -80,4 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"], allow_headers=["*"],
             expose_headers=list(tus.TUS_HEADERS), max_age=600,
         )
+    app.include_router(files.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files(), name="static")
+    app.add_middleware(SecurityHeaders)
     return app

@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     accel_prefix: str = "/_ft_files"
     max_ranges: int = Field(100, ge=1, description="ranges served per request after merging overlapping and"
                                                     " adjacent ones; more and the whole file is sent (200)")
+    link_ttl: int = Field(300, gt=0, le=86400, description="seconds a signed download link stays valid")
 
     # Background work
     cleanup_interval: int = Field(3600, gt=0)

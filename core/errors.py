@@ -165,6 +165,12 @@ class Forbidden(TransferError):
     code = "forbidden"
 
 
+class InvalidLink(TransferError):
+    """A signed download link that is expired, tampered with, or not for this file."""
+
+    code = "invalid_link"
+
+
 class TooManyAttempts(TransferError):
     code = "too_many_attempts"
 

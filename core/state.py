@@ -8,7 +8,9 @@ Keys of one upload (file ids are validated, so they are safe in key names):
   ft:up:<id>:claims   hash token -> "START:END:CRC:LEASE_UNTIL" of chunks being written now
   ft:activity         sorted set file_id -> last activity, of uploads not yet complete
   ft:assembling       sorted set file_id -> when it became `assembling`
-  ft:owner:<owner_id> sorted set file_id -> created_at, of one owner's uploads (the files list)
+  ft:owner:<owner_id> sorted set file_id -> created_at: one owner's uploads and files (the list)
+  ft:files:all        sorted set file_id -> created_at: everybody's (the admins' list)
+  ft:files:indexed    set once the two indexes above have been rebuilt from disk and Redis
   ft:disk:reserved    hash token -> "BYTES:LEASE_UNTIL": disk space held by chunks being written
   ft:quota:<owner>    hash: uploads, bytes: the owner's open (not complete) uploads and their
                       declared bytes. An upload counted there has `charged` (its total) in its
@@ -41,11 +43,24 @@ DISK_RESERVED_KEY = "ft:disk:reserved"
 
 
 QUOTA_PREFIX = "ft:quota:"
+ALL_FILES_KEY = "ft:files:all"
+FILES_INDEXED_KEY = "ft:files:indexed"
+OWNER_FILES_PREFIX = "ft:owner:"
 CREATE_RATE_PREFIX = "ft:rate:create:"
 
 
 def upload_key(file_id: str) -> str:
     return f"ft:up:{file_id}"
+
+
+def owner_files_key(owner_id: str) -> str:
+    return f"{OWNER_FILES_PREFIX}{owner_id}"
+
+
+def _indexed_keys(file_id: str) -> list[str]:
+    """An upload's keys and the everybody index (KEYS[6]); owner indexes are named from the
+    hash's `owner` inside the scripts, with OWNER_FILES_PREFIX passed as an argument."""
+    return [*_keys(file_id), ALL_FILES_KEY]
 
 
 def quota_key(owner: str) -> str:
@@ -96,7 +111,7 @@ end
 # an upload before any byte, such as tus). Limits of 0 are off. KEYS: the upload's keys, then the
 # owner's quota and creation-rate keys. Returns nil when created, else a refusal for `summary`.
 _OPEN_UPLOAD = """
-local function open_upload(quota, rate, file_id, owner, total, now, provisional, limits)
+local function open_upload(quota, rate, owned, all_files, file_id, owner, total, now, provisional, limits)
   local max_uploads, max_bytes, per_minute = tonumber(limits[1]), tonumber(limits[2]), tonumber(limits[3])
   local q = redis.call('HMGET', quota, 'uploads', 'bytes')
   local uploads, bytes = tonumber(q[1] or '0'), tonumber(q[2] or '0')
@@ -118,6 +133,8 @@ local function open_upload(quota, rate, file_id, owner, total, now, provisional,
   redis.call('HINCRBY', quota, 'uploads', 1)
   redis.call('HINCRBY', quota, 'bytes', total)
   redis.call('ZADD', activity, now, file_id)
+  redis.call('ZADD', owned, now, file_id)  -- the files list
+  redis.call('ZADD', all_files, now, file_id)
   return nil
 end
 """
@@ -129,7 +146,7 @@ local token, now, lease_until, create = ARGV[8], ARGV[9], ARGV[10], ARGV[11] == 
 local f = redis.call('HMGET', up, 'owner', 'total', 'state', 'error')
 if not f[1] then
   if not create then return {'absent'} end
-  local refused = open_upload(KEYS[6], KEYS[7], file_id, user, total, now, '1', {ARGV[12], ARGV[13], ARGV[14]})
+  local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], file_id, user, total, now, '1', {ARGV[12], ARGV[13], ARGV[14]})
   if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
   f = {user, total, 'uploading', false}
 end
@@ -173,7 +190,7 @@ return summary('claimed')
 # Renew a chunk's claim and, under the same token, its disk reservation.
 _OPEN = _PRELUDE + _OPEN_UPLOAD + """
 if redis.call('EXISTS', up) == 1 then return summary('exists') end
-local refused = open_upload(KEYS[6], KEYS[7], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {ARGV[6], ARGV[7], ARGV[8]})
+local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {ARGV[6], ARGV[7], ARGV[8]})
 if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
 return summary('created')
 """
@@ -209,10 +226,6 @@ end
 redis.call('HSET', KEYS[1], token, want .. ':' .. lease_until)
 return string.format('%d', others)
 """
-
-def owner_index_key(owner_id: str) -> str:
-    return f"ft:owner:{owner_id}"
-
 
 # `keep_until` (ARGV[10]) non-empty: a prefix of a streaming claim is committed, and the
 # claim keeps the rest of its range (from END+1) with its lease renewed to that time.
@@ -252,16 +265,42 @@ end
 return summary('committed')
 """
 
-_RELEASE = _UNCHARGE + """
+# Removes an upload's keys and its entries in every index; ARGV[2] file id, ARGV[3] owner prefix.
+_DROP = """
+local function drop()
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then redis.call('ZREM', ARGV[3] .. owner, ARGV[2]) end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('ZREM', KEYS[5], ARGV[2])
+  redis.call('ZREM', KEYS[6], ARGV[2])
+end
+"""
+
+_RELEASE = _UNCHARGE + _DROP + """
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HGET', KEYS[1], 'provisional') == '1' and redis.call('ZCARD', KEYS[2]) == 0
    and redis.call('HLEN', KEYS[3]) == 0 then
   uncharge(KEYS[1])
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[4], ARGV[2])
+  drop()
   return 1
 end
 return 0
+"""
+
+_FORGET = _DROP + """
+drop()
+return 1
+"""
+
+# Puts an upload that Redis holds into the indexes (idempotent); ARGV[1] file id, ARGV[2] prefix.
+_REINDEX = """
+local f = redis.call('HMGET', KEYS[1], 'owner', 'created_at', 'state')
+if not f[1] then return 0 end
+if f[3] == 'expired' then return 1 end
+redis.call('ZADD', ARGV[2] .. f[1], f[2] or '0', ARGV[1])
+redis.call('ZADD', KEYS[2], f[2] or '0', ARGV[1])
+return 1
 """
 
 # Restore an upload from its on-disk manifest, unless Redis already knows it.
@@ -299,6 +338,8 @@ end
 if fields['state'] == 'assembling' then
   redis.call('ZADD', KEYS[5], fields['assembling_since'], ARGV[3])
 end
+redis.call('ZADD', ARGV[4] .. fields['owner'], fields['created_at'], ARGV[3])
+redis.call('ZADD', KEYS[7], fields['created_at'], ARGV[3])
 return 1
 """
 
@@ -355,10 +396,9 @@ return state
 # concatenation is created with all its bytes already counted (ARGV[6] = total) and its
 # parts' chunks, in state `assembling`.
 _CREATE = _PRELUDE + _HSET_ALL + _OPEN_UPLOAD + """
-local owned = KEYS[6]
 local file_id, owner, total, now, state, received = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if redis.call('EXISTS', up) == 1 then return {'exists'} end
-local refused = open_upload(KEYS[7], KEYS[8], file_id, owner, total, now, '0', {ARGV[9], ARGV[10], ARGV[11]})
+local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], file_id, owner, total, now, '0', {ARGV[9], ARGV[10], ARGV[11]})
 if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
 redis.call('HSET', up, 'state', state, 'received', received, 'next', received)
 local extra = cjson.decode(ARGV[7])
@@ -371,7 +411,6 @@ if state == 'assembling' then
   redis.call('HSET', up, 'assembling_since', now)
   redis.call('ZADD', assembling, now, file_id)
 end
-redis.call('ZADD', owned, now, file_id)
 return summary('created')
 """
 
@@ -411,6 +450,22 @@ class UploadLimits:
 
 
 NO_LIMITS = UploadLimits()
+
+
+# What the files list shows of each upload, read for a whole page by one script call.
+LIST_FIELDS = ("owner", "state", "total", "received", "name", "created_at", "updated_at", "sha256")
+_LIST_FIELDS = """
+local out = {}
+for i = 1, #KEYS do
+  local f = redis.call('HMGET', KEYS[i], %s)
+  for j = 1, %d do out[#out + 1] = f[j] or '' end
+end
+return out
+""" % (", ".join(f"'{name}'" for name in LIST_FIELDS), len(LIST_FIELDS))
+
+
+def _decoded(entries: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
+    return [(member.decode(), score) for member, score in entries]
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +566,9 @@ class UploadRepository:
         self._tombstone = redis.register_script(_TOMBSTONE)
         self._create = redis.register_script(_CREATE)
         self._declare_length = redis.register_script(_DECLARE_LENGTH)
+        self._forget = redis.register_script(_FORGET)
+        self._reindex = redis.register_script(_REINDEX)
+        self._list_fields = redis.register_script(_LIST_FIELDS)
 
     async def claim(
         self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
@@ -523,7 +581,7 @@ class UploadRepository:
         `upload_failed`, `overlap`, `too_many_chunks` (extra: the limit), or a refused creation."""
         now = now if now is not None else time.time()
         reply = await self._claim(
-            keys=[*_keys(file_id), quota_key(user), create_rate_key(user)],
+            keys=[*_keys(file_id), quota_key(user), create_rate_key(user), owner_files_key(user), ALL_FILES_KEY],
             args=[file_id, user, int(is_admin), start, end, total, crc32, token,
                   repr(now), repr(now + lease_seconds), int(create), *limits.creation_args(), *limits.chunk_args()],
         )
@@ -538,7 +596,7 @@ class UploadRepository:
         `rate_limited` (extra: seconds to wait)."""
         now = now if now is not None else time.time()
         reply = await self._open(
-            keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner)],
+            keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner), owner_files_key(owner), ALL_FILES_KEY],
             args=[file_id, owner, total, repr(now), int(provisional), *limits.creation_args()],
         )
         return Progress.from_reply(reply)
@@ -596,7 +654,7 @@ class UploadRepository:
         if total == 0 and complete_chunks is None and "tus_deferred" not in fields and "tus_concat" not in fields:
             state = "assembling"  # nothing to wait for: an empty file
         reply = await self._create(
-            keys=[*_keys(file_id), owner_index_key(owner), quota_key(owner), create_rate_key(owner)],
+            keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner), owner_files_key(owner), ALL_FILES_KEY],
             args=[file_id, owner, total, repr(now), state, received,
                   json.dumps(fields), json.dumps([c.member for c in chunks]), *limits.creation_args()],
         )
@@ -610,7 +668,7 @@ class UploadRepository:
 
     async def release(self, file_id: str, token: str) -> bool:
         """Give back a claim whose chunk failed; drops a provisional upload that got nothing."""
-        return bool(await self._release(keys=_keys(file_id), args=[token, file_id]))
+        return bool(await self._release(keys=_indexed_keys(file_id), args=[token, file_id, OWNER_FILES_PREFIX]))
 
     async def get(self, file_id: str) -> Upload | None:
         raw = await self.redis.hgetall(upload_key(file_id))
@@ -625,8 +683,8 @@ class UploadRepository:
 
     async def restore(self, file_id: str, fields: dict[str, str], chunks: list[Chunk]) -> bool:
         return bool(await self._restore(
-            keys=[*_keys(file_id), quota_key(fields["owner"])],
-            args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id],
+            keys=[*_keys(file_id), quota_key(fields["owner"]), ALL_FILES_KEY],
+            args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id, OWNER_FILES_PREFIX],
         ))
 
     async def transition(self, file_id: str, expected_state: str, **fields: str) -> bool:
@@ -653,12 +711,57 @@ class UploadRepository:
         return reply.decode() if isinstance(reply, bytes) else reply
 
     async def forget(self, file_id: str) -> None:
-        keys = _keys(file_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*keys[:3])
-            pipe.zrem(ACTIVITY_KEY, file_id)
-            pipe.zrem(ASSEMBLING_KEY, file_id)
-            await pipe.execute()
+        await self._forget(keys=_indexed_keys(file_id), args=["", file_id, OWNER_FILES_PREFIX])
+
+    # --- the files list ----------------------------------------------------------
+    async def reindex(self, file_id: str) -> bool:
+        """Put an upload Redis knows into the list indexes; False when Redis does not know it."""
+        return bool(await self._reindex(keys=[upload_key(file_id), ALL_FILES_KEY], args=[file_id, OWNER_FILES_PREFIX]))
+
+    async def files_indexed(self) -> bool:
+        return bool(await self.redis.exists(FILES_INDEXED_KEY))
+
+    async def mark_files_indexed(self) -> None:
+        await self.redis.set(FILES_INDEXED_KEY, repr(time.time()))
+
+    async def active_ids(self, batch: int = 1000):
+        """Every upload not yet complete (the activity index), a batch at a time."""
+        async for member, _ in self.redis.zscan_iter(ACTIVITY_KEY, count=batch):
+            yield member.decode()
+
+    async def newest_first(
+        self, owner_id: str | None, limit: int, before: tuple[float, str] | None
+    ) -> list[tuple[str, float]]:
+        """Up to `limit` (file_id, created_at) of one owner (or everybody's, for None), newest
+        first, strictly after the position `before` in that order. Positions are (score,
+        member), never offsets, so uploads created meanwhile neither repeat nor hide others.
+        Redis orders equal scores by member bytes, descending here: uploads created in the same
+        instant as `before` come first if their id sorts below its id."""
+        key = ALL_FILES_KEY if owner_id is None else owner_files_key(owner_id)
+        if before is None:
+            return _decoded(await self.redis.zrevrangebyscore(key, "+inf", "-inf", start=0, num=limit, withscores=True))
+        score, member = before
+        ties = _decoded(await self.redis.zrevrangebyscore(key, repr(score), repr(score), withscores=True))
+        found = [(m, s) for m, s in ties if m < member][:limit]
+        if len(found) < limit:
+            found += _decoded(await self.redis.zrevrangebyscore(
+                key, f"({score!r}", "-inf", start=0, num=limit - len(found), withscores=True))
+        return found
+
+    async def get_many(self, file_ids: list[str]) -> list[Upload | None]:
+        """The listed fields of many uploads in one script call (one reply to parse, not one per
+        upload); None for ids Redis does not know, or that are being removed."""
+        if not file_ids:
+            return []
+        flat = await self._list_fields(keys=[upload_key(f) for f in file_ids])
+        width = len(LIST_FIELDS)
+        uploads: list[Upload | None] = []
+        for index, file_id in enumerate(file_ids):
+            values = flat[index * width:(index + 1) * width]
+            fields = {name: value for name, value in zip(LIST_FIELDS, values) if value}
+            known = "owner" in fields and fields.get("state") not in (None, b"expired")
+            uploads.append(Upload.from_hash(file_id, fields) if known else None)
+        return uploads
 
     async def assembling_since(self, cutoff: float) -> list[str]:
         """Uploads that became `assembling` at or before `cutoff` (few: assembly is quick)."""

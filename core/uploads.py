@@ -395,7 +395,11 @@ class UploadService:
         return freed
 
     async def completed_file(self, user: User, file_id: str) -> CompletedFile:
-        upload = await self.load_for(user, file_id)
+        return self.as_completed(await self.load_for(user, file_id))
+
+    def as_completed(self, upload: Upload) -> CompletedFile:
+        """What a download of `upload` serves; NotComplete unless it is complete."""
+        file_id = upload.file_id
         if upload.state != "complete" or not upload.sha256:
             raise NotComplete(f"the file is {upload.state}, not complete", state=upload.state)
         return CompletedFile(

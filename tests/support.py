@@ -32,6 +32,10 @@ from ops.redis_server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+# Debian's Chromium, driven by Playwright (whose own browser download cannot work here).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def require_tool(name: str, module_level: bool = False) -> str:
@@ -351,3 +355,43 @@ def read_answer(sock) -> tuple[int | None, dict[str, str], bytes]:
         return int(lines[0].split()[1]), headers, body[:length]
     except ConnectionResetError:
         return None, {}, data
+
+
+def run_on_redis(redis_url: str, make_env: Callable):
+    """A runner for async repository tests: run(fn) awaits fn(make_env(client)) on a fresh
+    event loop with its own connection to `redis_url`."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    def runner(fn):
+        async def main():
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                return await fn(make_env(client))
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+    return runner
+
+
+async def store_chunk(repo, storage, file_id: str, owner: str, start: int, end: int, total: int, now: float,
+                      payload: bytes | None = None, file_name: str | None = None) -> None:
+    """A chunk as the upload service stores it: claim, bytes at their offset, commit."""
+    import zlib
+
+    from core.state import Chunk
+
+    payload = payload if payload is not None else os.urandom(end - start + 1)
+    chunk = Chunk(start, end, zlib.crc32(payload))
+    token = uuid.uuid4().hex[:16]
+    claimed = await repo.claim(file_id, owner, False, start, end, total, chunk.crc32, token, 60, True, now=now)
+    assert claimed.outcome == "claimed", claimed
+    fd = storage.open_for_chunk(file_id, total)
+    try:
+        os.pwrite(fd, payload, start)
+    finally:
+        os.close(fd)
+    assert (await repo.commit(file_id, token, chunk, file_name, None, now=now)).outcome == "committed"

@@ -12,6 +12,7 @@ from dataclasses import asdict
 import redis.asyncio as aioredis
 
 from core import assembly, maintenance
+from core.files_list import ensure_files_index
 from core.config import Settings
 from core.jobs import ASSEMBLE, CLEANUP, PERSIST
 from core.state import UploadRepository
@@ -59,12 +60,14 @@ def cleanup(older_than: float | None = None, wait_for_lock: bool = False) -> dic
 @app.task(name=PERSIST)
 def persist() -> dict:
     async def job(service: UploadService, s: Settings) -> dict:
+        # After Redis lost everything, the files list comes back here even if nobody asks for it.
+        reindexed = await ensure_files_index(service)
         try:
             report = await maintenance.persist(
                 service, s.persist_after, assembly_grace=s.assembly_lease, enqueue=service.enqueue_assembly
             )
         except maintenance.JobBusy:
-            return {"skipped": "another persist is running"}
-        return asdict(report)
+            return {"skipped": "another persist is running", "reindexed": reindexed}
+        return {**asdict(report), "reindexed": reindexed}
 
     return _run(job)

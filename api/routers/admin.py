@@ -41,6 +41,15 @@ def _cleanup_body(result: dict) -> dict:
 
 @router.post(
     "/cleanup",
+    summary="Admins: remove stale uploads now",
+    description="""
+Runs the cleanup that Celery beat runs every `FT_CLEANUP_INTERVAL` seconds, on a worker, now:
+uploads not complete with no activity for `older_than` seconds (default `FT_STALE_AFTER`) are
+removed, their received bytes, state and manifests. Complete files are never touched.
+
+200 `{"removed": ["file ids"], "freed_bytes": N}`, or 202 `{"task_id": "..."}` when it runs
+longer than `FT_CLEANUP_WAIT` seconds: read the result later at `GET /tasks/{task_id}`.
+""",
     response_model=CleanupReportModel,
     responses={
         200: {"description": "the removed uploads and the bytes freed"},
@@ -72,6 +81,9 @@ async def run_cleanup(
 
 @router.get(
     "/tasks/{task_id}",
+    summary="Admins: the result of a cleanup that answered 202",
+    description="`state` is `pending`, `started`, `success` (with `result`, as `POST /cleanup` answers it) "
+                "or `failure` (with `error`). Ids this API never handed out → 404.",
     response_model=TaskResultModel,
     response_model_exclude_unset=True,
     responses=documented_errors({403: "forbidden: for admins only", 404: "not_found: no task with that id"}),

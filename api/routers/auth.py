@@ -39,6 +39,19 @@ async def _read_credentials(request: Request) -> Credentials:
 
 @router.post(
     "/token",
+    summary="Sign in: get a bearer token",
+    description="""
+Trades a user name and password for a bearer token to send as `Authorization: Bearer <token>`
+on every other request. JSON `{"username": "...", "password": "..."}` or an OAuth2 password
+form (what the **Authorize** button sends). The token expires after `expires_in` seconds
+(`FT_TOKEN_TTL`); a password reset or the user's removal ends it sooner.
+
+Example: `curl -s localhost:8000/token -H 'content-type: application/json' -d '{"username": "alice", "password": "..."}'`
+→ `{"access_token": "eyJhbGciOi...", "token_type": "bearer", "expires_in": 3600}`
+
+Wrong credentials → 401 `invalid_credentials` (the same for an unknown user); too many failed
+attempts for a user or from an address → 429 `too_many_attempts` with `Retry-After`.
+""",
     response_model=TokenResponse,
     openapi_extra={
         "requestBody": {

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from api.deps import CurrentUser, SettingsDep
+from fastapi import APIRouter, Depends, Query, Request
+
+from api.deps import BearerToken, SettingsDep, user_for_token
 from api.errors import documented_errors
 from api.responses import RangeFileResponse
 from api.routers.uploads import FileId, UploadServiceDep
+from core.links import DownloadLinks
 
 router = APIRouter(tags=["downloads"])
 
@@ -35,7 +38,7 @@ _CONDITIONALS = [
         ("If-Unmodified-Since", "HTTP date; 412 if modified since"),
     ]
 ]
-_DOWNLOAD_ROUTE = {
+DOWNLOAD_ROUTE = {
     "response_class": RangeFileResponse,
     "status_code": 200,
     "responses": {
@@ -47,6 +50,7 @@ _DOWNLOAD_ROUTE = {
         304: {"description": "not modified (If-None-Match / If-Modified-Since)", "headers": _VALIDATORS},
         **documented_errors({
             400: "invalid_file_id",
+            403: "invalid_link: a signed link that expired, was altered, or is for another file",
             404: "not_found: no such file, or another user's",
             409: "not_complete",
             412: "precondition_failed (If-Match / If-Unmodified-Since)",
@@ -57,10 +61,41 @@ _DOWNLOAD_ROUTE = {
 }
 
 
-@router.get("/download/{file_id}", **_DOWNLOAD_ROUTE)
-@router.head("/download/{file_id}", summary="Download (headers only)", **_DOWNLOAD_ROUTE)
-async def download(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep, settings: SettingsDep) -> RangeFileResponse:
-    found = await uploads.completed_file(user, file_id)
+async def get_links(request: Request) -> DownloadLinks:
+    return request.app.state.links
+
+
+LinksDep = Annotated[DownloadLinks, Depends(get_links)]
+_LINK_EXPIRES = Query(description="signed links only: when the link expires (Unix seconds)")
+_LINK_SIGNATURE = Query(description="signed links only: the link's signature (from POST /files/{file_id}/link)")
+DOWNLOAD_DESCRIPTION = """
+The bytes of a `complete` file, with HTTP range semantics as nginx answers them: one range,
+an open or a suffix range → 206 with `Content-Range`; several → 206 `multipart/byteranges`;
+unsatisfiable or malformed `bytes=` → 416. Strong `ETag` (the SHA-256), `Last-Modified`,
+`If-Range`, and the conditional headers. `Content-Disposition` carries the original name.
+
+Two ways in: an `Authorization: Bearer` token (the file's owner, or an admin), **or** a
+short-lived signed link from `POST /files/{file_id}/link` (`?expires=...&sig=...`, no header
+at all: what a browser's plain download needs). An expired, altered or foreign link → 403
+`invalid_link`.
+
+Example: `curl -H "Authorization: Bearer $TOKEN" -H 'Range: bytes=0-1023' localhost:8000/download/report.pdf`
+"""
+
+
+@router.get("/download/{file_id}", summary="Download a file", description=DOWNLOAD_DESCRIPTION, **DOWNLOAD_ROUTE)
+@router.head("/download/{file_id}", summary="Download (headers only)", description=DOWNLOAD_DESCRIPTION,
+             **DOWNLOAD_ROUTE)
+async def download(
+    file_id: FileId, request: Request, token: BearerToken, uploads: UploadServiceDep, links: LinksDep,
+    settings: SettingsDep,
+    expires: Annotated[str | None, _LINK_EXPIRES] = None,
+    sig: Annotated[str | None, _LINK_SIGNATURE] = None,
+) -> RangeFileResponse:
+    if expires is not None or sig is not None:
+        found = await links.resolve(file_id, expires or "", sig or "")
+    else:
+        found = await uploads.completed_file(await user_for_token(request, token), file_id)
     accel_uri = f"{settings.accel_prefix}/{file_id}/data" if settings.accel_redirect else None
     return RangeFileResponse(
         found.path, found.size, found.sha256, found.completed_at, found.file_name,

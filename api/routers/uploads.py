@@ -57,6 +57,45 @@ class StatusModel(BaseModel):
     error: str | None
 
 
+UPLOAD_DESCRIPTION = """
+Sends one chunk of a file. The first chunk creates the upload, which belongs to you from then
+on. Chunks may come **in any order and in parallel**; resend whatever `GET /status` lists as
+missing after an interruption.
+
+**Headers:** `Content-Range: bytes START-END/TOTAL` (END inclusive, TOTAL the size of the
+whole file) and `Content-Type: application/octet-stream`. Optional, remembered from the first
+chunk that has them: `X-File-Name` (the original name, percent-encoded UTF-8) and
+`X-File-SHA256` (hex digest of the whole file: the file becomes `complete` only if it matches).
+
+**Body: a 12-byte chunk header, then the payload** (exactly END-START+1 bytes):
+
+| bytes | field | encoding |
+|---|---|---|
+| 0-3 | START mod 2^32 | unsigned 32-bit, big-endian |
+| 4-7 | END mod 2^32 (inclusive) | unsigned 32-bit, big-endian |
+| 8-11 | CRC-32 of the payload (IEEE, as Python's `zlib.crc32`) | unsigned 32-bit, big-endian |
+
+The header must agree with `Content-Range` (modulo 2^32, so files over 4 GiB work) and the
+CRC with the payload, or the chunk is refused (400) and nothing of it is kept.
+
+**Worked example:** the 12-byte file `hello world\\n` in two chunks.
+
+| chunk | Content-Range | payload | CRC-32 | body (hex) |
+|---|---|---|---|---|
+| 1 | `bytes 0-5/12` | `hello ` | `0xed81f9f6` | `00000000 00000005 ed81f9f6` + `68656c6c6f20` |
+| 2 | `bytes 6-11/12` | `world\\n` | `0xdd3861a8` | `00000006 0000000b dd3861a8` + `776f726c640a` |
+
+In Python: `struct.pack(">III", start % 2**32, end % 2**32, zlib.crc32(payload)) + payload`.
+Past 4 GiB the header wraps: bytes 21474836490-21474836589 (5 GiB + 10) carry START 10 and
+END 109 in the header while `Content-Range` has the full numbers.
+
+**Answers:** 200 with the upload's counters. A chunk that exactly repeats a stored one (same
+START, END and CRC) is acknowledged again; any other overlap → 409 `overlap` (with
+`next_expected_byte`). When the last missing byte arrives the state becomes `assembling`; a
+worker verifies every chunk's CRC-32 and the SHA-256, then the file is `complete` (or `failed`
+with an `error`).
+"""
+
 _ERRORS = documented_errors({
     400: "invalid_file_id, invalid_content_range, invalid_chunk_header, length_mismatch, checksum_mismatch, "
          "invalid_file_name, invalid_sha256",
@@ -71,6 +110,8 @@ _ERRORS = documented_errors({
 
 @router.post(
     "/upload/{file_id}",
+    summary="Upload one chunk",
+    description=UPLOAD_DESCRIPTION,
     response_model=ChunkReceiptModel,
     responses=_ERRORS,
     openapi_extra={
@@ -105,6 +146,17 @@ async def upload_chunk(file_id: FileId, request: Request, user: CurrentUser, upl
 
 @router.get(
     "/status/{file_id}",
+    summary="Status of an upload",
+    description="""
+Where an upload stands: `state` (`uploading`, `assembling`, `complete`, `failed`), bytes
+received, `next_expected_byte` (the first byte not yet received) and `missing_ranges`
+(`[[start, end_inclusive], ...]`: exactly what to send to resume), the original `file_name`,
+times (ISO 8601 UTC; `expires_at`: when cleanup removes it if nothing more arrives), `sha256`
+once complete, `error` when failed.
+
+Example: `{"file_id": "hello.txt", "state": "uploading", "total_bytes": 12, "received_bytes": 6,
+"next_expected_byte": 6, "missing_ranges": [[6, 11]], ...}`
+""",
     response_model=StatusModel,
     responses=documented_errors({400: "invalid_file_id", 404: "not_found: no such upload, or another user's"}),
 )
@@ -114,6 +166,10 @@ async def upload_status(file_id: FileId, user: CurrentUser, uploads: UploadServi
 
 @router.delete(
     "/upload/{file_id}",
+    summary="Cancel an upload or delete a file",
+    description="The owner (or an admin) cancels an upload, removing its received bytes, or deletes a "
+                "complete file: 204, and the id answers 404 from then on. Refused with 409 `assembling` "
+                "while a worker assembles the file. (Beyond CONTRACT v1.)",
     status_code=204,
     response_class=Response,
     responses=documented_errors({
@@ -123,6 +179,5 @@ async def upload_status(file_id: FileId, user: CurrentUser, uploads: UploadServi
     }),
 )
 async def delete_upload(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep) -> Response:
-    """Cancel an upload (staged bytes and state) or delete a complete file. Not in CONTRACT v1."""
     await uploads.delete(user, file_id)
     return Response(status_code=204)

@@ -121,11 +121,11 @@ def test_user_operations_conform_and_never_fail(stack, tmp_path, known_ids):
     token, ids, data = known_ids
     since = len(stack.api.log())
     operations = [
-        {"include-path-regex": "^/(status|download)/",
+        {"include-path-regex": "^/(status|download|files)/",
          "parameters": {"path.file_id": {"dictionary": "file_ids", "probability": 0.5}}},
         {"include-path": "/upload/{file_id}", "include-method": "POST",
          "checks": {"positive_data_acceptance": {"enabled": False}}},
-        {"include-path": "/download/{file_id}",
+        {"include-path-regex": "^/(download|files)/\\{file_id\\}$",
          "checks": {"positive_data_acceptance": {
              "expected-statuses": ["2xx", "3xx", "401", "403", "404", "409", "412", "416"]}}},
         # tus answers a missing or wrong Tus-Resumable with 412 (its protocol says so), and a
@@ -138,6 +138,10 @@ def test_user_operations_conform_and_never_fail(stack, tmp_path, known_ids):
                     "missing_required_header": {"expected-statuses": ["400", "401", "412"]},
                     "positive_data_acceptance": {"expected-statuses": [
                         "2xx", "3xx", "400", "401", "403", "404", "409", "413", "415", "460"]}}},
+        # A cursor is opaque: a well-formed string this server never handed out is refused (400).
+        {"include-path": "/files", "include-method": "GET",
+         "checks": {"positive_data_acceptance": {
+             "expected-statuses": ["2xx", "400", "401", "403", "404"]}}},
     ]
     result = run_schemathesis(stack, tmp_path, token, operations, "--exclude-tag", "admin",
                               dictionaries={"file_ids": ids})
