@@ -6,7 +6,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
-from limits.errors import StorageError
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError as RedisResponseError
@@ -185,7 +184,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         return unavailable_response(request.app.state.settings.unavailable_retry_after)
 
-    for exc_type in (RedisConnectionError, RedisTimeoutError, StorageError):
+    for exc_type in (RedisConnectionError, RedisTimeoutError):
         app.add_exception_handler(exc_type, _unavailable)
 
     @app.exception_handler(RedisBusy)

@@ -15,7 +15,6 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
 from core.config import Settings
 
@@ -56,10 +55,3 @@ def async_redis(settings: Settings) -> aioredis.Redis:
         settings.redis_url, retry=AsyncRetry(ExponentialWithJitterBackoff(**BACKOFF), RETRIES),
         **_connection_options(settings))
     return aioredis.Redis(connection_pool=pool)
-
-
-def sync_pool(settings: Settings) -> redis.BlockingConnectionPool:
-    """The same pool for blocking clients (the login throttle runs in worker threads)."""
-    return redis.BlockingConnectionPool.from_url(
-        settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(**BACKOFF), RETRIES),
-        **_connection_options(settings))

@@ -48,7 +48,7 @@ def http_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def api_command(settings: Settings) -> list[str]:
+def api_command() -> list[str]:
     """The API's command line: `python -m api` builds uvicorn from the FT_* settings."""
     return [sys.executable, "-m", "api"]
 
@@ -199,7 +199,7 @@ class Launch:
         if embedded is not None:
             services.append(Service("redis", self.start_redis(embedded, env), stop_last=True))
         services += [
-            Service("api", self.child("api", api_command(self.settings), env)),
+            Service("api", self.child("api", api_command(), env)),
             Service("worker", self.child("worker", celery_command("worker", "--loglevel=INFO"), env)),
             Service("beat", self.child("beat", celery_command("beat", "--loglevel=INFO"), env)),
             # The credentials go through the environment, so they do not show in `ps`.
