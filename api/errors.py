@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -57,8 +59,9 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.Unavailable: 503,
 }
 
-# Error replies of a Redis that refuses writes (plain, or from inside a Lua script).
-_REDIS_REFUSING_WRITES = ("MISCONF", "OOM", "READONLY", "NOREPLICAS")
+# Error replies of a Redis that refuses writes: plain ("NOREPLICAS ..."), or from inside a Lua
+# script (Redis 7: the same; Redis 6.2: "Error running script (...): -NOREPLICAS ...").
+_REDIS_REFUSING_WRITES = re.compile(r"(?:^|-)(?:MISCONF|OOM|READONLY|NOREPLICAS)\b")
 
 # Starlette's own HTTP errors (unknown route, wrong method, ...) get a code too.
 _CODE_BY_STATUS = {
@@ -197,7 +200,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # A Redis that refuses writes (its own disk full, out of memory, a read-only replica)
         # is as unavailable as one that is down. Any other error reply is our bug: re-raised, it
         # reaches the catch-all below (500) and Starlette logs its traceback.
-        if str(exc).startswith(_REDIS_REFUSING_WRITES):
+        if _REDIS_REFUSING_WRITES.search(str(exc)):
             return error_response(503, "unavailable", "the state store (Redis) refuses writes; retry later",
                                   headers={"Retry-After": str(request.app.state.settings.unavailable_retry_after)})
         raise exc
