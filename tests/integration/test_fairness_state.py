@@ -247,14 +247,15 @@ def test_every_way_an_upload_ends_gives_its_count_back_once(run, redis_db, setti
 def test_restored_uploads_are_counted_again_and_counts_never_go_below_zero(run, redis_db, settings):
     async def scenario(env: Env):
         repo = env.repo
+        owner = env.user().owner_id
         await env.send(env.user(), "kept", b"k" * 100, 0, 1000)
         env.service.write_manifest(await repo.get("kept"), await repo.chunks("kept"))
         await repo.redis.flushdb()  # Redis lost everything; the manifest survived
         assert await env.service.restore_from_disk("kept")
-        restored = await repo.open_uploads_of("alice")
-        await repo.redis.delete(quota_key("alice"))  # counters lost, the upload kept
+        restored = await repo.open_uploads_of(owner)
+        await repo.redis.delete(quota_key(owner))  # counters lost, the upload kept
         await repo.tombstone("kept")
-        return restored, await repo.open_uploads_of("alice")
+        return restored, await repo.open_uploads_of(owner)
 
     restored, after = run(scenario)
     assert restored == (1, 1000)
