@@ -160,6 +160,15 @@ def main(argv: list[str]) -> int:
             log(f"!! client benchmarks failed: {exc!r}\n{traceback.format_exc()}")
             skipped.append(f"client: failed with {exc!r}")
 
+    if "tus" in plan.sections:
+        from bench import tus
+
+        try:
+            results["tus"] = tus.run(plan.tus_size, plan.tus_patch, plan.trials, dirs["disk"], log)
+        except Exception as exc:  # noqa: BLE001
+            log(f"!! tus benchmarks failed: {exc!r}\n{traceback.format_exc()}")
+            skipped.append(f"tus: failed with {exc!r}")
+
     results["duration_s"] = time.monotonic() - started
     results["quiet_wait_s"] = quiet_spent()
     foreign = [v for fs in results["upload"].values() for table in fs.values() if isinstance(table, dict)

@@ -32,6 +32,8 @@ class Plan:
     client_wire_size: int = 256 * MiB    # the client through a cutting proxy (bench/client_links.py)
     client_resume_size: int = 2 * GiB    # the client resuming: time to first byte
     client_rounds: int = 3
+    tus_size: int = 256 * MiB         # tus on /files/ against @tus/server (bench/tus.py)
+    tus_patch: int = 8 * MiB
     filesystems: tuple[str, ...] = ("disk", "tmpfs")
     sections: set[str] = field(default_factory=lambda: set(SECTIONS))
 
@@ -39,7 +41,7 @@ class Plan:
         return min(self.sweep_file, chunk * self.sweep_max_chunks)
 
 
-SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download", "devices", "client")
+SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download", "devices", "client", "tus")
 
 FULL = Plan(name="full", trials=5)
 
@@ -64,4 +66,5 @@ QUICK = Plan(
     client_wire_size=64 * MiB,
     client_resume_size=512 * MiB,
     client_rounds=1,
+    tus_size=64 * MiB,
 )

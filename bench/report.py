@@ -396,6 +396,16 @@ class Report:
 
             self.add("## Client", "", *render(self.r["client"]))
 
+    def tus(self) -> None:
+        if self.r.get("tus"):
+            from bench.tus import render
+
+            self.add("## tus on /files/ (bench/tus.py)", "",
+                     "The same client loop (bench/client.py) against our `/files/` and @tus/server with"
+                     " @tus/file-store, one keep-alive connection; ours also waits, untimed, for the worker's"
+                     " verification. Resume: a single-PATCH upload cut after half its body, resumed from HEAD's"
+                     " offset.", "", render(self.r["tus"]), "")
+
     def notes(self) -> None:
         if self.r.get("skipped"):
             self.add("## Left out of this run", "")
@@ -417,5 +427,6 @@ class Report:
         self.download()
         self.devices()
         self.client()
+        self.tus()
         self.notes()
         return "\n".join(self.lines).rstrip() + "\n"

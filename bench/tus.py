@@ -198,6 +198,20 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run(size: int, patch: int, trials: int, directory: str, say=log) -> dict:
+    """Both tables for `make bench` (section `tus`) and `python -m bench.tus`."""
+    if tus_install(say) is None:
+        raise RuntimeError("@tus/server could not be installed (needs node and npm)")
+    payload = Payload(size)
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size_mib": size // MiB,
+                     "patch_mib": patch // MiB, "trials": trials, "node": node_version(), "load": loadavg()}
+    with TusBench(size, patch, directory, payload) as bench:
+        results["throughput"] = bench.throughput(trials)
+        results["resume"] = {"ours": bench.resume_cost("ours"), "@tus/server": bench.resume_cost("peer")}
+    results["load"] += f" -> {loadavg()}"
+    return results
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,16 +223,8 @@ def main(argv: list[str]) -> int:
     size, patch = parse_size(args.size), parse_size(args.patch)
     if size % patch:
         sys.exit("--size must be a multiple of --patch")
-    if tus_install(log) is None:
-        sys.exit("@tus/server could not be installed (needs node and npm)")
     set_quiet_budget(120.0)
-    payload = Payload(size)
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size_mib": size // MiB,
-                     "patch_mib": patch // MiB, "trials": args.trials, "node": node_version(), "load": loadavg()}
-    with TusBench(size, patch, args.dir, payload) as bench:
-        results["throughput"] = bench.throughput(args.trials)
-        results["resume"] = {"ours": bench.resume_cost("ours"), "@tus/server": bench.resume_cost("peer")}
-    results["load"] += f" -> {loadavg()}"
+    results = run(size, patch, args.trials, args.dir)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"tus-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=1))
