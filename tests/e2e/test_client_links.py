@@ -4,19 +4,16 @@ number of bytes from the client, and a server that answers 503 with Retry-After.
 from __future__ import annotations
 
 import hashlib
-import http.server
-import json
 import os
 import subprocess
-import threading
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import pytest
 
 from client import Client
 from client.units import MiB
+from tests.faulty_proxy import FaultyProxy, refuse_first
 from tests.support import PYTHON, ROOT, new_id
 from tests.tcp_proxy import TcpProxy
 
@@ -70,104 +67,37 @@ def test_default_upload_gets_through_a_link_that_drops_every_few_mib(stack, env,
 
 
 # --- Retry-After ------------------------------------------------------------------------------
-class RefusingFront:
-    """A tiny real HTTP server in front of the API. It refuses the first requests matching a
-    rule (`"METHOD /path-prefix": [how many, status, Retry-After]`) and forwards all others,
-    recording when each request arrived and what it was answered."""
-
-    def __init__(self, target: str, rules: dict[str, list]) -> None:
-        self.rules = rules
-        self.log: list[tuple[float, str, int]] = []
-        front = self
-        upstream = httpx.Client(base_url=target, timeout=60)
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def _handle(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                request = f"{self.command} {self.path}"
-                rule = next((r for prefix, r in front.rules.items() if request.startswith(prefix) and r[0] > 0), None)
-                if rule is not None:
-                    rule[0] -= 1
-                    front.log.append((time.monotonic(), request, rule[1]))
-                    error = json.dumps({"code": "unavailable", "detail": "come back later"}).encode()
-                    return self._answer(rule[1], {"Retry-After": str(rule[2]), "Content-Type": "application/json"},
-                                        error)
-                skip = {"host", "content-length", "connection", "accept-encoding"}
-                answer = upstream.request(self.command, self.path, content=body,
-                                          headers={k: v for k, v in self.headers.items() if k.lower() not in skip})
-                front.log.append((time.monotonic(), request, answer.status_code))
-                hop = {"content-length", "transfer-encoding", "connection", "content-encoding"}
-                self._answer(answer.status_code, {k: v for k, v in answer.headers.items() if k.lower() not in hop},
-                             answer.content)
-
-            do_GET = do_POST = do_HEAD = do_DELETE = _handle
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.upstream = upstream
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def gaps(self, prefix: str) -> list[float]:
-        """Seconds between consecutive requests that start with `prefix`."""
-        times = [t for t, request, _ in self.log if request.startswith(prefix)]
-        return [later - earlier for earlier, later in zip(times, times[1:])]
-
-
 @pytest.fixture
 def refusing_front(stack):
-    started: list[RefusingFront] = []
-
-    def start(rules: dict[str, list]) -> RefusingFront:
-        front = RefusingFront(stack.url, rules)
-        front.thread.start()
-        started.append(front)
-        return front
-
-    yield start
-    for front in started:
-        front.server.shutdown()
-        front.server.server_close()
-        front.upstream.close()
+    """Proxies in front of the API that refuse the first requests matching a rule
+    (`"METHOD /path-prefix": (how many, status, Retry-After)`) and forward all others."""
+    with ExitStack() as running:
+        yield lambda rules: running.enter_context(FaultyProxy(stack.url, refuse_first(rules)))
 
 
 def test_cli_waits_as_long_as_retry_after_says_on_503_and_429(stack, env, refusing_front, tmp_path):
-    front = refusing_front({"POST /token": [1, 503, 1], "POST /upload/": [3, 503, 1], "GET /download/": [2, 429, 1]})
+    front = refusing_front({"POST /token": (1, 503, "1"), "POST /upload/": (3, 503, "1"), "GET /download/": (2, 429, "1")})
     src = tmp_path / "patient.bin"
     data = os.urandom(300 * 1024 + 3)
     src.write_bytes(data)
     file_id = new_id()
     up = upload(env, front.url, src, "--file-id", file_id, "--chunk-size", "128KiB")
     assert up.returncode == 0, up.stderr
-    assert [status for _, request, status in front.log if request.startswith("POST /upload/")] == [503] * 3 + [200] * 3
-    assert all(gap >= 1.0 for gap in front.gaps("POST /upload/")[:3]), front.gaps("POST /upload/")
-    assert front.gaps("POST /token")[0] >= 1.0  # logging in waits as well
+    assert [seen.status for seen in front.of("POST", "/upload/")] == [503] * 3 + [200] * 3
+    assert all(gap >= 1.0 for gap in front.gaps("POST", "/upload/")[:3]), front.gaps("POST", "/upload/")
+    assert front.gaps("POST", "/token")[0] >= 1.0  # logging in waits as well
 
     out = tmp_path / "patient-copy.bin"
     down = subprocess.run([PYTHON, "-m", "client", "--url", front.url, "download", file_id, "-o", str(out)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert down.returncode == 0, down.stderr
     assert out.read_bytes() == data
-    assert all(gap >= 1.0 for gap in front.gaps("GET /download/")[:2]), front.gaps("GET /download/")
+    assert all(gap >= 1.0 for gap in front.gaps("GET", "/download/")[:2]), front.gaps("GET", "/download/")
 
 
 def test_library_caps_a_long_retry_after(stack, refusing_front, tmp_path):
     """An hour-long Retry-After on /status is waited only `max_retry_after` seconds."""
-    front = refusing_front({"GET /status/": [2, 503, 3600]})
+    front = refusing_front({"GET /status/": (2, 503, "3600")})
     name, password = stack.add_user()
     src = tmp_path / "capped.bin"
     data = os.urandom(70_000)
@@ -175,6 +105,6 @@ def test_library_caps_a_long_retry_after(stack, refusing_front, tmp_path):
     with Client(front.url, name, password, cache_dir=tmp_path / "cache", max_retry_after=0.3) as client:
         result = client.upload(src, new_id(), wait_timeout=60)
     assert result.size == len(data)
-    gaps = front.gaps("GET /status/")
+    gaps = front.gaps("GET", "/status/")
     assert 0.3 <= gaps[0] and 0.3 <= gaps[1], gaps
-    assert [status for _, request, status in front.log if request.startswith("GET /status/")][:3] == [503, 503, 404]
+    assert [seen.status for seen in front.of("GET", "/status/")][:3] == [503, 503, 404]
