@@ -267,8 +267,11 @@ class Launch:
         say(f"ready in {seconds:.1f} s")
         for line in self.summary:
             say(line)
-        say(f"  next    open {self.api_url}/ in a browser, after adding a user:")
-        say("          FT_PASSWORD=... .venv/bin/python -m api.users add NAME --admin")
+        if self.settings.admin_username and self.settings.admin_password:
+            say(f"  next    open {self.api_url}/ in a browser and sign in as {self.settings.admin_username!r}")
+        else:
+            say(f"  next    add a user (it asks for the password), then open {self.api_url}/ in a browser:")
+            say("          .venv/bin/python -m api.users add NAME --admin")
 
 
 def main(argv: list[str] | None = None) -> int:
