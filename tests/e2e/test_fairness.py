@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import redis
 
-from tests.support import bearer, new_id, send_chunk, wait_for_state
+from ops.redis_server import free_port, start_redis
+from tests.support import bearer, new_id, running_stack, send_chunk, start_worker, wait_for_state
 
 TiB = 1024**4
 
@@ -137,20 +139,32 @@ def test_floods_of_uploads_and_fragments_meet_the_default_limits(make_stack, cli
               f"/status then {size} bytes, median {statistics.median(timings) * 1000:.1f} ms")
 
 
-def test_a_redis_refusing_writes_is_503_not_500(make_stack, client, redis_server):
+def test_a_redis_refusing_writes_is_503_not_500(tmp_path, client):
     """What a full disk does to a Redis that saves snapshots on it (MISCONF), shown here with the
-    refusal that needs no full disk: writes need a replica that does not exist (NOREPLICAS)."""
-    stack = make_stack()
-    token, file_id, data = stack.token(), new_id("ro"), os.urandom(200)
-    assert send_chunk(client, stack.url, token, file_id, data, 0, 99).status_code == 200
-    server = redis_server.client()
-    server.config_set("min-replicas-to-write", 1)
+    refusal that needs no full disk: writes need a replica that does not exist (NOREPLICAS).
+    A redis-server of its own: the refusal is server-wide, and every other stack's worker would
+    meet it too. A Celery worker that meets the refusal may exit ("Unrecoverable error:
+    ResponseError"); `make run`'s supervisor restarts it, and this test starts a fresh one."""
+    port = free_port()
+    server_proc = start_redis(port, tmp_path / "redis", persistent=False)
     try:
-        refused = send_chunk(client, stack.url, token, file_id, data, 100, 199)
-        reading = client.get(f"{stack.url}/status/{file_id}", headers=bearer(token))
+        with running_stack(tmp_path / "stack", f"redis://127.0.0.1:{port}/0") as stack:
+            token, file_id, data = stack.token(), new_id("ro"), os.urandom(200)
+            assert send_chunk(client, stack.url, token, file_id, data, 0, 99).status_code == 200
+            server = redis.Redis(port=port)
+            server.config_set("min-replicas-to-write", 1)
+            try:
+                refused = send_chunk(client, stack.url, token, file_id, data, 100, 199)
+                reading = client.get(f"{stack.url}/status/{file_id}", headers=bearer(token))
+            finally:
+                server.config_set("min-replicas-to-write", 0)
+                server.close()
+            assert refused.status_code == 503 and refused.json()["code"] == "unavailable", refused.text
+            assert reading.status_code == 200 and reading.json()["received_bytes"] == 100
+            stack.worker.stop()  # it may be exiting on the refusal right now: start a fresh one either way
+            stack.worker = start_worker(stack.data_dir, stack.redis_url, stack.log_dir, name="w2")
+            assert send_chunk(client, stack.url, token, file_id, data, 100, 199).status_code == 200
+            assert wait_for_state(client, stack.url, token, file_id)["state"] == "complete"
     finally:
-        server.config_set("min-replicas-to-write", 0)
-    assert refused.status_code == 503 and refused.json()["code"] == "unavailable", refused.text
-    assert reading.status_code == 200 and reading.json()["received_bytes"] == 100
-    assert send_chunk(client, stack.url, token, file_id, data, 100, 199).status_code == 200
-    assert wait_for_state(client, stack.url, token, file_id)["state"] == "complete"
+        server_proc.terminate()
+        server_proc.wait(10)
