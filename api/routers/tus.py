@@ -214,7 +214,8 @@ def _documented(*parameters: dict) -> dict:
 @router.options("/files/", status_code=204, response_class=Response, include_in_schema=False)
 @router.options("/files/{file_id}", status_code=204, response_class=Response, include_in_schema=False)
 async def capabilities(request: Request, user: CurrentUser) -> Response:
-    """tus discovery: version, extensions, largest size, checksum algorithms."""
+    """tus discovery: the protocol version (`Tus-Version`), the extensions (`Tus-Extension`), the
+    largest upload accepted (`Tus-Max-Size`) and the checksum algorithms (`Tus-Checksum-Algorithm`)."""
     return Response(status_code=204, headers=_capabilities(request.app.state.settings))
 
 
@@ -258,7 +259,8 @@ async def create_upload(request: Request, user: CurrentUser, tus: TusServiceDep)
 
 @router.head("/files/{file_id}", response_class=Response, responses=_ERRORS, openapi_extra=_documented(_TUS_RESUMABLE))
 async def upload_offset(file_id: FileId, request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
-    """The upload's offset (and length, metadata, expiry): where a client resumes."""
+    """The upload's offset (`Upload-Offset`), with its length, metadata and expiry: where a client
+    resumes after an interruption. The IETF draft's offset retrieval answers here too (204)."""
     validate_file_id(file_id)
     protocol = Protocol(request)
     upload = await tus.info(user, file_id)
