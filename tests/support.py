@@ -133,7 +133,8 @@ def start_nginx(root: Path, conf: str) -> Proc:
     tmp.mkdir(parents=True)
     temp_paths = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
                                                                                "uwsgi", "scgi"))
-    conf = conf.replace("http {\n", "http {\n" + temp_paths + "    access_log off;\n", 1)
+    access_log = "" if "access_log" in conf else "    access_log off;\n"  # a config's own log is kept
+    conf = conf.replace("http {\n", "http {\n" + temp_paths + access_log, 1)
     (root / "nginx.conf").write_text(conf)
     globals_ = f"daemon off; pid {root}/nginx.pid;"
     if os.geteuid() == 0:  # workers would drop to nobody, who cannot read pytest's 0700 directories
