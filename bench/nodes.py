@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import zlib
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +148,8 @@ def report(runs: list[Run], clients: int, file_bytes: int, chunk_bytes: int) -> 
         q = statistics.quantiles(r.latencies, n=100)
         per_node = " / ".join(f"{c:.2f}" for c in r.node_cpu)
         capacity = r.seconds * (os.cpu_count() or 1)
-        lines.append(f"| {r.nodes} | {r.seconds:.1f} | {r.mib_per_s:.0f} | {r.mib_per_s / base:.2f}x | {q[49] * 1000:.0f} / "
-                     f"{q[98] * 1000:.0f} | {per_node} | {r.nginx_cpu:.2f} | {r.worker_cpu:.2f} | "
+        lines.append(f"| {r.nodes} | {r.seconds:.1f} | {r.mib_per_s:.0f} | {r.mib_per_s / base:.2f}x | "
+                     f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} | {per_node} | {r.nginx_cpu:.2f} | {r.worker_cpu:.2f} | "
                      f"{r.client_cpu:.2f} | {100 * r.machine_busy / capacity:.0f}% |")
     return "\n".join(lines)
 

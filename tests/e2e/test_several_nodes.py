@@ -24,8 +24,8 @@ from tusclient import client as tus_client
 from client import Client
 from core.users import UserStore
 from ops.redis_server import free_port, start_redis
-from tests.support import (PYTHON, Proc, balancer_nginx_conf, bearer, chunk_body, login, require_tool, running_nginx, service_env,
-                           start_api, start_worker, wait_until)
+from tests.support import (PYTHON, Proc, balancer_nginx_conf, bearer, chunk_body, login, require_tool, running_nginx,
+                           service_env, start_api, start_worker, wait_until)
 from tests.tus_support import upload_id
 
 pytestmark = pytest.mark.slow
@@ -73,9 +73,10 @@ def cluster(tmp_path):
         redis_proc = start_redis(redis_port, tmp_path / "redis", persistent=False)
         owned.callback(lambda: (redis_proc.terminate(), redis_proc.wait(10)))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        workers = [start_worker(data_dir, redis_url, log_dir, name, **NODE_ENV) for name in ("w1", "w2")]
-        for worker in workers:
-            owned.callback(worker.stop)
+        workers = []
+        for name in ("w1", "w2"):
+            workers.append(start_worker(data_dir, redis_url, log_dir, name, **NODE_ENV))
+            owned.callback(workers[-1].stop)
         beat = Proc([PYTHON, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel=INFO",
                      f"--schedule={tmp_path / 'beat-schedule'}"], service_env(data_dir, redis_url, **NODE_ENV),
                     log_dir / "beat.log").start()
@@ -91,8 +92,8 @@ def cluster(tmp_path):
         users.set(*user, "user")
         listen_port = free_port()
         access_log = tmp_path / "balancer-access.log"
-        url = owned.enter_context(running_nginx(tmp_path / "nginx", balancer_nginx_conf(listen_port, list(nodes), access_log),
-                                                listen_port, "/health"))
+        conf = balancer_nginx_conf(listen_port, list(nodes), access_log)
+        url = owned.enter_context(running_nginx(tmp_path / "nginx", conf, listen_port, "/health"))
         wait_until(lambda: httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 2, timeout=60,
                    what="both workers' heartbeats")
         yield Cluster(url, data_dir, nodes, workers, access_log, user)
@@ -131,7 +132,7 @@ def process_with_open(procs: list[Proc], file_id: str) -> Proc | None:
     return None
 
 
-def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, tmp_path):
+def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, tmp_path, request):
     # 1. One client's chunks go round robin over the three nodes; a worker dies mid-assembly.
     big = tmp_path / "big.bin"
     big_sha = random_file(big, 256 * MiB)
@@ -162,7 +163,8 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     token = cluster.token()
     tus_path = tmp_path / "tus.bin"
     tus_sha = random_file(tus_path, 12 * MiB)
-    tus_stream = open(tus_path, "rb")  # tuspy leaks a file it opens itself: this one is closed below
+    tus_stream = open(tus_path, "rb")  # tuspy leaks a file it opens itself: this one is closed at teardown
+    request.addfinalizer(tus_stream.close)
     tus_uploader = tus_client.TusClient(f"{cluster.url}/files/", headers=bearer(token)).uploader(
         file_stream=tus_stream, chunk_size=MiB, retries=20, retry_delay=0.5)
     for _ in range(4):  # a few PATCHes before the kill, round robin over all three nodes
@@ -208,8 +210,7 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     # The client retries through the other nodes; the dead node's claim lapses (FT_CLAIM_LEASE).
     resumed = resumer.upload(cut, chunk_size=8 * MiB, parallel=3, wait_timeout=120)
     resumer.close()
-    with tus_stream:
-        tus_uploader.upload()
+    tus_uploader.upload()
     assert resumed.sha256 == cut_sha == stored_sha256(cluster, cut_id)
     with httpx.Client(timeout=60) as c:
         tus_status = wait_until(lambda: (s := c.get(f"{cluster.url}/status/{tus_id}", headers=bearer(token)).json())

@@ -208,7 +208,8 @@ def test_scale_profile_has_three_api_nodes_two_workers_and_a_balancer(compose):
     address = services["balancer"]["networks"]["default"]["ipv4_address"]
     (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
     assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
-    assert f"FT_TRUSTED_PROXIES={address} docker compose --profile scale up" in (ROOT / "docker-compose.yml").read_text()
+    usage = f"FT_TRUSTED_PROXIES={address} docker compose --profile scale up"
+    assert usage in (ROOT / "docker-compose.yml").read_text()
     assert services["api"]["environment"]["FT_TRUSTED_PROXIES"] == "${FT_TRUSTED_PROXIES:-}"
 
 
