@@ -31,12 +31,13 @@ from tests.tus_support import upload_id
 pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
 NODE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")  # Linux routes all of 127.0.0.0/8 to lo
+LOGIN_LIMIT = 6  # failed logins per client address (the test's clients only fail on purpose)
 NODE_ENV = {
     "FT_CLAIM_LEASE": "2",  # a chunk claim held by a killed node lapses quickly
     "FT_ASSEMBLY_LEASE": "2",  # so does the assembly lease of a killed worker
     "FT_PERSIST_INTERVAL": "1",  # beat's persist sweep re-enqueues the orphaned assembly
     "FT_TRUSTED_PROXIES": "127.0.0.1",  # nginx reaches the nodes from 127.0.0.1
-    "FT_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+    "FT_LOGIN_MAX_FAILURES_PER_ADDRESS": str(LOGIN_LIMIT),
 }
 
 
@@ -225,3 +226,26 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     assert set(patches_after) == live and sum(patches_after.values()) == 8, patches_after
     assert live <= set(cluster.requests_by_node(rf"^POST /upload/{cut_id}$", since=kill_line))
     assert all(proc.alive() for proc in cluster.nodes.values() if proc is not victim)
+
+
+def test_nodes_count_the_client_address_nginx_forwards(cluster):
+    """FT_TRUSTED_PROXIES is the balancer: every node believes its X-Forwarded-For, so failed
+    logins are counted per real client address, across all nodes (the counts are in Redis)."""
+
+    def from_address(address: str) -> httpx.Client:
+        return httpx.Client(base_url=cluster.url, timeout=30, transport=httpx.HTTPTransport(local_address=address))
+
+    def fail_login(c: httpx.Client, headers: dict[str, str] | None = None) -> int:
+        return c.post("/token", json={"username": f"nobody-{os.urandom(4).hex()}", "password": "wrong"},
+                      headers=headers).status_code
+
+    with from_address("127.0.0.9") as guesser, from_address("127.0.0.10") as bystander:
+        assert [fail_login(guesser) for _ in range(LOGIN_LIMIT)] == [401] * LOGIN_LIMIT
+        assert fail_login(guesser) == 429  # the failures went to three nodes and were counted as one
+        assert fail_login(guesser, {"X-Forwarded-For": "127.0.0.77"}) == 429  # writing the header does not help
+        # Another address, though the same balancer connects to the nodes for both.
+        assert fail_login(bystander) == 401
+        answer = bystander.post("/token", json=dict(zip(("username", "password"), cluster.user)))
+        assert answer.status_code == 200, answer.text
+    logins = cluster.requests_by_node(r"^POST /token$")
+    assert set(logins) == set(cluster.nodes), logins
