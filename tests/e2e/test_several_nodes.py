@@ -249,3 +249,15 @@ def test_nodes_count_the_client_address_nginx_forwards(cluster):
         assert answer.status_code == 200, answer.text
     logins = cluster.requests_by_node(r"^POST /token$")
     assert set(logins) == set(cluster.nodes), logins
+
+
+def test_the_balancer_refuses_an_oversized_chunk_in_the_api_error_shape(cluster):
+    """A body over client_max_body_size (FT_MAX_CHUNK_BYTES + header) stops at nginx, as JSON."""
+    token = cluster.token()
+    answer = httpx.post(f"{cluster.url}/upload/too-big", content=bytes(66 * MiB), timeout=60, headers={
+        **bearer(token), "Content-Range": f"bytes 0-{66 * MiB - 13}/{66 * MiB}",
+        "Content-Type": "application/octet-stream"})
+    assert answer.status_code == 413 and answer.json()["code"] == "chunk_too_large", answer.text
+    # nginx logs it once it has discarded the body, which may be after answering.
+    logged = wait_until(lambda: cluster.requests_by_node(r"^POST /upload/too-big$"), what="the access log line")
+    assert set(logged) == {"-"}, logged  # no node saw it
