@@ -133,7 +133,8 @@ def start_nginx(root: Path, conf: str) -> Proc:
     tmp.mkdir(parents=True)
     temp_paths = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
                                                                                "uwsgi", "scgi"))
-    conf = conf.replace("http {\n", "http {\n" + temp_paths + "    access_log off;\n", 1)
+    access_log = "" if "access_log" in conf else "    access_log off;\n"  # a config's own log is kept
+    conf = conf.replace("http {\n", "http {\n" + temp_paths + access_log, 1)
     (root / "nginx.conf").write_text(conf)
     globals_ = f"daemon off; pid {root}/nginx.pid;"
     if os.geteuid() == 0:  # workers would drop to nobody, who cannot read pytest's 0700 directories
@@ -174,6 +175,24 @@ def deploy_nginx_conf(port: int, upstream_port: int, files_dir: Path) -> str:
     return conf
 
 
+def balancer_nginx_conf(port: int, nodes: list[str], access_log: Path) -> str:
+    """deploy/nginx-balancer.conf as shipped, but for the node addresses (host:port each), the
+    listening port and the access log."""
+    conf = (ROOT / "deploy" / "nginx-balancer.conf").read_text()
+    example = re.compile(r"\n\s*server 10\.0\.0\.\d+:8000 (.*);")
+    options = example.search(conf).group(1)
+    servers = "".join(f"\n        server {node} {options};" for node in nodes)
+    conf, n = example.subn("", conf)
+    assert n == 3, "deploy/nginx-balancer.conf no longer lists three example nodes"
+    for old, new in ((r"upstream ft_api_nodes \{", "upstream ft_api_nodes {" + servers),
+                     (r"listen 8080;", f"listen 127.0.0.1:{port};"),
+                     (r"worker_processes auto;", "worker_processes 1;"),
+                     (r"access_log logs/balancer-access\.log", f"access_log {access_log}")):
+        conf, n = re.subn(old, new, conf)
+        assert n == 1, f"deploy/nginx-balancer.conf no longer has {old!r}"
+    return conf
+
+
 def stop_all(procs) -> None:
     """Stop every process in order, even when stopping one of them fails (that error is raised
     once all the others have been stopped)."""
@@ -202,11 +221,13 @@ class ThreadedUvicorn:
         self.thread.join(10)
 
 
-def start_api(data_dir: Path, redis_url: str, log_dir: Path, **extra_env: str) -> tuple[Proc, str]:
-    port = free_port()
-    env = service_env(data_dir, redis_url, FT_HOST="127.0.0.1", FT_PORT=str(port), FT_LOG_LEVEL="warning", **extra_env)
-    proc = Proc([PYTHON, "-m", "api"], env, log_dir / f"api-{port}.log").start()
-    url = f"http://127.0.0.1:{port}"
+def start_api(data_dir: Path, redis_url: str, log_dir: Path, host: str = "127.0.0.1", port: int | None = None,
+              **extra_env: str) -> tuple[Proc, str]:
+    """`python -m api` on host:port (a free port unless given); returns once it answers."""
+    port = free_port() if port is None else port
+    env = service_env(data_dir, redis_url, FT_HOST=host, FT_PORT=str(port), FT_LOG_LEVEL="warning", **extra_env)
+    proc = Proc([PYTHON, "-m", "api"], env, log_dir / f"api-{host}-{port}.log").start()
+    url = f"http://{host}:{port}"
 
     def up() -> bool:
         if not proc.alive():

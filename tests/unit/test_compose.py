@@ -6,6 +6,7 @@ specifics mapped (python binary, Redis host, ports, /data), against our own redi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ import yaml
 from core.config import Settings
 from core.workers_registry import WORKERS_KEY
 from ops.redis_server import free_port
-from tests.support import JWT_SECRET, ROOT, Proc, stop_all, wait_until
+from tests.support import JWT_SECRET, ROOT, Proc, require_tool, stop_all, wait_until
 
 APP_SERVICES = ("api", "worker", "beat", "flower")
 DB = 15  # a database of our own redis-server for this module; conftest's fixtures use the low ones
@@ -183,3 +184,56 @@ def test_service_commands_come_up(compose, redis_server, tmp_path):
             client.close()
     for name, proc in procs.items():
         assert not proc.alive(), f"{name} did not stop"
+
+
+SCALE_APIS = ("api", "api2", "api3")
+SCALE_WORKERS = ("worker", "worker2")
+
+
+def test_scale_profile_has_three_api_nodes_two_workers_and_a_balancer(compose):
+    services = compose["services"]
+    scale = {name for name, s in services.items() if "scale" in s.get("profiles", [])}
+    assert scale == {"api2", "api3", "worker2", "balancer"}
+    for name in SCALE_APIS:  # the same node, three times: command, settings, data volume, health
+        assert services[name]["command"] == ["python", "-m", "api"]
+        assert services[name]["environment"] == services["api"]["environment"]
+        assert services[name]["volumes"] == services["api"]["volumes"]
+        assert "/health" in " ".join(services[name]["healthcheck"]["test"])
+        assert services["balancer"]["depends_on"][name]["condition"] == "service_healthy"
+    assert services["api2"]["ports"] == services["api3"]["ports"] == []  # only through the balancer
+    for name in SCALE_WORKERS:
+        assert services[name]["command"] == services["worker"]["command"]
+        assert services[name]["volumes"] == services["api"]["volumes"]
+    # The balancer's fixed address is in the network's subnet; the file tells users to trust it.
+    address = services["balancer"]["networks"]["default"]["ipv4_address"]
+    (subnet,) = [c["subnet"] for c in compose["networks"]["default"]["ipam"]["config"]]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
+    usage = f"FT_TRUSTED_PROXIES={address} docker compose --profile scale up"
+    assert usage in (ROOT / "docker-compose.yml").read_text()
+    assert services["api"]["environment"]["FT_TRUSTED_PROXIES"] == "${FT_TRUSTED_PROXIES:-}"
+
+
+def test_balancer_config_is_adapted_to_the_compose_network(compose, tmp_path):
+    """The balancer rewrites deploy/nginx-balancer.conf at start: run that rewrite here, then let
+    nginx check the result (the service names mapped to loopback addresses, as Docker's DNS would)."""
+    balancer = compose["services"]["balancer"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in balancer["volumes"])
+    conf_in = mounts["./deploy/nginx-balancer.conf"]
+    assert balancer["command"][:2] == ["sh", "-c"]
+    rewrite, start = balancer["command"][2].split(" && ")
+    assert start.startswith("exec nginx") and "daemon off" in start
+    local = rewrite.replace(conf_in, str(ROOT / "deploy/nginx-balancer.conf")).replace(
+        "/etc/nginx/nginx.conf", str(tmp_path / "nginx.conf"))
+    subprocess.run(["sh", "-c", local], check=True)
+    conf = (tmp_path / "nginx.conf").read_text()
+    upstream = re.search(r"upstream ft_api_nodes \{(.*?)\}", conf, re.S).group(1)
+    assert re.findall(r"server (\S+?):8000", upstream) == list(SCALE_APIS)
+    assert "10.0.0.1" not in upstream and re.search(r"listen 8080;", conf)
+    assert balancer["ports"] == ["8081:8080"]
+    names = {name: f"127.0.0.{i + 2}" for i, name in enumerate(SCALE_APIS)}
+    checked = re.sub(r"server (api\d?):8000", lambda m: f"server {names[m.group(1)]}:8000", conf)
+    (tmp_path / "nginx.conf").write_text(checked.replace("/dev/stdout", str(tmp_path / "access.log")))
+    result = subprocess.run([require_tool("nginx"), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                             "-e", str(tmp_path / "error.log"), "-g", f"pid {tmp_path}/nginx.pid;"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
