@@ -157,6 +157,13 @@
     });
     // Remembers the selection across a reload; tus fingerprints resume each file's bytes.
     uppy.use(U.GoldenRetriever, { serviceWorker: false });
+    // After a reload, carry on by itself once every file is back: the browser keeps files up to
+    // 10 MiB, bigger ones are ghosts until the user picks them again (Uppy asks for that).
+    const resumeRestored = () => {
+      if (uppy.getState().recoveredState && !uppy.getFiles().some((f) => f.isGhost)) uppy.emit('restore-confirmed');
+    };
+    uppy.on('restored', resumeRestored);
+    uppy.on('file-added', resumeRestored);
     uppy.on('upload', () => { state.uploading = true; schedule(BUSY_POLL_MS); });
     uppy.on('upload-success', () => refresh());
     uppy.on('complete', (result) => {
