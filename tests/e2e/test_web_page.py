@@ -338,6 +338,8 @@ def test_uppy_pauses_and_resumes_from_the_servers_offset(stack, client, visit):
         v.page.wait_for_event("requestfinished", lambda r: urlsplit(r.url).path == "/files")
     assert offset(client, url, token) == paused_at
     assert stack_redis(stack).hlen(claims_key(upload_id(url))) == 0
+    bar = file_row(v.page, upload_id(url)).locator("progress")  # the files table shows the server's
+    assert bar.get_attribute("value") == str(100 * paused_at // len(data))
     v.page.get_by_role("button", name="Resume").first.click()
     traffic.wait(lambda: v.page.get_by_text("1 file uploaded").count(), "Uppy to finish", timeout=120)
     check_uploaded(stack, client, token, url, data, "paused.bin")
