@@ -291,11 +291,11 @@ def throttle(v: Visit, bytes_per_second: int) -> None:
                                                   "uploadThroughput": bytes_per_second})
 
 
-def start_upload(stack, visit, name: str, size: int = BIG, bytes_per_second: int = THROTTLE):
+def start_upload(stack, visit, name: str, size: int = BIG, bytes_per_second: int = THROTTLE, v: Visit | None = None):
     """A user signs in and Uppy starts sending one file of `size` random bytes, throttled."""
     user, password = stack.add_user()
     token = login(stack.url, user, password)
-    v = visit()
+    v = v or visit()
     data = os.urandom(size)
     path = v.tmp_path / name
     path.write_bytes(data)
@@ -306,7 +306,7 @@ def start_upload(stack, visit, name: str, size: int = BIG, bytes_per_second: int
     v.page.locator(".uppy-Dashboard-input").first.set_input_files(str(path))
     v.page.get_by_role("button", name="Upload 1 file").click()
     traffic.wait(lambda: traffic.created, "the browser to create the tus upload")
-    return v, token, data, path, traffic
+    return v, token, data, path, traffic, (user, password)
 
 
 def settled_offset(stack, client, token: str, url: str) -> int:
@@ -325,7 +325,7 @@ def check_uploaded(stack, client, token: str, url: str, data: bytes, name: str) 
 
 
 def test_uppy_pauses_and_resumes_from_the_servers_offset(stack, client, visit):
-    v, token, data, path, traffic = start_upload(stack, visit, "paused.bin")
+    v, token, data, path, traffic, _ = start_upload(stack, visit, "paused.bin")
     url = traffic.created[0]
     traffic.wait(lambda: offset(client, url, token) > 0, "the server to record part of the PATCH")
     v.page.screenshot(path=str(v.tmp_path / "uploading.png"), full_page=True)
@@ -350,7 +350,7 @@ def test_uppy_pauses_and_resumes_from_the_servers_offset(stack, client, visit):
 
 
 def test_uppy_resumes_after_a_reload_once_the_file_is_picked_again(stack, client, visit):
-    v, token, data, path, traffic = start_upload(stack, visit, "reloaded.bin")
+    v, token, data, path, traffic, _ = start_upload(stack, visit, "reloaded.bin")
     page = v.page
     url = traffic.created[0]
     traffic.wait(lambda: offset(client, url, token) > 0, "the server to record part of the PATCH")
@@ -377,7 +377,7 @@ def test_uppy_resumes_after_a_reload_once_the_file_is_picked_again(stack, client
 
 def test_a_small_file_resumes_after_a_reload_by_itself(stack, client, visit):
     """Up to 10 MiB Golden Retriever keeps the file itself (IndexedDB): nothing to pick again."""
-    v, token, data, path, traffic = start_upload(stack, visit, "small.bin", 6 * MiB, MiB // 2)
+    v, token, data, path, traffic, _ = start_upload(stack, visit, "small.bin", 6 * MiB, MiB // 2)
     page = v.page
     url = traffic.created[0]
     # The server records this PATCH only when it ends: wait on the browser's own progress.
@@ -389,5 +389,31 @@ def test_a_small_file_resumes_after_a_reload_by_itself(stack, client, visit):
     check_uploaded(stack, client, token, url, data, "small.bin")
     assert len(traffic.created) == 1
     assert traffic.patch_offsets[0] == 0 and 0 < traffic.patch_offsets[-1] < len(data)
+    assert v.foreign_requests() == []
+    assert v.problems == []
+
+
+def test_another_user_of_the_browser_gets_nothing_restored(stack, client, visit):
+    """Golden Retriever keeps its state in localStorage, which every tab of the browser shares:
+    a second user signing in, in another tab, while the first one uploads, gets none of it."""
+    v, token, data, path, traffic, _ = start_upload(stack, visit, "left.bin", 6 * MiB, MiB // 2)
+    url = traffic.created[0]
+    v.page.wait_for_function("() => Number(document.querySelector('.uppy-StatusBar-progress')"
+                             "?.getAttribute('aria-valuenow')) >= 10")
+    other, other_password = stack.add_user()
+    page = v.context.new_page()  # same browser profile, another tab
+    sign_in(page, stack.url, other, other_password)
+    own = v.tmp_path / "own.txt"
+    own.write_bytes(b"mine\n")
+    page.locator(".uppy-Dashboard-input").first.set_input_files(str(own))
+    page.get_by_role("button", name="Upload 1 file").click()
+    page.get_by_text("1 file uploaded").wait_for()
+    assert page.get_by_text("Session restored").count() == 0
+    assert "left.bin" not in page.locator("#uploader").inner_text()
+    items = client.get(f"{stack.url}/files", headers=bearer(login(stack.url, other, other_password))).json()["items"]
+    assert [i["file_name"] for i in items] == ["own.txt"]
+    v.page.get_by_text("1 file uploaded").wait_for(timeout=120_000)  # the first user's carries on
+    check_uploaded(stack, client, token, url, data, "left.bin")
+    assert len(traffic.created) == 2  # left.bin once, own.txt once
     assert v.foreign_requests() == []
     assert v.problems == []
