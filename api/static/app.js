@@ -19,8 +19,8 @@
     try {
       const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
       const claims = JSON.parse(atob(part));
-      if (typeof claims.sub !== 'string' || claims.exp * 1000 <= Date.now()) return null;
-      return { token, name: claims.sub, admin: claims.role === 'admin', exp: claims.exp };
+      if (typeof claims.sub !== 'string' || typeof claims.uid !== 'string' || claims.exp * 1000 <= Date.now()) return null;
+      return { token, name: claims.sub, uid: claims.uid, admin: claims.role === 'admin', exp: claims.exp };
     } catch (_) {
       return null;
     }
@@ -136,7 +136,9 @@
       notify('The uploader could not be loaded.', true);
       return;
     }
-    const uppy = new U.Uppy({ autoProceed: false, id: 'ft-uploader' });
+    // One id per user: Golden Retriever keys what it remembers by it, so a reload restores only
+    // the signed-in user's uploads, never those another user left in this browser.
+    const uppy = new U.Uppy({ autoProceed: false, id: `ft-uploader-${state.session.uid}` });
     uppy.use(U.Dashboard, {
       inline: true,
       target: '#uploader',
@@ -157,6 +159,13 @@
     });
     // Remembers the selection across a reload; tus fingerprints resume each file's bytes.
     uppy.use(U.GoldenRetriever, { serviceWorker: false });
+    // After a reload, carry on by itself once every file is back: the browser keeps files up to
+    // 10 MiB, bigger ones are ghosts until the user picks them again (Uppy asks for that).
+    const resumeRestored = () => {
+      if (uppy.getState().recoveredState && !uppy.getFiles().some((f) => f.isGhost)) uppy.emit('restore-confirmed');
+    };
+    uppy.on('restored', resumeRestored);
+    uppy.on('file-added', resumeRestored);
     uppy.on('upload', () => { state.uploading = true; schedule(BUSY_POLL_MS); });
     uppy.on('upload-success', () => refresh());
     uppy.on('complete', (result) => {

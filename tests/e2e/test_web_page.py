@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.support import CHROMIUM, CHROMIUM_ARGS, require_tool, bearer, login, new_id, send_chunk, wait_for_state
+from tests.faults import claims_key, stack_redis
+from tests.support import CHROMIUM, CHROMIUM_ARGS, require_tool, bearer, login, new_id, send_chunk, wait_for_state, wait_until
+from tests.tus_support import offset, upload_id
 
 TIMEOUT_MS = 60_000
 
@@ -245,3 +247,173 @@ def test_page_and_docs_send_strict_headers(stack):
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.headers["referrer-policy"] == "no-referrer"
     assert httpx.get(stack.url + "/redoc").status_code == 404
+
+
+
+# --- pause, resume, and resume after a reload ---------------------------------------------------
+MiB = 1024 * 1024
+BIG = 40 * MiB  # over Golden Retriever's 10 MiB: after a reload the user picks the file again
+THROTTLE = 5 * MiB  # bytes a second the browser may send: the one PATCH takes ~8 s, and the server
+# records it every FT_TUS_COMMIT_BYTES (8 MiB), so its offset moves a few times on the way
+
+
+class TusTraffic:
+    """The browser's tus requests: the uploads it creates, and where each PATCH starts."""
+
+    def __init__(self, v: Visit) -> None:
+        self.page = v.page
+        self.created: list[str] = []
+        self.patch_offsets: list[int] = []
+        v.context.on("request", self._sent)
+        v.context.on("response", self._answered)
+
+    def _sent(self, request) -> None:
+        if request.method == "PATCH" and urlsplit(request.url).path.startswith("/files/"):
+            self.patch_offsets.append(int(request.headers["upload-offset"]))
+
+    def _answered(self, response) -> None:
+        if response.request.method == "POST" and urlsplit(response.url).path == "/files/" and response.status == 201:
+            self.created.append(response.headers["location"])
+
+    def wait(self, predicate, what: str, timeout: float = 60):
+        """wait_until, letting Playwright deliver the browser's events between polls."""
+        def pumped():
+            self.page.evaluate("0")
+            return predicate()
+        return wait_until(pumped, timeout=timeout, what=what)
+
+
+def throttle(v: Visit, bytes_per_second: int) -> None:
+    """DevTools network emulation: the browser sends at most `bytes_per_second` (survives reloads)."""
+    cdp = v.context.new_cdp_session(v.page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                  "uploadThroughput": bytes_per_second})
+
+
+def start_upload(stack, visit, name: str, size: int = BIG, bytes_per_second: int = THROTTLE, v: Visit | None = None):
+    """A user signs in and Uppy starts sending one file of `size` random bytes, throttled."""
+    user, password = stack.add_user()
+    token = login(stack.url, user, password)
+    v = v or visit()
+    data = os.urandom(size)
+    path = v.tmp_path / name
+    path.write_bytes(data)
+    traffic = TusTraffic(v)
+    throttle(v, bytes_per_second)
+    sign_in(v.page, stack.url, user, password)
+    v.page.get_by_role("button", name="Sign out").wait_for()
+    v.page.locator(".uppy-Dashboard-input").first.set_input_files(str(path))
+    v.page.get_by_role("button", name="Upload 1 file").click()
+    traffic.wait(lambda: traffic.created, "the browser to create the tus upload")
+    return v, token, data, path, traffic, (user, password)
+
+
+def settled_offset(stack, client, token: str, url: str) -> int:
+    """The server's offset once no PATCH is being written (a cut one records what arrived)."""
+    wait_until(lambda: stack_redis(stack).hlen(claims_key(upload_id(url))) == 0, timeout=30,
+               what="the cut PATCH to end on the server")
+    return offset(client, url, token)
+
+
+def check_uploaded(stack, client, token: str, url: str, data: bytes, name: str) -> None:
+    item = wait_for_state(client, stack.url, token, upload_id(url), timeout=120)
+    assert item["state"] == "complete", item
+    items = client.get(f"{stack.url}/files", headers=bearer(token)).json()["items"]
+    assert [(i["file_id"], i["file_name"], i["sha256"]) for i in items] == [
+        (upload_id(url), name, hashlib.sha256(data).hexdigest())]
+
+
+def test_uppy_pauses_and_resumes_from_the_servers_offset(stack, client, visit):
+    v, token, data, path, traffic, _ = start_upload(stack, visit, "paused.bin")
+    url = traffic.created[0]
+    traffic.wait(lambda: offset(client, url, token) > 0, "the server to record part of the PATCH")
+    v.page.screenshot(path=str(v.tmp_path / "uploading.png"), full_page=True)
+    v.page.get_by_role("button", name="Pause").first.click()
+    paused_at = settled_offset(stack, client, token, url)
+    assert 0 < paused_at < len(data)
+    v.page.screenshot(path=str(v.tmp_path / "paused.png"), full_page=True)
+    # Paused: while the page polls the files list twice (every 1.5 s), no byte arrives.
+    for _ in range(2):
+        v.page.wait_for_event("requestfinished", lambda r: urlsplit(r.url).path == "/files")
+    assert offset(client, url, token) == paused_at
+    assert stack_redis(stack).hlen(claims_key(upload_id(url))) == 0
+    bar = file_row(v.page, upload_id(url)).locator("progress")  # the files table shows the server's
+    assert bar.get_attribute("value") == str(100 * paused_at // len(data))
+    v.page.get_by_role("button", name="Resume").first.click()
+    traffic.wait(lambda: v.page.get_by_text("1 file uploaded").count(), "Uppy to finish", timeout=120)
+    check_uploaded(stack, client, token, url, data, "paused.bin")
+    assert len(traffic.created) == 1
+    assert traffic.patch_offsets == [0, paused_at]  # the second PATCH starts where the server stopped
+    assert v.foreign_requests() == []
+    assert v.problems == []
+
+
+def test_uppy_resumes_after_a_reload_once_the_file_is_picked_again(stack, client, visit):
+    v, token, data, path, traffic, _ = start_upload(stack, visit, "reloaded.bin")
+    page = v.page
+    url = traffic.created[0]
+    traffic.wait(lambda: offset(client, url, token) > 0, "the server to record part of the PATCH")
+    page.screenshot(path=str(v.tmp_path / "before-reload.png"), full_page=True)
+    page.reload()
+    kept = settled_offset(stack, client, token, url)
+    assert 0 < kept < len(data)
+    page.get_by_role("button", name="Sign out").wait_for()  # still signed in (sessionStorage)
+    # Golden Retriever remembers the selection, but not a file this big (over 10 MiB): the
+    # user picks it again, and Uppy matches it to the interrupted upload.
+    page.get_by_text("Please re-select it and resume the upload").wait_for()
+    page.screenshot(path=str(v.tmp_path / "after-reload.png"), full_page=True)
+    page.get_by_role("button", name="Re-select").click()
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="browse files").click()
+    chooser.value.set_files(str(path))
+    traffic.wait(lambda: page.get_by_text("1 file uploaded").count(), "Uppy to finish", timeout=120)
+    check_uploaded(stack, client, token, url, data, "reloaded.bin")
+    assert len(traffic.created) == 1  # no new upload after the reload
+    assert traffic.patch_offsets == [0, kept]  # the bytes the server kept were not sent again
+    assert v.foreign_requests() == []
+    assert v.problems == []
+
+
+def test_a_small_file_resumes_after_a_reload_by_itself(stack, client, visit):
+    """Up to 10 MiB Golden Retriever keeps the file itself (IndexedDB): nothing to pick again."""
+    v, token, data, path, traffic, _ = start_upload(stack, visit, "small.bin", 6 * MiB, MiB // 2)
+    page = v.page
+    url = traffic.created[0]
+    # The server records this PATCH only when it ends: wait on the browser's own progress.
+    page.wait_for_function("() => Number(document.querySelector('.uppy-StatusBar-progress')"
+                           "?.getAttribute('aria-valuenow')) >= 30")
+    page.reload()
+    # No click: Uppy carries on by itself, from the server's offset (HEAD) of the same upload.
+    traffic.wait(lambda: page.get_by_text("1 file uploaded").count(), "Uppy to finish", timeout=120)
+    check_uploaded(stack, client, token, url, data, "small.bin")
+    assert len(traffic.created) == 1
+    assert traffic.patch_offsets[0] == 0 and 0 < traffic.patch_offsets[-1] < len(data)
+    assert v.foreign_requests() == []
+    assert v.problems == []
+
+
+def test_another_user_of_the_browser_gets_nothing_restored(stack, client, visit):
+    """Golden Retriever keeps its state in localStorage, which every tab of the browser shares:
+    a second user signing in, in another tab, while the first one uploads, gets none of it."""
+    v, token, data, path, traffic, _ = start_upload(stack, visit, "left.bin", 6 * MiB, MiB // 2)
+    url = traffic.created[0]
+    v.page.wait_for_function("() => Number(document.querySelector('.uppy-StatusBar-progress')"
+                             "?.getAttribute('aria-valuenow')) >= 10")
+    other, other_password = stack.add_user()
+    page = v.context.new_page()  # same browser profile, another tab
+    sign_in(page, stack.url, other, other_password)
+    own = v.tmp_path / "own.txt"
+    own.write_bytes(b"mine\n")
+    page.locator(".uppy-Dashboard-input").first.set_input_files(str(own))
+    page.get_by_role("button", name="Upload 1 file").click()
+    page.get_by_text("1 file uploaded").wait_for()
+    assert page.get_by_text("Session restored").count() == 0
+    assert "left.bin" not in page.locator("#uploader").inner_text()
+    items = client.get(f"{stack.url}/files", headers=bearer(login(stack.url, other, other_password))).json()["items"]
+    assert [i["file_name"] for i in items] == ["own.txt"]
+    v.page.get_by_text("1 file uploaded").wait_for(timeout=120_000)  # the first user's carries on
+    check_uploaded(stack, client, token, url, data, "left.bin")
+    assert len(traffic.created) == 2  # left.bin once, own.txt once
+    assert v.foreign_requests() == []
+    assert v.problems == []
