@@ -1,0 +1,122 @@
+"""One ASGI middleware (pure ASGI: bodies stream through untouched) that gives every request a
+request id, counts it for /metrics and writes its one log line.
+
+The request id is the client's `X-Request-ID` when it is sane (core/request_context.py), else a
+new one; it is echoed in the answer's `X-Request-ID`, set for the request's code (log lines of
+core/ carry it) and passed to the Celery tasks the request sends (core/jobs.py). Metrics are
+labelled by route template (`/upload/{file_id}`), never by raw path: file ids would make a
+series per file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import metrics
+from core.request_context import new_request_id, request_id, sane_request_id
+
+log = logging.getLogger("ft.request")
+
+UNMATCHED = "unmatched"  # the route label of a path no route has (404s of scanners, typos)
+LOGIN_FAILURES = {401: "invalid_credentials", 429: "too_many_attempts"}  # answers of POST /token
+
+
+class _Exchange:
+    """What one request sent and got."""
+
+    __slots__ = ("status", "received", "served", "length")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.received = 0
+        self.served = 0
+        self.length = 0  # Content-Length of the answer: what a pathsend sends
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return sane_request_id(value.decode("latin-1"))
+    return None
+
+
+def route_of(app, scope: Scope) -> tuple[str, dict]:
+    """The route template and path parameters: from the router's own match when it left them in
+    this scope, else matched again (a middleware inside may have passed a copy of the scope)."""
+    route = scope.get("route")
+    if route is None:
+        for candidate in getattr(app, "routes", ()):
+            match, child = candidate.matches(scope)
+            if match is Match.FULL:
+                route, scope = candidate, {**scope, **child}
+                break
+    path = getattr(route, "path", None) if route is not None else None
+    return (path or UNMATCHED), scope.get("path_params") or {}
+
+
+class RequestObserver:
+    def __init__(self, app: ASGIApp, router=None) -> None:
+        self.app = app
+        self.router = router  # the FastAPI app, whose routes name the templates
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _client_request_id(scope) or new_request_id()
+        token = request_id.set(rid)
+        exchange = _Exchange()
+        started = time.perf_counter()
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                exchange.received += len(message.get("body", b""))
+            return message
+
+        async def observing_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                exchange.status = message["status"]
+                headers = list(message.get("headers", ()))
+                exchange.length = next((int(v) for k, v in headers if k.lower() == b"content-length"
+                                        and v.isdigit()), 0)
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+            elif kind == "http.response.body":
+                exchange.served += len(message.get("body", b""))
+            elif kind == "http.response.pathsend":
+                exchange.served += exchange.length
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, observing_send)
+        except BaseException:
+            if exchange.status is None:
+                exchange.status = 500  # what ServerErrorMiddleware answers next
+            raise
+        finally:
+            self._record(scope, exchange, time.perf_counter() - started)
+            request_id.reset(token)
+
+    def _record(self, scope: Scope, exchange: _Exchange, seconds: float) -> None:
+        route, params = route_of(self.router, scope)
+        method = scope["method"]
+        status = str(exchange.status) if exchange.status is not None else "none"
+        metrics.REQUESTS.labels(method, route, status).inc()
+        metrics.LATENCY.labels(method, route, status).observe(seconds)
+        if exchange.received:
+            metrics.RECEIVED_BYTES.labels(route).inc(exchange.received)
+        if exchange.served:
+            metrics.SERVED_BYTES.labels(route).inc(exchange.served)
+        if route == "/token" and exchange.status in LOGIN_FAILURES:
+            metrics.LOGIN_FAILURES.labels(LOGIN_FAILURES[exchange.status]).inc()
+        client = scope.get("client")
+        log.info("%s %s %s", method, scope.get("path", ""), status, extra={"ft": {
+            "method": method, "route": route, "status": exchange.status, "file_id": params.get("file_id"),
+            "duration_ms": round(seconds * 1000, 1), "bytes_in": exchange.received,
+            "bytes_out": exchange.served, "client": client[0] if client else None,
+        }})
