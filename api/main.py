@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Browsers on these origins may call the API (tus-js-client, Uppy); bearer tokens, no cookies.
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"], allow_headers=["*"],
-            expose_headers=list(tus.TUS_HEADERS), max_age=600,
+            expose_headers=[*tus.TUS_HEADERS, "X-Request-ID"], max_age=600,
         )
     app.include_router(files.router)
     app.include_router(web.router)

@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from redis.exceptions import RedisError
 
 from api.deps import BearerToken, user_for_token
 from api.errors import documented_errors
@@ -64,11 +65,14 @@ async def metrics_reader(request: Request, token: BearerToken) -> None:
 class _Snapshot:
     """A collector of what Redis said at this scrape."""
 
-    def __init__(self, snapshot: OperatorSnapshot) -> None:
+    def __init__(self, snapshot: OperatorSnapshot | None) -> None:
         self.snapshot = snapshot
 
     def collect(self):
         s = self.snapshot
+        yield GaugeMetricFamily("ft_redis_up", "1 when Redis answered this scrape", value=int(s is not None))
+        if s is None:
+            return
         yield GaugeMetricFamily("ft_uploads_incomplete", "Uploads not complete (uploading, assembling or failed)",
                                 value=s.incomplete_uploads)
         yield GaugeMetricFamily("ft_uploads_assembling", "Uploads waiting for or in assembly",
@@ -103,7 +107,11 @@ def _process_metrics() -> bytes:
     dependencies=[Depends(metrics_reader)],
 )
 async def metrics(request: Request) -> Response:
+    try:
+        snapshot = await operator_snapshot(request.app.state.redis, queue_key())
+    except RedisError:  # the API's own counters still matter most while Redis is away
+        snapshot = None
     shared = CollectorRegistry(auto_describe=False)
-    shared.register(_Snapshot(await operator_snapshot(request.app.state.redis, queue_key())))
+    shared.register(_Snapshot(snapshot))
     return Response(_process_metrics() + generate_latest(shared), media_type=CONTENT_TYPE_LATEST)
 

@@ -115,7 +115,9 @@ class RequestObserver:
         if route == "/token" and exchange.status in LOGIN_FAILURES:
             metrics.LOGIN_FAILURES.labels(LOGIN_FAILURES[exchange.status]).inc()
         client = scope.get("client")
-        log.info("%s %s %s", method, scope.get("path", ""), status, extra={"ft": {
+        # The path as sent (percent-encoded, without the query: signed links carry secrets there).
+        path = scope.get("raw_path", b"").decode("latin-1") or scope.get("path", "")
+        log.info("%s %s %s", method, path, status, extra={"ft": {
             "method": method, "route": route, "status": exchange.status, "file_id": params.get("file_id"),
             "duration_ms": round(seconds * 1000, 1), "bytes_in": exchange.received,
             "bytes_out": exchange.served, "client": client[0] if client else None,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 from core.request_context import request_id
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_PLAIN = re.compile(r"[\w.:/{}@+=-]*")
 
 
 def _fields(record: logging.LogRecord) -> dict:
@@ -50,8 +52,15 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        pairs = " ".join(f"{key}={value}" for key, value in _fields(record).items() if value is not None)
+        pairs = " ".join(f"{key}={_quoted(value)}" for key, value in _fields(record).items() if value is not None)
         return f"{text} {pairs}" if pairs else text
+
+
+def _quoted(value: object) -> str:
+    """A value as it is when plain, else JSON-quoted: a client's text (a file id with spaces or a
+    newline) can neither split a pair nor forge a line."""
+    text = str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
 def formatter(log_format: str) -> logging.Formatter:

@@ -66,6 +66,7 @@ def test_metrics_move_with_uploads_downloads_and_failed_logins(stack):
         assert download.content == data
         ranged = c.get(f"{stack.url}/download/{file_id}", headers={**bearer(user), "Range": "bytes=0-999"})
         assert ranged.status_code == 206
+        assert c.get(f"{stack.url}/no-such-page/{file_id}").status_code == 404
     assert httpx.post(f"{stack.url}/token", json={"username": "nobody", "password": "wrong"}).status_code == 401
 
     # The worker adds the assembly's duration just after it marked the file complete.
@@ -86,6 +87,8 @@ def test_metrics_move_with_uploads_downloads_and_failed_logins(stack):
     assert moved(before, after, "ft_login_failures_total", reason="invalid_credentials") == 1
     for gauge in ("ft_uploads_incomplete", "ft_uploads_assembling", "ft_queue_depth"):
         assert (gauge, frozenset()) in after
+    assert moved(before, after, "ft_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert value(after, "ft_redis_up") == 1
     assert not [key for key in after if any(file_id in v for _, v in key[1])], "a file id became a label"
 
 
