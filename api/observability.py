@@ -28,10 +28,11 @@ LOGIN_FAILURES = {401: "invalid_credentials", 429: "too_many_attempts"}  # answe
 class _Exchange:
     """What one request sent and got."""
 
-    __slots__ = ("status", "received", "served", "length")
+    __slots__ = ("status", "received", "served", "length", "created")
 
     def __init__(self) -> None:
         self.status: int | None = None
+        self.created: str | None = None  # the file id of a tus creation (its Location)
         self.received = 0
         self.served = 0
         self.length = 0  # Content-Length of the answer: what a pathsend sends
@@ -83,8 +84,10 @@ class RequestObserver:
             if kind == "http.response.start":
                 exchange.status = message["status"]
                 headers = list(message.get("headers", ()))
-                exchange.length = next((int(v) for k, v in headers if k.lower() == b"content-length"
-                                        and v.isdigit()), 0)
+                found = {k.lower(): v for k, v in headers if k.lower() in (b"content-length", b"location")}
+                exchange.length = int(found[b"content-length"]) if found.get(b"content-length", b"").isdigit() else 0
+                if exchange.status == 201 and b"location" in found:
+                    exchange.created = found[b"location"].decode("latin-1").rstrip("/").rpartition("/")[2]
                 message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
             elif kind == "http.response.body":
                 exchange.served += len(message.get("body", b""))
@@ -118,7 +121,7 @@ class RequestObserver:
         # The path as sent (percent-encoded, without the query: signed links carry secrets there).
         path = scope.get("raw_path", b"").decode("latin-1") or scope.get("path", "")
         log.info("%s %s %s", method, path, status, extra={"ft": {
-            "method": method, "route": route, "status": exchange.status, "file_id": params.get("file_id"),
+            "method": method, "route": route, "status": exchange.status, "file_id": params.get("file_id") or exchange.created,
             "duration_ms": round(seconds * 1000, 1), "bytes_in": exchange.received,
             "bytes_out": exchange.served, "client": client[0] if client else None,
         }})

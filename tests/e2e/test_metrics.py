@@ -130,12 +130,17 @@ def test_one_request_id_follows_an_upload_from_first_chunk_to_complete(make_stac
         assert generated and generated != trace
         insane = c.get(f"{stack.url}/status/{file_id}", headers={**bearer(user), "X-Request-ID": "a b\"c"})
         assert insane.headers["x-request-id"] != "a b\"c"
+        created = c.post(f"{stack.url}/files", headers={**bearer(user), "Tus-Resumable": "1.0.0", "Upload-Length": "10"})
+        assert created.status_code == 201
+        tus_id = created.headers["location"].rstrip("/").rpartition("/")[2]
 
     api_log = next(stack.log_dir.glob("api-*.log"))
     chunk_lines = [line for line in _json_lines(api_log) if line.get("request_id") == trace]
     assert len(chunk_lines) == 2
     assert all(line["route"] == "/upload/{file_id}" and line["file_id"] == file_id and line["status"] == 200
                and line["bytes_in"] == 100_012 for line in chunk_lines)
+    creation = [line for line in _json_lines(api_log) if line.get("request_id") == created.headers["x-request-id"]]
+    assert [(line["route"], line["file_id"]) for line in creation] == [("/files", tus_id)]
     worker_log = stack.log_dir / "worker-w1.log"
 
     def assembly_line() -> dict | None:
