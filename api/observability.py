@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
+from fastapi.routing import iter_route_contexts
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -50,11 +51,16 @@ def route_of(app, scope: Scope) -> tuple[str, dict]:
     this scope, else matched again (a middleware inside may have passed a copy of the scope)."""
     route = scope.get("route")
     if route is None:
-        for candidate in getattr(app, "routes", ()):
+        partial = None
+        for candidate in (context.route for context in iter_route_contexts(getattr(app, "routes", ()))):
             match, child = candidate.matches(scope)
             if match is Match.FULL:
                 route, scope = candidate, {**scope, **child}
                 break
+            if match is Match.PARTIAL and partial is None:  # e.g. a tus PATCH sent as POST + override
+                partial = candidate, child
+        if route is None and partial is not None:
+            route, scope = partial[0], {**scope, **partial[1]}
     path = getattr(route, "path", None) if route is not None else None
     return (path or UNMATCHED), scope.get("path_params") or {}
 

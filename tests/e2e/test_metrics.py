@@ -133,6 +133,10 @@ def test_one_request_id_follows_an_upload_from_first_chunk_to_complete(make_stac
         created = c.post(f"{stack.url}/files", headers={**bearer(user), "Tus-Resumable": "1.0.0", "Upload-Length": "10"})
         assert created.status_code == 201
         tus_id = created.headers["location"].rstrip("/").rpartition("/")[2]
+        patched = c.post(f"{stack.url}/files/{tus_id}", content=b"0123456789", headers={
+            **bearer(user), "Tus-Resumable": "1.0.0", "X-HTTP-Method-Override": "PATCH", "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream"})
+        assert patched.status_code == 204, patched.text
 
     api_log = next(stack.log_dir.glob("api-*.log"))
     chunk_lines = [line for line in _json_lines(api_log) if line.get("request_id") == trace]
@@ -141,6 +145,8 @@ def test_one_request_id_follows_an_upload_from_first_chunk_to_complete(make_stac
                and line["bytes_in"] == 100_012 for line in chunk_lines)
     creation = [line for line in _json_lines(api_log) if line.get("request_id") == created.headers["x-request-id"]]
     assert [(line["route"], line["file_id"]) for line in creation] == [("/files", tus_id)]
+    [patch] = [line for line in _json_lines(api_log) if line.get("request_id") == patched.headers["x-request-id"]]
+    assert (patch["route"], patch["file_id"], patch["bytes_in"]) == ("/files/{file_id}", tus_id, 10)
     worker_log = stack.log_dir / "worker-w1.log"
 
     def assembly_line() -> dict | None:
