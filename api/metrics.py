@@ -43,7 +43,7 @@ CHUNKS = Counter("ft_chunks", "Chunks of POST /upload by result: stored, retrans
 LOGIN_FAILURES = Counter("ft_login_failures", "Refused logins: invalid_credentials or too_many_attempts",
                          ["reason"])
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["admin"])  # admin-only, like POST /cleanup
 
 
 def count_chunk(result: str) -> None:
