@@ -9,11 +9,14 @@ saturated. Each worker process builds the app with `api.main:create_app` (a fact
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 import uvicorn
 
 from core.config import Settings
+from core.logs import logging_config
 
 PROTOCOL = "api.http_protocol:BoundedHttpToolsProtocol"
 GRACEFUL_SHUTDOWN = 10  # seconds running requests get at SIGTERM before their connections are cut
@@ -32,6 +35,8 @@ def server_options(settings: Settings) -> dict:
         "timeout_keep_alive": settings.keepalive_timeout,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN,
         "log_level": settings.log_level.lower(),
+        "log_config": logging_config(settings.log_format, settings.log_level, settings.request_log),
+        "access_log": False,  # api/observability.py writes one line per request instead
         # X-Forwarded-For/-Proto believed from FT_TRUSTED_PROXIES only (uvicorn's default trusts 127.0.0.1).
         "forwarded_allow_ips": settings.trusted_proxies,
         # Saturation is answered by our protocol (JSON body, Retry-After), not uvicorn's bare 503.
@@ -39,8 +44,21 @@ def server_options(settings: Settings) -> dict:
     }
 
 
+def prepare_multiprocess_metrics(settings: Settings) -> None:
+    """Several API processes keep their counters in files of one directory, summed by whichever
+    process answers /metrics. Emptied at start: a previous run's counts are not this run's."""
+    if settings.api_workers <= 1:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return
+    shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+    settings.metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+
+
 def main() -> int:
-    uvicorn.run("api.main:create_app", **server_options(Settings()))
+    settings = Settings()
+    prepare_multiprocess_metrics(settings)
+    uvicorn.run("api.main:create_app", **server_options(settings))
     return 0
 
 

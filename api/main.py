@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
+from api import metrics
+from api.observability import RequestObserver
 from api.routers import admin, auth, downloads, files, health, tus, uploads, web
 from api.security_headers import SecurityHeaders
 from core.config import Settings
@@ -71,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.login_throttle = LoginThrottle(settings, app.state.redis)
         app.state.jobs = Jobs(settings)
         app.state.uploads = UploadService(
-            settings, UploadRepository(app.state.redis), Storage(settings), app.state.jobs.assemble
+            settings, UploadRepository(app.state.redis), Storage(settings), app.state.jobs.assemble,
+            on_chunk=metrics.count_chunk,
         )
         app.state.tus = TusService(app.state.uploads)
         app.state.links = DownloadLinks(app.state.uploads, settings.jwt_key(), settings.link_ttl)
@@ -99,16 +102,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(downloads.router)
     app.include_router(admin.router)
+    app.include_router(metrics.router)
     app.include_router(tus.router)
     app.add_middleware(tus.TusMiddleware)
     if settings.cors_origin_list:
         # Browsers on these origins may call the API (tus-js-client, Uppy); bearer tokens, no cookies.
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"], allow_headers=["*"],
-            expose_headers=list(tus.TUS_HEADERS), max_age=600,
+            expose_headers=[*tus.TUS_HEADERS, "X-Request-ID"], max_age=600,
         )
     app.include_router(files.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestObserver, router=app)  # outermost: sees every answer of the app
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
 
     # Serving (`python -m api`): what one API process accepts before it answers 503 + Retry-After
     log_level: str = Field("info", description="uvicorn's log level")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as readable text or one JSON object each")
+    request_log: bool = Field(True, description="one log line per request (logger ft.request), whatever FT_LOG_LEVEL")
     backlog: int = Field(2048, gt=0, description="listen() backlog: connections the kernel queues before accept")
     max_connections: int = Field(4096, gt=0, description="open connections per API process; a request on one more"
                                                            " is answered 503 overloaded and the connection closed")
@@ -76,6 +79,8 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field("", description="comma-separated IPs/CIDRs whose X-Forwarded-For is believed")
     user_cache_ttl: float = Field(2.0, ge=0, description="seconds a token's user lookup is reused")
     flower_basic_auth: SecretStr | None = None
+    metrics_token: SecretStr | None = Field(
+        None, description="a long-lived bearer secret (>= 32 bytes) that may read /metrics, besides admin tokens")
 
     # Upload limits
     max_file_bytes: int = Field(TiB, gt=0)
@@ -112,6 +117,13 @@ class Settings(BaseSettings):
     task_visibility_timeout: int = Field(4 * 3600, gt=0)
     cleanup_wait: float = Field(10.0, ge=0, description="seconds POST /cleanup waits before answering 202")
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"FT_METRICS_TOKEN must be at least {MIN_JWT_SECRET_BYTES} bytes")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _valid_networks(cls, value: str) -> str:
@@ -137,6 +149,11 @@ class Settings(BaseSettings):
     @cached_property
     def users_db(self) -> Path:
         return self.data_dir / "users.sqlite3"
+
+    @cached_property
+    def metrics_dir(self) -> Path:
+        """PROMETHEUS_MULTIPROC_DIR of a multi-process API (`python -m api` empties it at start)."""
+        return self.data_dir / "metrics"
 
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.staging_dir, self.files_dir):

@@ -10,12 +10,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 import celeryconfig
 from core.config import Settings
 from core.errors import Unavailable
+from core.request_context import TASK_HEADER, request_id
 
 _REDIS_DOWN = (OperationalError, RedisConnectionError, RedisTimeoutError)
 
 ASSEMBLE = "uploads.assemble"
 CLEANUP = "uploads.cleanup"
 PERSIST = "uploads.persist"
+QUEUE = "celery"  # Celery's default queue, the only one the workers consume
+
+
+def queue_key() -> str:
+    """The Redis list holding the tasks waiting for a worker (Celery's key, under our prefix)."""
+    return celeryconfig.CELERY_KEY_PREFIX + QUEUE
 
 
 def celery_client(settings: Settings) -> Celery:
@@ -39,6 +46,8 @@ class Jobs:
     def _send(self, name: str, **options):
         """Celery reports an unreachable result store as a bare RuntimeError (its reconnect gave
         up); both it and a broker that is down are Redis being down: 503, not a 500."""
+        if (current := request_id.get()) is not None:
+            options["headers"] = {**options.get("headers", {}), TASK_HEADER: current}  # workers/observability.py
         try:
             return self.celery.send_task(name, **options)
         except (*_REDIS_DOWN, RuntimeError) as exc:

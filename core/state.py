@@ -17,6 +17,8 @@ Keys of one upload (file ids are validated, so they are safe in key names):
                       hash; whatever ends it (complete, delete, cleanup, a first chunk that
                       failed) uncharges it once, through `charged`.
   ft:rate:create:<owner>  hash: tokens, at: the owner's bucket of upload creations
+  ft:metrics:assembly hash "<outcome>:<bucket>" -> count, "<outcome>:sum" -> seconds: the
+                      workers' assembly durations, read by GET /metrics
 
 Uploads created through tus (`create`) also keep `tus_*` fields in their hash: the raw
 Upload-Metadata, `tus_deferred` (1 while the length is not yet known; `total` then holds
@@ -789,3 +791,70 @@ class UploadRepository:
                 seen_at_low if repr(last_score) == low else set()
             )
             low = repr(last_score)
+
+
+# --- operator metrics (GET /metrics) ------------------------------------------------------------
+ASSEMBLY_METRICS_KEY = "ft:metrics:assembly"
+# Upper bounds (seconds) of the assembly-duration histogram; one more bucket, +Inf, above them.
+ASSEMBLY_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+def _bucket(seconds: float) -> str:
+    return next((repr(bound) for bound in ASSEMBLY_BUCKETS if seconds <= bound), "+Inf")
+
+
+def record_assembly(redis, seconds: float, outcome: str) -> None:
+    """Add one assembly's duration (a worker, synchronous client): every worker on every node
+    adds to the same hash, so one scrape of the API sees them all."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.hincrby(ASSEMBLY_METRICS_KEY, f"{outcome}:{_bucket(seconds)}", 1)
+    pipe.hincrbyfloat(ASSEMBLY_METRICS_KEY, f"{outcome}:sum", seconds)
+    pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class AssemblyHistogram:
+    """One outcome's assembly durations: cumulative counts per upper bound, as Prometheus has them."""
+
+    outcome: str
+    buckets: list[tuple[str, int]]
+    total_seconds: float
+
+
+def assembly_histograms(raw: dict[bytes, bytes]) -> list[AssemblyHistogram]:
+    counts: dict[str, dict[str, int]] = {}
+    sums: dict[str, float] = {}
+    for key, value in raw.items():
+        outcome, _, bucket = key.decode().rpartition(":")
+        if bucket == "sum":
+            sums[outcome] = float(value)
+        else:
+            counts.setdefault(outcome, {})[bucket] = int(value)
+    histograms = []
+    for outcome in sorted(counts):
+        running, cumulative = 0, []
+        for bound in [*map(repr, ASSEMBLY_BUCKETS), "+Inf"]:
+            running += counts[outcome].get(bound, 0)
+            cumulative.append((bound, running))
+        histograms.append(AssemblyHistogram(outcome, cumulative, sums.get(outcome, 0.0)))
+    return histograms
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSnapshot:
+    """What GET /metrics reads from Redis at scrape time: a few O(1) commands."""
+
+    incomplete_uploads: int
+    assembling_uploads: int
+    queue_depth: int
+    assembly: list[AssemblyHistogram]
+
+
+async def operator_snapshot(redis: aioredis.Redis, queue_key: str) -> OperatorSnapshot:
+    pipe = redis.pipeline(transaction=False)
+    pipe.zcard(ACTIVITY_KEY)
+    pipe.zcard(ASSEMBLING_KEY)
+    pipe.llen(queue_key)
+    pipe.hgetall(ASSEMBLY_METRICS_KEY)
+    incomplete, assembling, depth, assembly = await pipe.execute()
+    return OperatorSnapshot(incomplete, assembling, depth, assembly_histograms(assembly))

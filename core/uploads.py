@@ -49,6 +49,7 @@ from core.errors import (
     TooManyChunks,
     TooManyUploads,
     TotalMismatch,
+    TransferError,
     UploadFailed,
     UploadRateLimited,
 )
@@ -222,8 +223,10 @@ class UploadService:
         repo: UploadRepository,
         storage: Storage,
         enqueue_assembly: Callable[[str], object] | None = None,
+        on_chunk: Callable[[str], object] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_chunk = on_chunk or (lambda result: None)
         self.repo = repo
         self.storage = storage
         self.enqueue_assembly = enqueue_assembly
@@ -239,6 +242,23 @@ class UploadService:
     async def receive_chunk(
         self, user: User, file_id: str, request: ChunkRequest, body: AsyncIterator[bytes]
     ) -> ChunkReceipt:
+        """Store one chunk; its result goes to `on_chunk` (the API counts them): `stored`,
+        `retransmit`, the error's code (`overlap`, `checksum_mismatch`, ...), or `interrupted`
+        (the connection dropped, Redis failed)."""
+        try:
+            receipt, result = await self._receive_chunk(user, file_id, request, body)
+        except TransferError as exc:
+            self.on_chunk(exc.code)
+            raise
+        except BaseException:
+            self.on_chunk("interrupted")
+            raise
+        self.on_chunk(result)
+        return receipt
+
+    async def _receive_chunk(
+        self, user: User, file_id: str, request: ChunkRequest, body: AsyncIterator[bytes]
+    ) -> tuple[ChunkReceipt, str]:
         validate_file_id(file_id)
         content_range = parse_content_range(request.content_range)
         if content_range.total > self.settings.max_file_bytes:
@@ -267,7 +287,7 @@ class UploadService:
             progress = await self._claim(user, file_id, chunk, content_range.total, token)
             if progress.outcome == "duplicate":
                 await self._drain(stream, chunk)
-                return _receipt(file_id, progress)
+                return _receipt(file_id, progress), "retransmit"
             _raise_for(progress)
             try:
                 with _disk_full_is_507():
@@ -282,7 +302,7 @@ class UploadService:
         _raise_for(progress)
         if progress.state == "assembling":
             await self.start_assembly(file_id)
-        return _receipt(file_id, progress)
+        return _receipt(file_id, progress), "stored"
 
     async def reserve_disk(self, token: str, length: int) -> None:
         """Hold the disk space this chunk will take before writing a byte of it: a free-space

@@ -18,6 +18,7 @@ from core.jobs import ASSEMBLE, CLEANUP, PERSIST
 from core.state import UploadRepository
 from core.storage import Storage
 from core.uploads import UploadService
+from workers import observability  # noqa: F401 - its signal handlers: task log lines, assembly metrics
 from workers.celery_app import app, settings
 
 

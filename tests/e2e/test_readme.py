@@ -66,11 +66,14 @@ def test_readme_block_runs_as_pasted(readme_stack, tmp_path, index):
         assert json.loads(status)["state"] == "complete" and json.loads(status)["file_name"] == "hello.txt"
         assert hello == "hello"
         assert json.loads(cleanup) == {"removed": [], "freed_bytes": 0}
+    if "/metrics" in BLOCKS[index]:
+        assert any(line.startswith('ft_http_requests_total{method="POST",route="/token",status="200"}')
+                   for line in lines), result.stdout
     assert [p.name for p in (tmp_path / "shell").rglob("*")] == ["tmp"]  # it cleaned up after itself
 
 
 def test_readme_block_fails_loudly_on_a_wrong_password(readme_stack, tmp_path):
-    [block] = [b for b in BLOCKS if "/token" in b]
+    [block] = [b for b in BLOCKS if "/upload/" in b]
     name, password = credentials(block)
     result = run_block(block.replace(f'"password":"{password}"', '"password":"not the password"'),
                        readme_stack.url, tmp_path / "shell")
