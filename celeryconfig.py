@@ -30,11 +30,6 @@ def build(settings: Settings) -> dict:
         "broker_connection_retry": True,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
-        # A task running when the broker connection drops (Redis restarting or stalled) goes on
-        # to the end rather than being cancelled: an assembly is not thrown away half done. Its
-        # ack cannot reach the old connection, so Redis may deliver it again after the visibility
-        # timeout; every task is idempotent, so that second run finds the work done.
-        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_transport_options": {
             "visibility_timeout": settings.task_visibility_timeout,
             # Restore unacked tasks of dead workers at most this often (seconds).

@@ -97,7 +97,8 @@ local function uncharge(key)
   if not f[2] then return end
   local quota = '""" + QUOTA_PREFIX + """' .. f[1]
   local uploads = redis.call('HINCRBY', quota, 'uploads', -1)
-  local bytes = redis.call('HINCRBY', quota, 'bytes', '-' .. f[2])
+  -- formatted, not '-' .. charged: Redis refuses '-0' as an integer (an empty upload)
+  local bytes = redis.call('HINCRBY', quota, 'bytes', string.format('%d', -tonumber(f[2])))
   -- Counters lost with Redis while the upload came back from disk: never below zero.
   if uploads <= 0 and bytes <= 0 then
     redis.call('DEL', quota)

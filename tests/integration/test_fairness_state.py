@@ -320,3 +320,15 @@ def test_chunks_in_flight_count_with_their_bytes(run, redis_db):
         return outcomes, small.outcome
 
     assert run(scenario) == (["claimed"] * 4, "too_many_chunks")
+
+
+def test_an_empty_upload_is_uncharged_too(run, redis_db, settings):
+    """Its charge is 0 bytes: Redis refuses '-0' as an integer, so deleting it answered 500."""
+    async def scenario(env: Env):
+        repo = env.repo
+        assert (await repo.open_upload("empty", "alice", 0, NO_LIMITS)).outcome == "created"
+        counted = await repo.open_uploads_of("alice")
+        assert await repo.tombstone("empty") == "uploading"
+        return counted, await repo.open_uploads_of("alice")
+
+    assert run(scenario) == ((1, 0), (0, 0))
