@@ -152,6 +152,11 @@ class Storage:
     def final_meta_path(self, file_id: str) -> Path:
         return self.final_dir(file_id) / "meta.json"
 
+    def has_record(self, file_id: str) -> bool:
+        """Whether a final meta or a manifest of `file_id` exists: two stats, cheap enough for
+        the event loop, where reading them is not."""
+        return self.final_meta_path(file_id).exists() or self.manifest_path(file_id).exists()
+
     def read_final_meta(self, file_id: str) -> dict | None:
         return read_json(self.final_meta_path(file_id))
 

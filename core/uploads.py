@@ -465,7 +465,10 @@ class UploadService:
         self.storage.write_manifest(upload.file_id, manifest)
 
     async def restore_from_disk(self, file_id: str) -> bool:
-        """Put an upload that Redis lost back from disk: a final file's meta, else a manifest."""
+        """Put an upload that Redis lost back from disk: a final file's meta, else a manifest.
+        Most calls are for a new upload's first chunk, with nothing on disk: no thread then."""
+        if not self.storage.has_record(file_id):
+            return False
         meta = await anyio.to_thread.run_sync(self.storage.read_final_meta, file_id)
         if meta is not None:
             fields = {
