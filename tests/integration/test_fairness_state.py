@@ -116,7 +116,7 @@ def test_a_chunk_that_would_cross_the_free_space_floor_is_507_and_holds_nothing(
     held, upload_after_refusal, receipt, held_after = run(scenario, min_free_bytes=0)
     assert held == [b"others"]
     assert receipt.received_bytes == 2 * MiB and held_after == 0
-    assert upload_after_refusal is None  # refused before it was created
+    assert upload_after_refusal is None  # a refused first chunk takes its new upload with it (release)
 
 
 # --- an assembly the broker refused ----------------------------------------------------------
