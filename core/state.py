@@ -142,7 +142,24 @@ local function open_upload(quota, rate, owned, all_files, file_id, owner, total,
 end
 """
 
-_CLAIM = _PRELUDE + _OPEN_UPLOAD + """
+# `reserve_disk`'s Lua, shared with the claim script (see _RESERVE_DISK below).
+_HOLD_DISK = """
+local function hold_disk(key, token, want, now, lease_until)
+  local held, others = redis.call('HGETALL', key), 0
+  for i = 1, #held, 2 do
+    local bytes, expires = string.match(held[i + 1], '^(%d+):([%d.]+)$')
+    if tonumber(expires) < now then
+      redis.call('HDEL', key, held[i])  -- its process died mid-chunk
+    elseif held[i] ~= token then
+      others = others + tonumber(bytes)
+    end
+  end
+  redis.call('HSET', key, token, want .. ':' .. lease_until)
+  return string.format('%d', others)
+end
+"""
+
+_CLAIM = _PRELUDE + _OPEN_UPLOAD + _HOLD_DISK + """
 local file_id, user, is_admin = ARGV[1], ARGV[2], ARGV[3] == '1'
 local s, e, total, crc = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local token, now, lease_until, create = ARGV[8], ARGV[9], ARGV[10], ARGV[11] == '1'
@@ -187,6 +204,10 @@ if max_chunks > 0 then
   end
 end
 redis.call('HSET', claims, token, member .. ':' .. lease_until)
+-- ARGV[17] > 0: hold that many bytes of disk under the same token (extra: what others hold).
+if tonumber(ARGV[17]) > 0 then
+  return summary('claimed', hold_disk(KEYS[10], token, ARGV[17], t, lease_until))
+end
 return summary('claimed')
 """
 
@@ -215,19 +236,8 @@ return renew(KEYS[1])
 # The caller measures free space only afterwards: a chunk that let go of its hold before this
 # ran had written its bytes already, so they show in that measurement (measured before, they
 # would be counted nowhere). One count for all API processes, which share one data disk.
-_RESERVE_DISK = """
-local token, want, now, lease_until = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local held, others = redis.call('HGETALL', KEYS[1]), 0
-for i = 1, #held, 2 do
-  local bytes, expires = string.match(held[i + 1], '^(%d+):([%d.]+)$')
-  if tonumber(expires) < now then
-    redis.call('HDEL', KEYS[1], held[i])  -- its process died mid-chunk
-  elseif held[i] ~= token then
-    others = others + tonumber(bytes)
-  end
-end
-redis.call('HSET', KEYS[1], token, want .. ':' .. lease_until)
-return string.format('%d', others)
+_RESERVE_DISK = _HOLD_DISK + """
+return hold_disk(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
 """
 
 # `keep_until` (ARGV[10]) non-empty: a prefix of a streaming claim is committed, and the
@@ -236,12 +246,16 @@ _COMMIT = _PRELUDE + """
 local file_id, token, s, e, crc, length, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local name, sha, keep_until = ARGV[8], ARGV[9], ARGV[10]
 local held = redis.call('HGET', claims, token)
-if not held then return {'lost'} end
+if not held then
+  redis.call('HDEL', KEYS[6], token)
+  return {'lost'}
+end
 local claim_end = string.match(held, '^%d+:(%d+):')
 if keep_until ~= '' and tonumber(claim_end) > tonumber(e) then
   redis.call('HSET', claims, token, string.format('%d', tonumber(e) + 1) .. ':' .. claim_end .. ':0:' .. keep_until)
 else
   redis.call('HDEL', claims, token)
+  redis.call('HDEL', KEYS[6], token)  -- the chunk's bytes are on disk: free space shows them now
 end
 if redis.call('HGET', up, 'state') ~= 'uploading' then return {'lost'} end
 redis.call('ZADD', chunks, s, s .. ':' .. e .. ':' .. crc)
@@ -282,6 +296,7 @@ end
 
 _RELEASE = _UNCHARGE + _DROP + """
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[7], ARGV[1])  -- and the chunk's disk hold
 if redis.call('HGET', KEYS[1], 'provisional') == '1' and redis.call('ZCARD', KEYS[2]) == 0
    and redis.call('HLEN', KEYS[3]) == 0 then
   uncharge(KEYS[1])
@@ -576,17 +591,22 @@ class UploadRepository:
     async def claim(
         self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
         token: str, lease_seconds: float, create: bool, now: float | None = None,
-        limits: UploadLimits = NO_LIMITS,
+        limits: UploadLimits = NO_LIMITS, disk_bytes: int = 0,
     ) -> Progress:
         """Reserve [start, end] for a chunk about to be written, creating the upload if asked
         (for `user`, within `limits`, as `open_upload` does). Outcomes: `claimed`, `duplicate`,
         `absent` (not created), `not_found`, `total_mismatch`, `already_complete`,
-        `upload_failed`, `overlap`, `too_many_chunks` (extra: the limit), or a refused creation."""
+        `upload_failed`, `overlap`, `too_many_chunks` (extra: the limit), or a refused creation.
+        With `disk_bytes`, a claimed chunk also holds that much disk under `token`, as
+        `reserve_disk` would (extra: the bytes other chunks hold; measure free space after), in
+        the same round trip; `commit` and `release` let go of it."""
         now = now if now is not None else time.time()
         reply = await self._claim(
-            keys=[*_keys(file_id), quota_key(user), create_rate_key(user), owner_files_key(user), ALL_FILES_KEY],
+            keys=[*_keys(file_id), quota_key(user), create_rate_key(user), owner_files_key(user), ALL_FILES_KEY,
+                  DISK_RESERVED_KEY],
             args=[file_id, user, int(is_admin), start, end, total, crc32, token,
-                  repr(now), repr(now + lease_seconds), int(create), *limits.creation_args(), *limits.chunk_args()],
+                  repr(now), repr(now + lease_seconds), int(create), *limits.creation_args(), *limits.chunk_args(),
+                  disk_bytes],
         )
         return Progress.from_reply(reply)
 
@@ -632,12 +652,12 @@ class UploadRepository:
         self, file_id: str, token: str, chunk: Chunk, file_name: str | None, sha256: str | None,
         now: float | None = None, keep_lease: float | None = None,
     ) -> Progress:
-        """Record a written chunk. With `keep_lease`, the chunk is a prefix of the claim, which
+        """Record a written chunk; its claim ends, and its disk hold with it. With `keep_lease`, the chunk is a prefix of the claim, which
         keeps the rest of its range for that many more seconds (a tus PATCH still streaming)."""
         now = now if now is not None else time.time()
         keep_until = repr(now + keep_lease) if keep_lease is not None else ""
         reply = await self._commit(
-            keys=_keys(file_id),
+            keys=[*_keys(file_id), DISK_RESERVED_KEY],
             args=[file_id, token, chunk.start, chunk.end, chunk.crc32, chunk.end - chunk.start + 1,
                   repr(now), file_name or "", sha256 or "", keep_until],
         )
@@ -670,8 +690,9 @@ class UploadRepository:
         return Progress.from_reply(reply)
 
     async def release(self, file_id: str, token: str) -> bool:
-        """Give back a claim whose chunk failed; drops a provisional upload that got nothing."""
-        return bool(await self._release(keys=_indexed_keys(file_id), args=[token, file_id, OWNER_FILES_PREFIX]))
+        """Give back a claim whose chunk failed, and its disk hold; drops a provisional upload
+        that got nothing."""
+        return bool(await self._release(keys=[*_indexed_keys(file_id), DISK_RESERVED_KEY], args=[token, file_id, OWNER_FILES_PREFIX]))
 
     async def get(self, file_id: str) -> Upload | None:
         raw = await self.redis.hgetall(upload_key(file_id))

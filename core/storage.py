@@ -95,6 +95,9 @@ class Storage:
         self.staging_root = settings.staging_dir
         self.files_root = settings.files_dir
         settings.ensure_dirs()
+        # The filesystem's fragment size does not change while it is mounted: one statvfs here
+        # instead of one per chunk (free space, which does change, is still read every time).
+        self._block = os.statvfs(self.data_dir).f_frsize or 4096
 
     # --- staging -------------------------------------------------------------
     def staging_dir(self, file_id: str) -> Path:
@@ -149,6 +152,11 @@ class Storage:
     def final_meta_path(self, file_id: str) -> Path:
         return self.final_dir(file_id) / "meta.json"
 
+    def has_record(self, file_id: str) -> bool:
+        """Whether a final meta or a manifest of `file_id` exists: two stats, cheap enough for
+        the event loop, where reading them is not."""
+        return self.final_meta_path(file_id).exists() or self.manifest_path(file_id).exists()
+
     def read_final_meta(self, file_id: str) -> dict | None:
         return read_json(self.final_meta_path(file_id))
 
@@ -183,5 +191,5 @@ class Storage:
     def allocation_for(self, length: int) -> int:
         """Disk space that writing `length` bytes into a sparse staging file may take: whole
         blocks, and one more when the bytes straddle a block boundary at each end."""
-        block = os.statvfs(self.data_dir).f_frsize or 4096
+        block = self._block
         return (length + block - 1) // block * block + block

@@ -3,6 +3,11 @@
 Claims: `sub` (the user name), `role`, `iat`, `exp` (the contract's); `uid`, the user's stable
 id, so that a token never works for a later user of the same name; and `ver`, the user's token
 version at issue time, so that a password reset revokes older tokens exactly.
+
+A device sends the same token with every chunk: `decode_token` remembers what it decoded
+(HMAC check, JSON, claim checks) until the token's `exp`, keyed by the raw token and the key.
+Only the decoding is remembered; who the token's user is now is still checked on every
+request (api/deps.py), so revocation works as before.
 """
 
 from __future__ import annotations
@@ -36,7 +41,25 @@ def issue_token(user: User, secret: str, ttl: int, now: float | None = None) -> 
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+_MAX_REMEMBERED = 10_000
+_decoded: dict[tuple[str, str], TokenClaims] = {}
+
+
 def decode_token(token: str, secret: str) -> TokenClaims:
+    """The token's claims if it is valid now; NotAuthenticated otherwise."""
+    claims = _decoded.get((token, secret))
+    if claims is not None:
+        if claims.exp > time.time():  # as PyJWT: expired once exp <= now
+            return claims
+        del _decoded[(token, secret)]
+    claims = _decode(token, secret)
+    if len(_decoded) >= _MAX_REMEMBERED:
+        _decoded.clear()
+    _decoded[(token, secret)] = claims
+    return claims
+
+
+def _decode(token: str, secret: str) -> TokenClaims:
     try:
         claims = jwt.decode(
             token,

@@ -282,23 +282,22 @@ class UploadService:
 
         chunk = Chunk(content_range.start, content_range.end, header.crc32)
         token = secrets.token_hex(8)
-        await self.reserve_disk(token, content_range.length)
+        need = self.storage.allocation_for(content_range.length)
+        # One round trip claims the range and holds its disk space; commit or release ends both.
+        progress = await self._claim(user, file_id, chunk, content_range.total, token, need)
+        if progress.outcome == "duplicate":
+            await self._drain(stream, chunk)
+            return _receipt(file_id, progress), "retransmit"
+        _raise_for(progress)
         try:
-            progress = await self._claim(user, file_id, chunk, content_range.total, token)
-            if progress.outcome == "duplicate":
-                await self._drain(stream, chunk)
-                return _receipt(file_id, progress), "retransmit"
-            _raise_for(progress)
-            try:
-                with _disk_full_is_507():
-                    await self._write(file_id, stream, chunk, content_range.total, token)
-                progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.repo.release(file_id, token)
-                raise
-        finally:
-            await self.release_disk(token)
+            self._check_free_disk(need, int(progress.extra or 0))
+            with _disk_full_is_507():
+                await self._write(file_id, stream, chunk, content_range.total, token)
+            progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.repo.release(file_id, token)
+            raise
         _raise_for(progress)
         if progress.state == "assembling":
             await self.start_assembly(file_id)
@@ -309,8 +308,16 @@ class UploadService:
         check alone lets every one of many parallel chunks pass on the same free bytes."""
         need = self.storage.allocation_for(length)
         held_by_others = await self.repo.reserve_disk(token, need, self.settings.claim_lease)
-        if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:
+        try:
+            self._check_free_disk(need, held_by_others)
+        except InsufficientStorage:
             await self.release_disk(token)
+            raise
+
+    def _check_free_disk(self, need: int, held_by_others: int) -> None:
+        """Refuse a chunk whose `need` would take free space (measured after its hold was
+        placed) below the floor, counting what other chunks hold."""
+        if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:
             raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
 
     async def release_disk(self, token: str) -> None:
@@ -321,13 +328,13 @@ class UploadService:
             except Exception as exc:  # noqa: BLE001 - Redis gone: the hold lapses with its lease
                 log.warning("disk reservation %s not released: %s", token, exc)
 
-    async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str) -> Progress:
+    async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str, disk_bytes: int) -> Progress:
         args = (file_id, user.owner_id, user.is_admin, chunk.start, chunk.end, total, chunk.crc32, token,
                 self.settings.claim_lease)
-        progress = await self.repo.claim(*args, create=False, limits=self.limits)
+        progress = await self.repo.claim(*args, create=False, limits=self.limits, disk_bytes=disk_bytes)
         if progress.outcome == "absent":
             await self.restore_from_disk(file_id)
-            progress = await self.repo.claim(*args, create=True, limits=self.limits)
+            progress = await self.repo.claim(*args, create=True, limits=self.limits, disk_bytes=disk_bytes)
         return progress
 
     async def _write(self, file_id: str, stream: _Body, chunk: Chunk, total: int, token: str) -> None:
@@ -478,7 +485,10 @@ class UploadService:
         self.storage.write_manifest(upload.file_id, manifest)
 
     async def restore_from_disk(self, file_id: str) -> bool:
-        """Put an upload that Redis lost back from disk: a final file's meta, else a manifest."""
+        """Put an upload that Redis lost back from disk: a final file's meta, else a manifest.
+        Most calls are for a new upload's first chunk, with nothing on disk: no thread then."""
+        if not self.storage.has_record(file_id):
+            return False
         meta = await anyio.to_thread.run_sync(self.storage.read_final_meta, file_id)
         if meta is not None:
             fields = {

@@ -116,7 +116,7 @@ def test_a_chunk_that_would_cross_the_free_space_floor_is_507_and_holds_nothing(
     held, upload_after_refusal, receipt, held_after = run(scenario, min_free_bytes=0)
     assert held == [b"others"]
     assert receipt.received_bytes == 2 * MiB and held_after == 0
-    assert upload_after_refusal is None  # refused before it was created
+    assert upload_after_refusal is None  # a refused first chunk takes its new upload with it (release)
 
 
 # --- an assembly the broker refused ----------------------------------------------------------
@@ -332,3 +332,34 @@ def test_an_empty_upload_is_uncharged_too(run, redis_db, settings):
         return counted, await repo.open_uploads_of("alice")
 
     assert run(scenario) == ((1, 0), (0, 0))
+
+
+def test_a_claim_holds_its_disk_space_until_its_commit_or_release(run, redis_db):
+    """The claim script places the chunk's disk hold in the same round trip; committing or
+    releasing the chunk (or committing after its claim was lost) lets go of it."""
+    async def scenario(env: Env):
+        repo, now, seen = env.repo, time.time(), []
+        await repo.reserve_disk("other", 100, 60, now=now)
+        claimed = await repo.claim("f", "alice", False, 0, 9, 30, 1, "a", 60, True, now=now, disk_bytes=4096)
+        seen.append((claimed.outcome, claimed.extra))  # the bytes others hold: "other"'s 100
+        await repo.claim("f", "alice", False, 10, 19, 30, 1, "b", 60, True, now=now, disk_bytes=8192)
+        seen.append(sorted(await repo.redis.hkeys(DISK_RESERVED_KEY)))
+        await repo.commit("f", "a", Chunk(0, 9, 1), None, None)
+        await repo.release("f", "b")
+        seen.append(sorted(await repo.redis.hkeys(DISK_RESERVED_KEY)))
+        # A claim that lapsed and lost its range: the late commit answers `lost`, holding nothing.
+        await repo.claim("f", "alice", False, 20, 29, 30, 1, "late", 1, False, now=now - 5, disk_bytes=4096)
+        await repo.claim("f", "alice", False, 20, 29, 30, 1, "c", 60, False, now=now)
+        lost = await repo.commit("f", "late", Chunk(20, 29, 1), None, None)
+        seen.append((lost.outcome, sorted(await repo.redis.hkeys(DISK_RESERVED_KEY))))
+        duplicate = await repo.claim("f", "alice", False, 0, 9, 30, 1, "d", 60, False, disk_bytes=4096)
+        seen.append((duplicate.outcome, sorted(await repo.redis.hkeys(DISK_RESERVED_KEY))))
+        return seen
+
+    assert run(scenario) == [
+        ("claimed", "100"),
+        [b"a", b"b", b"other"],
+        [b"other"],
+        ("lost", [b"other"]),
+        ("duplicate", [b"other"]),  # a retransmission writes nothing: no hold
+    ]
