@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -24,7 +26,9 @@ from core import assembly
 from core.config import Settings
 from core.state import UploadRepository
 from core.storage import Storage
+from core.tokens import issue_token
 from core.uploads import UploadService
+from core.users import UserStore
 from tests.support import JWT_SECRET, bearer
 
 
@@ -76,7 +80,11 @@ class InProcessWorker:
             raise self.errors[0]
 
 
-@dataclass
+PASSWORD = "correct horse battery"
+ACCOUNTS = {"alice": "user", "bob": "user", "root": "admin"}
+
+
+@dataclass(frozen=True)
 class Account:
     name: str
     password: str
@@ -87,11 +95,30 @@ class Account:
         return bearer(self.token)
 
 
+@pytest.fixture(scope="session")
+def users_template(tmp_path_factory) -> tuple[Path, dict[str, Account]]:
+    """A user store with alice, bob and root (admin), made once: an Argon2 hash costs a good
+    fraction of a second, so each test gets a copy of this file rather than hashing again.
+    Their tokens are issued as POST /token issues them; test_auth.py signs in for real."""
+    path = tmp_path_factory.mktemp("users") / "users.sqlite3"
+    store = UserStore(path)
+    accounts = {}
+    for name, role in ACCOUNTS.items():
+        user = store.set(name, PASSWORD, role)
+        accounts[name] = Account(name, PASSWORD, issue_token(user, JWT_SECRET, 3600))
+    return path, accounts
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    """Overrides the real-Redis `settings` of tests/conftest.py: nothing here needs a Redis URL."""
-    return Settings(data_dir=tmp_path / "data", redis_url="redis://fakeredis.invalid/0", jwt_secret=JWT_SECRET,
-                    min_free_bytes=0)
+def settings(tmp_path, users_template) -> Settings:
+    """Overrides the real-Redis `settings` of tests/conftest.py: nothing here needs a Redis URL.
+    The data directory starts with a copy of the template's users."""
+    settings = Settings(data_dir=tmp_path / "data", redis_url="redis://fakeredis.invalid/0", jwt_secret=JWT_SECRET,
+                        min_free_bytes=0)
+    settings.data_dir.mkdir(parents=True)
+    with closing(sqlite3.connect(users_template[0])) as source, closing(sqlite3.connect(settings.users_db)) as copy:
+        source.backup(copy)
+    return settings
 
 
 @pytest.fixture
@@ -145,24 +172,15 @@ def client(make_client) -> TestClient:
 
 
 @pytest.fixture
-def add_account(client) -> Callable[..., Account]:
-    """add_account(role): a new user in the app's user store, signed in through POST /token."""
-
-    def add(role: str = "user", password: str = "correct horse battery") -> Account:
-        name = f"{role}-{uuid.uuid4().hex[:8]}"
-        client.app.state.users.set(name, password, role)
-        response = client.post("/token", json={"username": name, "password": password})
-        assert response.status_code == 200, response.text
-        return Account(name, password, response.json()["access_token"])
-
-    return add
+def alice(users_template) -> Account:
+    return users_template[1]["alice"]
 
 
 @pytest.fixture
-def alice(add_account) -> Account:
-    return add_account()
+def bob(users_template) -> Account:
+    return users_template[1]["bob"]
 
 
 @pytest.fixture
-def admin(add_account) -> Account:
-    return add_account("admin")
+def admin(users_template) -> Account:
+    return users_template[1]["root"]
