@@ -8,12 +8,9 @@ for real, in tests/integration and tests/e2e, which stay the reference.
 
 from __future__ import annotations
 
-import asyncio
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,64 +18,11 @@ import fakeredis
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
-from core import assembly
 from core.config import Settings
-from core.state import UploadRepository
-from core.storage import Storage
 from core.tokens import issue_token
-from core.uploads import UploadService
 from core.users import UserStore
+from tests.fast.inprocess import InProcessWorker, fast_settings, in_process_client
 from tests.support import JWT_SECRET, bearer
-
-
-class InProcessWorker:
-    """Stands in for the Celery worker: `assemble(file_id)` queues the file, and a thread runs
-    `core.assembly.assemble`, the domain function the `uploads.assemble` task wraps, with a Redis
-    client and an UploadService of its own, as the task does in its worker process. The API
-    answers before the assembly ends, as it does with Celery: tests wait for `complete`."""
-
-    def __init__(self, settings: Settings, server: fakeredis.FakeServer) -> None:
-        self.settings = settings
-        self.server = server
-        self.results: list[dict] = []
-        self.errors: list[BaseException] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="in-process-worker", daemon=True)
-        self._thread.start()
-
-    def assemble(self, file_id: str) -> None:
-        self._queue.put(file_id)
-
-    def cleanup(self, older_than: int | None):
-        raise NotImplementedError("POST /cleanup runs on a Celery worker: tests/e2e/test_admin.py covers it")
-
-    def result(self, task_id: str):
-        raise NotImplementedError("GET /tasks reads Celery results: tests/e2e/test_admin.py covers it")
-
-    def _work(self) -> None:
-        while (file_id := self._queue.get()) is not None:
-            try:
-                self.results.append(asyncio.run(self._assemble(file_id)))
-            except BaseException as exc:  # noqa: BLE001 - reported by close(), never lost
-                self.errors.append(exc)
-
-    async def _assemble(self, file_id: str) -> dict:
-        redis = fakeredis.FakeAsyncRedis(server=self.server)
-        try:
-            service = UploadService(self.settings, UploadRepository(redis), Storage(self.settings), self.assemble)
-            return await assembly.assemble(service, file_id, lease_seconds=self.settings.assembly_lease)
-        finally:
-            await redis.aclose()
-
-    def close(self) -> None:
-        """Stop after the queued work; an assembly that raised fails the test here."""
-        self._queue.put(None)
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "the in-process worker did not stop"
-        if self.errors:
-            raise self.errors[0]
-
 
 PASSWORD = "correct horse battery"
 ACCOUNTS = {"alice": "user", "bob": "user", "root": "admin"}
@@ -113,8 +57,7 @@ def users_template(tmp_path_factory) -> tuple[Path, dict[str, Account]]:
 def settings(tmp_path, users_template) -> Settings:
     """Overrides the real-Redis `settings` of tests/conftest.py: nothing here needs a Redis URL.
     The data directory starts with a copy of the template's users."""
-    settings = Settings(data_dir=tmp_path / "data", redis_url="redis://fakeredis.invalid/0", jwt_secret=JWT_SECRET,
-                        min_free_bytes=0)
+    settings = fast_settings(tmp_path / "data")
     settings.data_dir.mkdir(parents=True)
     with closing(sqlite3.connect(users_template[0])) as source, closing(sqlite3.connect(settings.users_db)) as copy:
         source.backup(copy)
@@ -148,22 +91,13 @@ def worker(settings, redis_server_fake) -> Iterator[InProcessWorker]:
 def make_client(settings, redis_server_fake, worker) -> Iterator[Callable[..., TestClient]]:
     """make_client(**settings_changes): the app in-process (lifespan run), on the shared fake
     server; each client is closed (lifespan ended) on the way out."""
-    clients: list[TestClient] = []
+    with ExitStack() as clients:
 
-    def make(**changes) -> TestClient:
-        app_settings = settings.model_copy(update=changes) if changes else settings
-        app = create_app(app_settings, make_redis=lambda _: fakeredis.FakeAsyncRedis(server=redis_server_fake),
-                         make_jobs=lambda _: worker)
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        return client
+        def make(**changes) -> TestClient:
+            app_settings = settings.model_copy(update=changes) if changes else settings
+            return clients.enter_context(in_process_client(app_settings, redis_server_fake, worker))
 
-    try:
         yield make
-    finally:
-        for client in reversed(clients):
-            client.__exit__(None, None, None)
 
 
 @pytest.fixture
