@@ -24,9 +24,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The in-process layer (app on fakeredis, no redis-server, uvicorn or Celery) and the pure unit
-# tests: the developer's loop. `make test` runs these too, and everything else.
+# tests: the developer's loop. `make test` runs these too, and everything else. (The schemathesis
+# plugin only serves tests/e2e/test_schema_fuzz.py; not loading it saves a second of start-up.)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not real_redis" tests/fast tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:schemathesis -m "not real_redis" tests/fast tests/unit $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --run-slow $(PYTEST_ARGS)
