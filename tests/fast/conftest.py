@@ -43,7 +43,7 @@ class Account:
 def users_template(tmp_path_factory) -> tuple[Path, dict[str, Account]]:
     """A user store with alice, bob and root (admin), made once: an Argon2 hash costs a good
     fraction of a second, so each test gets a copy of this file rather than hashing again.
-    Their tokens are issued as POST /token issues them; test_auth.py signs in for real."""
+    Their tokens are issued as POST /token issues them; test_signin.py signs in for real."""
     path = tmp_path_factory.mktemp("users") / "users.sqlite3"
     store = UserStore(path)
     accounts = {}
@@ -65,22 +65,22 @@ def settings(tmp_path, users_template) -> Settings:
 
 
 @pytest.fixture
-def redis_server_fake() -> fakeredis.FakeServer:
+def fake_server() -> fakeredis.FakeServer:
     """One fake Redis server per test, shared by the app, the worker and the test itself."""
     return fakeredis.FakeServer()
 
 
 @pytest.fixture
-def fake_redis(redis_server_fake) -> Iterator[fakeredis.FakeRedis]:
+def fake_redis(fake_server) -> Iterator[fakeredis.FakeRedis]:
     """A synchronous client of the same fake server, for a test to look at the keys."""
-    client = fakeredis.FakeRedis(server=redis_server_fake)
+    client = fakeredis.FakeRedis(server=fake_server)
     yield client
     client.close()
 
 
 @pytest.fixture
-def worker(settings, redis_server_fake) -> Iterator[InProcessWorker]:
-    stand_in = InProcessWorker(settings, redis_server_fake)
+def worker(settings, fake_server) -> Iterator[InProcessWorker]:
+    stand_in = InProcessWorker(settings, fake_server)
     try:
         yield stand_in
     finally:
@@ -88,14 +88,14 @@ def worker(settings, redis_server_fake) -> Iterator[InProcessWorker]:
 
 
 @pytest.fixture
-def make_client(settings, redis_server_fake, worker) -> Iterator[Callable[..., TestClient]]:
+def make_client(settings, fake_server, worker) -> Iterator[Callable[..., TestClient]]:
     """make_client(**settings_changes): the app in-process (lifespan run), on the shared fake
     server; each client is closed (lifespan ended) on the way out."""
     with ExitStack() as clients:
 
         def make(**changes) -> TestClient:
             app_settings = settings.model_copy(update=changes) if changes else settings
-            return clients.enter_context(in_process_client(app_settings, redis_server_fake, worker))
+            return clients.enter_context(in_process_client(app_settings, fake_server, worker))
 
         yield make
 

@@ -22,10 +22,10 @@ from core.uploads import UploadService
 from tests.support import JWT_SECRET
 
 
-def fast_settings(data_dir: Path, **changes) -> Settings:
+def fast_settings(data_dir: Path) -> Settings:
     """Settings of an in-process app: no Redis URL is ever dialled (fakeredis is handed in)."""
     return Settings(data_dir=data_dir, redis_url="redis://fakeredis.invalid/0", jwt_secret=JWT_SECRET,
-                    min_free_bytes=0, **changes)
+                    min_free_bytes=0)
 
 
 class InProcessWorker:
@@ -37,7 +37,6 @@ class InProcessWorker:
     def __init__(self, settings: Settings, server: fakeredis.FakeServer) -> None:
         self.settings = settings
         self.server = server
-        self.results: list[dict] = []
         self.errors: list[BaseException] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="in-process-worker", daemon=True)
@@ -55,15 +54,15 @@ class InProcessWorker:
     def _work(self) -> None:
         while (file_id := self._queue.get()) is not None:
             try:
-                self.results.append(asyncio.run(self._assemble(file_id)))
+                asyncio.run(self._assemble(file_id))
             except BaseException as exc:  # noqa: BLE001 - reported by close(), never lost
                 self.errors.append(exc)
 
-    async def _assemble(self, file_id: str) -> dict:
+    async def _assemble(self, file_id: str) -> None:
         redis = fakeredis.FakeAsyncRedis(server=self.server)
         try:
             service = UploadService(self.settings, UploadRepository(redis), Storage(self.settings), self.assemble)
-            return await assembly.assemble(service, file_id, lease_seconds=self.settings.assembly_lease)
+            await assembly.assemble(service, file_id, lease_seconds=self.settings.assembly_lease)
         finally:
             await redis.aclose()
 

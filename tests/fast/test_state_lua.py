@@ -33,12 +33,12 @@ T0 = 1_000_000.0
 
 
 @pytest.fixture
-def run(redis_server_fake):
+def run(fake_server):
     """run(scenario): await scenario(repo) on a fresh loop, with a client of the test's fake server."""
 
     def runner(scenario):
         async def main():
-            client = fakeredis.FakeAsyncRedis(server=redis_server_fake)
+            client = fakeredis.FakeAsyncRedis(server=fake_server)
             try:
                 return await scenario(UploadRepository(client))
             finally:
