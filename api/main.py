@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
@@ -60,7 +62,15 @@ def bootstrap_admin(settings: Settings, users: UserStore) -> None:
         log.info("admin %r is ready", name)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    make_redis: Callable[[Settings], aioredis.Redis] = async_redis,
+    make_jobs: Callable[[Settings], Jobs] = Jobs,
+) -> FastAPI:
+    """The app for `settings` (the environment's when None). `make_redis` and `make_jobs` build
+    the Redis client and the task sender at start-up; the in-process tests (tests/fast) hand in
+    a fakeredis client and a stand-in that runs the assembly in the test process."""
     settings = settings or Settings()
     settings.jwt_key()  # refuse to start with a missing or short secret
     settings.ensure_dirs()
@@ -69,9 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.redis = async_redis(settings)  # one bounded pool per process (core/redis_clients.py)
+        app.state.redis = make_redis(settings)  # one bounded pool per process (core/redis_clients.py)
         app.state.login_throttle = LoginThrottle(settings, app.state.redis)
-        app.state.jobs = Jobs(settings)
+        app.state.jobs = make_jobs(settings)
         app.state.uploads = UploadService(
             settings, UploadRepository(app.state.redis), Storage(settings), app.state.jobs.assemble,
             on_chunk=metrics.count_chunk,

@@ -25,6 +25,10 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # Marked for `make test-fast`, which leaves out every test that starts a redis-server.
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_redis)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with `make test-slow`")
