@@ -34,7 +34,7 @@ class SentinelTarget:
         """This target in the FT_REDIS_URL form (what parse_sentinel_url reads back)."""
         query = f"?db={self.db}" + (f"&sentinel_password={quote(self.sentinel_password, safe='')}"
                                     if self.sentinel_password is not None else "")
-        hosts = ",".join(_netloc(host, port) for host, port in self.sentinels)
+        hosts = ",".join(netloc(host, port) for host, port in self.sentinels)
         return f"{SENTINEL_SCHEME}{self._auth()}{hosts}/{quote(self.master_name, safe='')}{query}"
 
     def _auth(self) -> str:
@@ -46,7 +46,7 @@ class SentinelTarget:
         """kombu and Celery's result backend: one `sentinel://` URL per sentinel, `;`-joined, each
         with the primary's credentials and database (the master name goes in transport options)."""
         auth = self._auth()
-        return ";".join(f"{SENTINEL_SCHEME}{auth}{_netloc(host, port)}/{self.db}" for host, port in self.sentinels)
+        return ";".join(f"{SENTINEL_SCHEME}{auth}{netloc(host, port)}/{self.db}" for host, port in self.sentinels)
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -99,5 +99,5 @@ def _query(query: str) -> dict[str, str]:
     return {key: values[-1] for key, values in options.items()}
 
 
-def _netloc(host: str, port: int) -> str:
+def netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
