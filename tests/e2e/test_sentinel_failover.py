@@ -51,6 +51,7 @@ class Uploader:
     lost_bytes: int = 0  # acknowledged, then missing from /status after the failover
     violations: list[str] = field(default_factory=list)
     resyncs: int = 0
+    refusals: set = field(default_factory=set)  # (status, code) of every answer but 200
     resumed_at: float | None = None  # its first 200 to a chunk sent after the kill
     error: BaseException | None = None
 
@@ -82,6 +83,7 @@ class Uploader:
                 except httpx.TransportError:
                     return start, end
                 if response.status_code != 200:
+                    self.refusals.add((response.status_code, response.json().get("code")))
                     return start, end
                 self.clock.answered(sent)
                 if self.clock.killed_at is not None and sent > self.clock.killed_at and self.resumed_at is None:
@@ -209,6 +211,8 @@ def test_uploads_complete_byte_identical_across_a_primary_kill(tmp_path, client)
             for uploader in uploaders:
                 assert uploader.error is None, repr(uploader.error)
                 assert not uploader.violations, uploader.violations
+                # Meanwhile: Redis unavailable, or a range still claimed by a chunk cut by the kill.
+                assert uploader.refusals <= {(503, "unavailable"), (409, "overlap")}, uploader.refusals
                 sha = hashlib.sha256(uploader.data).hexdigest()
                 status = wait_for_state(client, stack.url, token, uploader.file_id, timeout=120)
                 assert status["state"] == "complete", status
@@ -220,7 +224,7 @@ def test_uploads_complete_byte_identical_across_a_primary_kill(tmp_path, client)
             assert new_primary != old_primary
 
             figures = {
-                "chunks acknowledged but not replicated": acked_unreplicated,
+                "chunks acknowledged after the replica was cut off": acked_unreplicated,
                 "acknowledged bytes lost and sent again": lost,
                 "kill -> replica promoted (s)": round(promoted_at - clock.killed_at, 2),
                 "kill -> first 200 to a chunk sent after it (s)": round(clock.first_ok_after_kill - clock.killed_at, 2),
@@ -230,6 +234,8 @@ def test_uploads_complete_byte_identical_across_a_primary_kill(tmp_path, client)
                 "kill -> each upload moving again (s)": [round(u.resumed_at - clock.killed_at, 2)
                                                          for u in uploaders if u.resumed_at is not None],
                 "resyncs per upload": [u.resyncs for u in uploaders],
+                "refusals": sorted(set().union(*(u.refusals for u in uploaders))),
+                "claims released once Redis was back": stack.api.log().count("retrying in the background"),
             }
             print("\nRedis failover figures:", figures)
         finally:
