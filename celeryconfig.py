@@ -12,6 +12,7 @@ assemblies whose lease has lapsed, rather than by waiting for the visibility tim
 from __future__ import annotations
 
 from core.config import Settings
+from core.redis_url import SentinelTarget, is_sentinel_url, netloc, parse_sentinel_url
 
 # Every key Celery writes (queues, unacked messages, bindings, task results) starts with this,
 # as ours start with `ft:`, so that a Redis shared by choice holds nothing unprefixed of ours.
@@ -21,7 +22,36 @@ BEAT_LOOP_SECONDS = 2
 BEAT_LOCK_SECONDS = 10
 
 
+SENTINEL_SOCKET_TIMEOUT = 5  # seconds: a sentinel answers at once or is down
+
+
 def build(settings: Settings) -> dict:
+    config = _build(settings)
+    if is_sentinel_url(settings.redis_url):
+        _use_sentinel(config, parse_sentinel_url(settings.redis_url))
+    return config
+
+
+def _use_sentinel(config: dict, target: SentinelTarget) -> None:
+    """FT_REDIS_URL's one Sentinel form (core/redis_url.py) as kombu, Celery's result backend and
+    RedBeat each spell it: `;`-joined sentinel:// URLs plus the master name in transport options
+    for the first two, a `redis-sentinel://` URL plus a list of sentinels in options for RedBeat."""
+    sentinel_kwargs = {"socket_timeout": SENTINEL_SOCKET_TIMEOUT, "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT}
+    if target.sentinel_password is not None:
+        sentinel_kwargs["password"] = target.sentinel_password
+    sentinel_options = {"master_name": target.master_name, "sentinel_kwargs": sentinel_kwargs}
+    config["broker_url"] = config["result_backend"] = target.kombu_url()
+    config["broker_transport_options"].update(sentinel_options)
+    config["result_backend_transport_options"].update(sentinel_options)
+    # RedBeat only checks the scheme, and prints the URL: no password in it.
+    config["redbeat_redis_url"] = f"redis-sentinel://{netloc(*target.sentinels[0])}/{target.db}"
+    config["redbeat_redis_options"].update(
+        sentinels=list(target.sentinels), service_name=target.master_name, db=target.db,
+        password=target.password, sentinel_kwargs=sentinel_kwargs,
+        **({"username": target.username} if target.username else {}))
+
+
+def _build(settings: Settings) -> dict:
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,

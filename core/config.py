@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.redis_url import is_sentinel_url, parse_sentinel_url
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -29,7 +31,7 @@ def parse_networks(value: str) -> tuple[IPNetwork, ...]:
 class Settings(BaseSettings):
     """Environment variables with the `FT_` prefix; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore", hide_input_in_errors=True)  # URLs hold passwords
 
     # Network
     host: str = "127.0.0.1"
@@ -62,7 +64,8 @@ class Settings(BaseSettings):
 
     # Storage and state
     data_dir: Path = Path("./data")
-    redis_url: str = DEFAULT_REDIS_URL
+    redis_url: str = Field(DEFAULT_REDIS_URL, description="redis://... or sentinel://HOST:PORT,.../MASTER_NAME"
+                                                            " (core/redis_url.py)")
     redis_server: str | None = Field(None, description="make run: the embedded redis-server binary to run")
     verbose: bool = Field(False, description="make run: show the children's output too")
 
@@ -128,6 +131,13 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_networks(cls, value: str) -> str:
         parse_networks(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _valid_redis_url(cls, value: str) -> str:
+        if is_sentinel_url(value):
+            parse_sentinel_url(value)
         return value
 
     @cached_property

@@ -7,16 +7,25 @@ that finds them all in use waits up to FT_REDIS_POOL_TIMEOUT seconds for one (Re
 queue). A Redis that does not accept a connection within FT_REDIS_CONNECT_TIMEOUT (refused
 at once, or no answer) is down: after one quick retry the request fails with 503
 `unavailable`, well under a second when the connection is refused.
+
+With a `sentinel://` FT_REDIS_URL (core/redis_url.py) every client here asks the sentinels
+for the current primary when it opens a connection: after a failover, connections to the old
+primary fail (503 `unavailable` meanwhile), and the next ones go to the promoted replica.
+Every Redis client of the code is made here (Celery's, kombu's and RedBeat's excepted: those
+are configured in celeryconfig.py from the same URL).
 """
 
 from __future__ import annotations
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel as aiosentinel
+import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from core.config import Settings
+from core.redis_url import SentinelTarget, is_sentinel_url, parse_sentinel_url
 
 RETRIES = 1  # one more try for a connection that broke or a connect that timed out
 BACKOFF = dict(base=0.02, cap=0.1)  # seconds before that try
@@ -28,7 +37,9 @@ class RedisBusy(redis.ConnectionError):
     is saturated, not down. Answered 503 `overloaded`, not `unavailable`."""
 
 
-class _WaitingPool(aioredis.BlockingConnectionPool):
+class _Waiting:
+    """A blocking pool's wait that runs out is RedisBusy (mixed into the pools below)."""
+
     async def get_connection(self, *args, **kwargs):
         try:
             return await super().get_connection(*args, **kwargs)
@@ -36,6 +47,54 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
             if isinstance(exc.__cause__, TimeoutError):  # the wait for a free connection ran out
                 raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from exc
             raise
+
+
+class _WaitingPool(_Waiting, aioredis.BlockingConnectionPool):
+    pass
+
+
+class _WaitingSentinelPool(_Waiting, aiosentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The bounded, waiting pool whose connections go to the primary the sentinels name."""
+
+
+class _SentinelRedis(redis.Redis):
+    def close(self) -> None:
+        super().close()
+        self.connection_pool.sentinel_manager.close()  # its connections to the sentinels
+
+
+class _AsyncSentinelRedis(aioredis.Redis):
+    async def aclose(self, *args, **kwargs) -> None:
+        await super().aclose(*args, **kwargs)
+        await self.connection_pool.sentinel_manager.aclose()
+
+
+def _sentinel_options(target: SentinelTarget, options: dict) -> dict:
+    """Sentinel(...)'s arguments: the primary's credentials and database, and for the sentinels
+    their own password and the same socket timeouts."""
+    sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    if target.sentinel_password is not None:
+        sentinel_kwargs["password"] = target.sentinel_password
+    return dict(sentinels=list(target.sentinels), sentinel_kwargs=sentinel_kwargs, db=target.db,
+                username=target.username, password=target.password, **options)
+
+
+def redis_client(url: str, **options) -> redis.Redis:
+    """A blocking client on `url`: a plain Redis, or the primary of a Sentinel-watched one."""
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    return redis.sentinel.Sentinel(**_sentinel_options(target, options)).master_for(
+        target.master_name, redis_class=_SentinelRedis)
+
+
+def async_client(url: str, **options) -> aioredis.Redis:
+    """An event-loop client on `url` (a worker's task run); `aclose()` closes all it opened."""
+    if not is_sentinel_url(url):
+        return aioredis.Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    return aiosentinel.Sentinel(**_sentinel_options(target, options)).master_for(
+        target.master_name, redis_class=_AsyncSentinelRedis)
 
 
 def _connection_options(settings: Settings) -> dict:
@@ -51,7 +110,16 @@ def _connection_options(settings: Settings) -> dict:
 def async_redis(settings: Settings) -> aioredis.Redis:
     """The API's event-loop client (uploads, status, health, ...)."""
     # With a pool given, the client uses the retry policy of the pool's connections.
-    pool = _WaitingPool.from_url(
-        settings.redis_url, retry=AsyncRetry(ExponentialWithJitterBackoff(**BACKOFF), RETRIES),
-        **_connection_options(settings))
+    retry = AsyncRetry(ExponentialWithJitterBackoff(**BACKOFF), RETRIES)
+    if is_sentinel_url(settings.redis_url):
+        target = parse_sentinel_url(settings.redis_url)
+        # The sentinels answer at once or are down: the short connect timeout for all they do.
+        quick = {"socket_connect_timeout": settings.redis_connect_timeout,
+                 "socket_timeout": settings.redis_connect_timeout}
+        sentinel = aiosentinel.Sentinel(**_sentinel_options(target, quick))
+        # master_for's arguments override the Sentinel's for the primary's connections.
+        return sentinel.master_for(target.master_name, redis_class=_AsyncSentinelRedis,
+                                   connection_pool_class=_WaitingSentinelPool, retry=retry,
+                                   **_connection_options(settings))
+    pool = _WaitingPool.from_url(settings.redis_url, retry=retry, **_connection_options(settings))
     return aioredis.Redis(connection_pool=pool)

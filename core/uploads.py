@@ -11,6 +11,7 @@ releases its claim and leaves the upload as it was.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -59,6 +60,7 @@ from core.storage import Storage, write_at
 from core.users import User
 
 log = logging.getLogger("ft.uploads")
+RELEASE_RETRY_SECONDS = 0.5
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 MAX_FILE_NAME_BYTES = 1024
 MANIFEST_VERSION = 1
@@ -230,6 +232,7 @@ class UploadService:
         self.repo = repo
         self.storage = storage
         self.enqueue_assembly = enqueue_assembly
+        self._releasing: set[asyncio.Task] = set()  # claims whose release waits for Redis to return
         self.limits = UploadLimits(
             max_open_uploads=settings.max_open_uploads,
             max_open_bytes=settings.user_quota_bytes,
@@ -296,7 +299,7 @@ class UploadService:
             progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.repo.release(file_id, token)
+                await self.release_claim(file_id, token)
             raise
         _raise_for(progress)
         if progress.state == "assembling":
@@ -319,6 +322,29 @@ class UploadService:
         placed) below the floor, counting what other chunks hold."""
         if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:
             raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
+
+    async def release_claim(self, file_id: str, token: str) -> None:
+        """Free a failed chunk's range for its re-send. When Redis is away (restarting, failing
+        over to a replica) the release is tried again in the background until it lands or the
+        claim's lease would have ended anyway: a claim replicated to the new primary would
+        otherwise refuse the client's re-send (409 overlap) for the whole lease."""
+        try:
+            await self.repo.release(file_id, token)
+        except Exception as exc:  # noqa: BLE001 - Redis gone: the caller reports its own error
+            log.warning("claim %s of %s not released (%s); retrying in the background", token, file_id, exc)
+            task = asyncio.get_running_loop().create_task(self._release_later(file_id, token))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release_later(self, file_id: str, token: str) -> None:
+        give_up = time.monotonic() + self.settings.claim_lease
+        while time.monotonic() < give_up:
+            await asyncio.sleep(RELEASE_RETRY_SECONDS)
+            try:
+                await self.repo.release(file_id, token)
+                return
+            except Exception:  # noqa: BLE001 - still away
+                continue
 
     async def release_disk(self, token: str) -> None:
         """The chunk's bytes are on disk now (or never will be): free space speaks for itself."""

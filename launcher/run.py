@@ -40,6 +40,7 @@ class LaunchError(Exception):
 
 def mask(url: str) -> str:
     """The URL with any password replaced, fit for printing."""
+    url = re.sub(r"(sentinel_password=)[^&]*", r"\1***", url)
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from core.redis_clients import redis_client
 from ops.process import die_with_parent
 
 
@@ -47,7 +48,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def answers(url: str, timeout: float = 0.5) -> bool:
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = redis_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
             return bool(client.ping())
         finally:

@@ -11,6 +11,7 @@ from celery.signals import worker_ready, worker_shutdown
 import celeryconfig
 from core import workers_registry
 from core.config import Settings
+from core.redis_clients import redis_client
 
 settings = Settings()
 app = Celery("file_transfer")
@@ -22,7 +23,7 @@ _heartbeat_thread: threading.Thread | None = None
 
 
 def _heartbeat(hostname: str, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis_client(redis_url, socket_connect_timeout=2, socket_timeout=2)
     while True:
         try:
             workers_registry.beat(client, hostname)

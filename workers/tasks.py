@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 
-import redis.asyncio as aioredis
-
 from core import assembly, maintenance
 from core.files_list import ensure_files_index
 from core.config import Settings
+from core.redis_clients import async_client
 from core.jobs import ASSEMBLE, CLEANUP, PERSIST
 from core.state import UploadRepository
 from core.storage import Storage
@@ -30,7 +29,7 @@ def _run(job):
     """Run an async domain job with its own Redis connection (one event loop per task run)."""
 
     async def main():
-        redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        redis = async_client(settings.redis_url, socket_connect_timeout=5)
         try:
             service = UploadService(settings, UploadRepository(redis), Storage(settings), _enqueue_assembly)
             return await job(service, settings)
