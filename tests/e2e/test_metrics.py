@@ -139,6 +139,9 @@ def test_one_request_id_follows_an_upload_from_first_chunk_to_complete(make_stac
         assert patched.status_code == 204, patched.text
 
     api_log = next(stack.log_dir.glob("api-*.log"))
+    # A request's line is written as its answer ends: the client may read the answer first.
+    wait_until(lambda: any(line.get("request_id") == patched.headers["x-request-id"] for line in _json_lines(api_log)),
+               what="the API's log line of the last request")
     chunk_lines = [line for line in _json_lines(api_log) if line.get("request_id") == trace]
     assert len(chunk_lines) == 2
     assert all(line["route"] == "/upload/{file_id}" and line["file_id"] == file_id and line["status"] == 200
