@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from tests.support import PYTHON, ROOT, bearer, login
+from tests.support import PYTHON, ROOT, bearer, login, wait_until
 
 
 def users_cli(stack, *args: str, password: str | None = None) -> subprocess.CompletedProcess:
@@ -46,8 +46,10 @@ def test_add_list_promote_and_remove_a_user(stack):
     removed = users_cli(stack, "remove", name)
     assert removed.returncode == 0 and f"removed {name}" in removed.stdout, removed
     assert name not in listed(stack)
-    gone = httpx.get(f"{stack.url}/status/nothing", headers=bearer(admin_token))
-    assert gone.status_code == 401 and gone.json()["code"] == "not_authenticated"  # its tokens stop working
+    # Its tokens stop working, within the API's user cache (FT_USER_CACHE_TTL, 2 s).
+    gone = wait_until(lambda: (r := httpx.get(f"{stack.url}/status/nothing", headers=bearer(admin_token)))
+                      .status_code == 401 and r, timeout=15, what="the removed user's token to be refused")
+    assert gone.json()["code"] == "not_authenticated"
     again = users_cli(stack, "remove", name)
     assert again.returncode == 1 and "no user" in again.stderr
 
