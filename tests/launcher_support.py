@@ -86,7 +86,7 @@ class Launcher:
 
     def child_pid(self, name: str) -> int:
         """The pid of the launcher's direct child running `name` (api, worker, beat, flower, redis)."""
-        marks = {"api": b"uvicorn", "worker": b"\x00worker\x00", "beat": b"\x00beat\x00",
+        marks = {"api": b"\x00-m\x00api\x00", "worker": b"\x00worker\x00", "beat": b"\x00beat\x00",
                  "flower": b"workers.flower", "redis": b"redis-server"}
         for pid in process_tree(self.proc.pid) - {self.proc.pid}:
             info = _stat(pid)
