@@ -7,6 +7,7 @@ Nothing here touches a Redis that the tests did not start themselves. Its databa
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import redis
 
 from core.config import Settings
 from ops.redis_server import free_port, start_redis
-from tests.support import JWT_SECRET, Stack, own_stack, running_stack
+from tests.support import JWT_SECRET, ROOT, Stack, own_stack, running_stack
 
 
 def pytest_addoption(parser):
@@ -116,3 +117,14 @@ def make_stack(tmp_path, redis_server):
             return stacks.enter_context(own_stack(tmp_path / f"stack{db}", redis_server.url, db, **env))
 
         yield make
+
+
+@pytest.fixture
+def cli_env(stack, tmp_path) -> dict[str, str]:
+    """The environment of a `python -m client` process: a new user of the shared stack, its own
+    token cache."""
+    name, password = stack.add_user()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
+    env.update(FT_USERNAME=name, FT_PASSWORD=password, FT_CLIENT_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return env

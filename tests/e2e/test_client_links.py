@@ -34,12 +34,8 @@ def cutting_proxy(stack):
 
 
 @pytest.fixture
-def env(stack, tmp_path) -> dict[str, str]:
-    name, password = stack.add_user()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
-    env.update(FT_USERNAME=name, FT_PASSWORD=password, FT_CLIENT_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return env
+def env(cli_env) -> dict[str, str]:
+    return cli_env
 
 
 def upload(env: dict[str, str], url: str, path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -19,15 +19,6 @@ from tests.support import PYTHON, ROOT, new_id
 KiB = 1024
 
 
-@pytest.fixture
-def cli_env(stack, tmp_path) -> dict[str, str]:
-    name, password = stack.add_user()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
-    env.update(FT_USERNAME=name, FT_PASSWORD=password, FT_CLIENT_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return env
-
-
 def client_cli(env: dict[str, str], url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, "-m", "client", "--url", url, "--quiet", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
