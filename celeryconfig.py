@@ -46,9 +46,13 @@ def _use_sentinel(config: dict, target: SentinelTarget) -> None:
     # RedBeat only checks the scheme, and prints the URL: no password in it.
     config["redbeat_redis_url"] = f"redis-sentinel://{netloc(*target.sentinels[0])}/{target.db}"
     config["redbeat_redis_options"].update(
-        sentinels=list(target.sentinels), service_name=target.master_name, db=target.db,
-        password=target.password, sentinel_kwargs=sentinel_kwargs,
-        **({"username": target.username} if target.username else {}))
+        sentinels=list(target.sentinels),
+        service_name=target.master_name,
+        db=target.db,
+        password=target.password,
+        sentinel_kwargs=sentinel_kwargs,
+        **({"username": target.username} if target.username else {}),
+    )
 
 
 def _build(settings: Settings) -> dict:

@@ -120,8 +120,9 @@ def error_response(status: int, code: str, detail: str, headers: dict | None = N
     return JSONResponse({"code": code, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
-def unavailable_response(retry_after: int, detail: str = "the state store (Redis) is unavailable; retry later",
-                         **extra) -> JSONResponse:
+def unavailable_response(
+    retry_after: int, detail: str = "the state store (Redis) is unavailable; retry later", **extra
+) -> JSONResponse:
     """503 `unavailable` (Redis down), with when to try again."""
     return error_response(503, "unavailable", detail, headers={"Retry-After": str(retry_after)}, **extra)
 
@@ -162,9 +163,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", ""))} for err in exc.errors()
-        ]
+        problems = [{"loc": list(err.get("loc", ())), "msg": str(err.get("msg", ""))} for err in exc.errors()]
         return error_response(400, "invalid_request", "request validation failed", errors=problems)
 
     @app.exception_handler(StarletteHTTPException)
@@ -192,8 +191,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RedisBusy)
     async def _busy(request: Request, exc: RedisBusy) -> JSONResponse:
-        return error_response(503, "overloaded", "the server is handling as many requests as it can; retry later",
-                              headers={"Retry-After": str(request.app.state.settings.overload_retry_after)})
+        return error_response(
+            503,
+            "overloaded",
+            "the server is handling as many requests as it can; retry later",
+            headers={"Retry-After": str(request.app.state.settings.overload_retry_after)},
+        )
 
     @app.exception_handler(RedisResponseError)
     async def _redis_refused(request: Request, exc: RedisResponseError) -> JSONResponse:
@@ -201,8 +204,12 @@ def install_error_handlers(app: FastAPI) -> None:
         # is as unavailable as one that is down. Any other error reply is our bug: re-raised, it
         # reaches the catch-all below (500) and Starlette logs its traceback.
         if _REDIS_REFUSING_WRITES.search(str(exc)):
-            return error_response(503, "unavailable", "the state store (Redis) refuses writes; retry later",
-                                  headers={"Retry-After": str(request.app.state.settings.unavailable_retry_after)})
+            return error_response(
+                503,
+                "unavailable",
+                "the state store (Redis) refuses writes; retry later",
+                headers={"Retry-After": str(request.app.state.settings.unavailable_retry_after)},
+            )
         raise exc
 
     @app.exception_handler(Exception)

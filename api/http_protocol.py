@@ -55,10 +55,14 @@ def connection_limit(configured: int) -> int:
 
 def overloaded_app(retry_after: int, close: bool):
     """The ASGI app that answers a request this process has no room for."""
-    body = json.dumps({"code": "overloaded",
-                       "detail": "the server is handling as many requests as it can; retry later"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-               (b"retry-after", b"%d" % retry_after)]
+    body = json.dumps(
+        {"code": "overloaded", "detail": "the server is handling as many requests as it can; retry later"}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"retry-after", b"%d" % retry_after),
+    ]
     if close:
         headers.append((b"connection", b"close"))
 
@@ -112,8 +116,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             part = self._head_part(data)
             if self._head_bytes + part > self.max_head_bytes:
                 self.logger.warning("Request head over %d bytes refused.", self.max_head_bytes)
-                self._send_error(431, "request_header_too_large",
-                                 f"the request line and headers must fit in {self.max_head_bytes} bytes")
+                self._send_error(
+                    431,
+                    "request_header_too_large",
+                    f"the request line and headers must fit in {self.max_head_bytes} bytes",
+                )
                 return
             if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
                 self._arm_head_timer()  # a kept-alive connection starts its next request
@@ -132,8 +139,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         over_connections = len(self.connections) > self.max_connections
         over_inflight = len(self.tasks) >= self.max_inflight
         if over_connections or over_inflight:
-            self.logger.warning("Overloaded (%d connections, %d requests): answering 503.",
-                                len(self.connections), len(self.tasks))
+            self.logger.warning(
+                "Overloaded (%d connections, %d requests): answering 503.", len(self.connections), len(self.tasks)
+            )
         self.app = self._full if over_connections else self._busy if over_inflight else self._serve
         super().on_headers_complete()
 
@@ -160,8 +168,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or not self._in_head:
             return
         if self._head_bytes:
-            self._send_error(408, "request_timeout",
-                             f"the request head did not arrive within {self.header_timeout:g} seconds")
+            self._send_error(
+                408, "request_timeout", f"the request head did not arrive within {self.header_timeout:g} seconds"
+            )
         else:
             self.transport.close()  # nothing asked: a silent close, as for an idle keep-alive
 

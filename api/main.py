@@ -10,8 +10,8 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from api.errors import install_error_handlers
 from api import metrics
+from api.errors import install_error_handlers
 from api.observability import RequestObserver
 from api.routers import admin, auth, downloads, files, health, tus, uploads, web
 from api.security_headers import SecurityHeaders
@@ -83,7 +83,10 @@ def create_app(
         app.state.login_throttle = LoginThrottle(settings, app.state.redis)
         app.state.jobs = make_jobs(settings)
         app.state.uploads = UploadService(
-            settings, UploadRepository(app.state.redis), Storage(settings), app.state.jobs.assemble,
+            settings,
+            UploadRepository(app.state.redis),
+            Storage(settings),
+            app.state.jobs.assemble,
             on_chunk=metrics.count_chunk,
         )
         app.state.tus = TusService(app.state.uploads)
@@ -118,8 +121,12 @@ def create_app(
     if settings.cors_origin_list:
         # Browsers on these origins may call the API (tus-js-client, Uppy); bearer tokens, no cookies.
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origin_list, allow_methods=["*"], allow_headers=["*"],
-            expose_headers=[*tus.TUS_HEADERS, "X-Request-ID"], max_age=600,
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[*tus.TUS_HEADERS, "X-Request-ID"],
+            max_age=600,
         )
     app.include_router(files.router)
     app.include_router(web.router)

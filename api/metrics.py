@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import (
@@ -33,15 +34,19 @@ from core.state import OperatorSnapshot, operator_snapshot
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
-REQUESTS = Counter("ft_http_requests", "HTTP requests answered, by route template and status",
-                   ["method", "route", "status"])
-LATENCY = Histogram("ft_http_request_duration_seconds", "Time from request to the end of the answer",
-                    ["method", "route", "status"], buckets=LATENCY_BUCKETS)
+REQUESTS = Counter(
+    "ft_http_requests", "HTTP requests answered, by route template and status", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "ft_http_request_duration_seconds",
+    "Time from request to the end of the answer",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
 RECEIVED_BYTES = Counter("ft_received_bytes", "Request body bytes received (chunks, tus PATCHes, ...)", ["route"])
 SERVED_BYTES = Counter("ft_served_bytes", "Response body bytes sent (downloads, ...)", ["route"])
 CHUNKS = Counter("ft_chunks", "Chunks of POST /upload by result: stored, retransmit, or the error code", ["result"])
-LOGIN_FAILURES = Counter("ft_login_failures", "Refused logins: invalid_credentials or too_many_attempts",
-                         ["reason"])
+LOGIN_FAILURES = Counter("ft_login_failures", "Refused logins: invalid_credentials or too_many_attempts", ["reason"])
 
 router = APIRouter(tags=["admin"])  # admin-only, like POST /cleanup
 
@@ -54,8 +59,7 @@ def count_chunk(result: str) -> None:
 async def metrics_reader(request: Request, token: BearerToken) -> None:
     """An admin's bearer token, or FT_METRICS_TOKEN (a scraper's, which does not expire)."""
     secret = request.app.state.settings.metrics_token
-    if secret is not None and token and hmac.compare_digest(token.strip().encode(),
-                                                            secret.get_secret_value().encode()):
+    if secret is not None and token and hmac.compare_digest(token.strip().encode(), secret.get_secret_value().encode()):
         return
     user = await user_for_token(request, token)
     if not user.is_admin:
@@ -73,14 +77,20 @@ class _Snapshot:
         yield GaugeMetricFamily("ft_redis_up", "1 when Redis answered this scrape", value=int(s is not None))
         if s is None:
             return
-        yield GaugeMetricFamily("ft_uploads_incomplete", "Uploads not complete (uploading, assembling or failed)",
-                                value=s.incomplete_uploads)
-        yield GaugeMetricFamily("ft_uploads_assembling", "Uploads waiting for or in assembly",
-                                value=s.assembling_uploads)
+        yield GaugeMetricFamily(
+            "ft_uploads_incomplete",
+            "Uploads not complete (uploading, assembling or failed)",
+            value=s.incomplete_uploads,
+        )
+        yield GaugeMetricFamily(
+            "ft_uploads_assembling", "Uploads waiting for or in assembly", value=s.assembling_uploads
+        )
         yield GaugeMetricFamily("ft_queue_depth", "Celery tasks waiting for a worker", value=s.queue_depth)
-        assembly = HistogramMetricFamily("ft_assembly_duration_seconds",
-                                         "Assembly (verify and publish) time in the workers, by outcome",
-                                         labels=["outcome"])
+        assembly = HistogramMetricFamily(
+            "ft_assembly_duration_seconds",
+            "Assembly (verify and publish) time in the workers, by outcome",
+            labels=["outcome"],
+        )
         for histogram in s.assembly:
             assembly.add_metric([histogram.outcome], histogram.buckets, histogram.total_seconds)
         yield assembly
@@ -100,10 +110,12 @@ def _process_metrics() -> bytes:
     "/metrics",
     summary="Metrics for Prometheus",
     description="Prometheus text format (README: Metrics and logs). Needs an admin's bearer token or "
-                "`FT_METRICS_TOKEN`; a user's token gets 403.",
+    "`FT_METRICS_TOKEN`; a user's token gets 403.",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
-               **documented_errors({403: "forbidden: not an admin"})},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **documented_errors({403: "forbidden: not an admin"}),
+    },
     dependencies=[Depends(metrics_reader)],
 )
 async def metrics(request: Request) -> Response:
@@ -114,4 +126,3 @@ async def metrics(request: Request) -> Response:
     shared = CollectorRegistry(auto_describe=False)
     shared.register(_Snapshot(snapshot))
     return Response(_process_metrics() + generate_latest(shared), media_type=CONTENT_TYPE_LATEST)
-

@@ -29,7 +29,7 @@ LOGIN_FAILURES = {401: "invalid_credentials", 429: "too_many_attempts"}  # answe
 class _Exchange:
     """What one request sent and got."""
 
-    __slots__ = ("status", "received", "served", "length", "created")
+    __slots__ = ("created", "length", "received", "served", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
@@ -126,8 +126,21 @@ class RequestObserver:
         client = scope.get("client")
         # The path as sent (percent-encoded, without the query: signed links carry secrets there).
         path = scope.get("raw_path", b"").decode("latin-1") or scope.get("path", "")
-        log.info("%s %s %s", method, path, status, extra={"ft": {
-            "method": method, "route": route, "status": exchange.status, "file_id": params.get("file_id") or exchange.created,
-            "duration_ms": round(seconds * 1000, 1), "bytes_in": exchange.received,
-            "bytes_out": exchange.served, "client": client[0] if client else None,
-        }})
+        log.info(
+            "%s %s %s",
+            method,
+            path,
+            status,
+            extra={
+                "ft": {
+                    "method": method,
+                    "route": route,
+                    "status": exchange.status,
+                    "file_id": params.get("file_id") or exchange.created,
+                    "duration_ms": round(seconds * 1000, 1),
+                    "bytes_in": exchange.received,
+                    "bytes_out": exchange.served,
+                    "client": client[0] if client else None,
+                }
+            },
+        )

@@ -38,8 +38,11 @@ def _validator_headers(etag: str, last_modified: float) -> dict[str, str]:
 def _precondition_response(status: int, etag: str, last_modified: float) -> Response:
     if status == 304:
         return Response(status_code=304, headers=_validator_headers(etag, last_modified))
-    return error_response(412, "precondition_failed", "a precondition (If-Match, If-Unmodified-Since or "
-                          "If-None-Match) does not hold for the current file")
+    return error_response(
+        412,
+        "precondition_failed",
+        "a precondition (If-Match, If-Unmodified-Since or If-None-Match) does not hold for the current file",
+    )
 
 
 class RangeFileResponse(Response):
@@ -59,9 +62,18 @@ class RangeFileResponse(Response):
 
     media_type = OCTET_STREAM
 
-    def __init__(self, path: str | os.PathLike[str], size: int, etag: str, last_modified: float,
-                 filename: str, *, read_size: int = MiB, accel_uri: str | None = None,
-                 max_ranges: int = DEFAULT_MAX_RANGES) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        size: int,
+        etag: str,
+        last_modified: float,
+        filename: str,
+        *,
+        read_size: int = MiB,
+        accel_uri: str | None = None,
+        max_ranges: int = DEFAULT_MAX_RANGES,
+    ) -> None:
         self.path = os.fspath(path)
         self.max_ranges = max_ranges
         self.accel_uri = accel_uri
@@ -71,11 +83,13 @@ class RangeFileResponse(Response):
         self.read_size = read_size
         self.status_code = 200
         self.background = None
-        self.init_headers({
-            "Accept-Ranges": "bytes",
-            **_validator_headers(self.etag, last_modified),
-            "Content-Disposition": content_disposition(filename),
-        })
+        self.init_headers(
+            {
+                "Accept-Ranges": "bytes",
+                **_validator_headers(self.etag, last_modified),
+                "Content-Disposition": content_disposition(filename),
+            }
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -88,12 +102,19 @@ class RangeFileResponse(Response):
             asked = parse_range(request.get("range"), self.size)
         ranges = limit_ranges(asked, self.max_ranges)
         if ranges == []:
-            response = error_response(416, "range_not_satisfiable",
-                                      f"no satisfiable range in the Range header for a file of {self.size} bytes",
-                                      headers={"Content-Range": f"bytes */{self.size}"})
+            response = error_response(
+                416,
+                "range_not_satisfiable",
+                f"no satisfiable range in the Range header for a file of {self.size} bytes",
+                headers={"Content-Range": f"bytes */{self.size}"},
+            )
             return await response(scope, receive, send)
-        if (self.accel_uri is not None and ranges == asked
-                and "if-match" not in request and "if-unmodified-since" not in request):
+        if (
+            self.accel_uri is not None
+            and ranges == asked
+            and "if-match" not in request
+            and "if-unmodified-since" not in request
+        ):
             return await self._accel_redirect(scope, receive, send)
 
         headers = self.headers.mutablecopy()
@@ -132,8 +153,10 @@ class RangeFileResponse(Response):
         """nginx's framing: CRLF before every boundary, a CRLF after the closing one."""
         plan: Plan = []
         for start, end in ranges:
-            plan.append(f"\r\n--{boundary}\r\nContent-Type: {OCTET_STREAM}\r\n"
-                        f"Content-Range: bytes {start}-{end}/{self.size}\r\n\r\n".encode())
+            plan.append(
+                f"\r\n--{boundary}\r\nContent-Type: {OCTET_STREAM}\r\n"
+                f"Content-Range: bytes {start}-{end}/{self.size}\r\n\r\n".encode()
+            )
             plan.append((start, end))
         plan.append(f"\r\n--{boundary}--\r\n".encode())
         return plan

@@ -11,7 +11,7 @@ import argparse
 import getpass
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from core.config import Settings
@@ -57,9 +57,11 @@ def _remove(store: UserStore, args: argparse.Namespace) -> int:
     if removed is None:
         print(f"error: no user {args.name!r}", file=sys.stderr)
         return 1
-    print(f"removed {removed.name} (id {removed.id}); its tokens stop working. Its uploads and files stay "
-          f"on disk, owned by {removed.id}: an admin still sees and can delete them; a new user of the "
-          "same name gets a new id and none of them.")
+    print(
+        f"removed {removed.name} (id {removed.id}); its tokens stop working. Its uploads and files stay "
+        f"on disk, owned by {removed.id}: an admin still sees and can delete them; a new user of the "
+        "same name gets a new id and none of them."
+    )
     return 0
 
 
@@ -70,7 +72,7 @@ def _list(store: UserStore, _args: argparse.Namespace) -> int:
 
 
 def _iso(user: User) -> str:
-    return datetime.fromtimestamp(user.created_at, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(user.created_at, UTC).isoformat(timespec="seconds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     users_db = Settings(data_dir=directory).users_db
     print(f"data dir: {directory}", file=sys.stderr)
     if args.command != "add" and not users_db.exists():
-        print(f"error: no users database at {users_db}; set FT_DATA_DIR to the service's data dir",
-              file=sys.stderr)
+        print(f"error: no users database at {users_db}; set FT_DATA_DIR to the service's data dir", file=sys.stderr)
         return 1
     command = {"add": _add, "remove": _remove, "list": _list}[args.command]
     return command(UserStore(users_db), args)

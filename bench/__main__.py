@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,14 +33,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     parser.add_argument("--fs", default="", help="comma-separated filesystems: disk,tmpfs (default both)")
     parser.add_argument("--trials", type=int, default=0, help="interleaved rounds per table (default 5, quick 3)")
-    parser.add_argument("--disk-dir", default=os.environ.get("FT_BENCH_DISK_DIR", "/var/tmp"),
-                        help="directory on the disk under test (default /var/tmp)")
+    parser.add_argument(
+        "--disk-dir",
+        default=os.environ.get("FT_BENCH_DISK_DIR", "/var/tmp"),
+        help="directory on the disk under test (default /var/tmp)",
+    )
     parser.add_argument("--tmpfs-dir", default=os.environ.get("FT_BENCH_TMPFS_DIR", "/dev/shm"))
-    parser.add_argument("--render", default="", metavar="JSON",
-                        help="only re-render the report from a saved bench/results/*.json (e.g. after editing"
-                             " bench/findings.md); writes --out or docs/BENCHMARKS.md")
-    parser.add_argument("--out", default="", help="report path (default: docs/BENCHMARKS.md for a full run,"
-                                                   " bench/results/BENCHMARKS-<kind>.md otherwise)")
+    parser.add_argument(
+        "--render",
+        default="",
+        metavar="JSON",
+        help="only re-render the report from a saved bench/results/*.json (e.g. after editing"
+        " bench/findings.md); writes --out or docs/BENCHMARKS.md",
+    )
+    parser.add_argument(
+        "--out",
+        default="",
+        help="report path (default: docs/BENCHMARKS.md for a full run, bench/results/BENCHMARKS-<kind>.md otherwise)",
+    )
     return parser.parse_args(argv)
 
 
@@ -66,8 +76,11 @@ def main(argv: list[str]) -> int:
         plan.trials = max(1, args.trials)
         plan.download_trials = max(1, args.trials)
     partial = args.quick or bool(args.only) or bool(args.fs) or bool(args.trials)
-    out = Path(args.out) if args.out else (RESULTS / f"BENCHMARKS-{'quick' if args.quick else 'partial'}.md"
-                                           if partial else DOC)
+    out = (
+        Path(args.out)
+        if args.out
+        else (RESULTS / f"BENCHMARKS-{'quick' if args.quick else 'partial'}.md" if partial else DOC)
+    )
     dirs = {"disk": args.disk_dir, "tmpfs": args.tmpfs_dir}
 
     from bench.client import MiB, Payload
@@ -91,7 +104,7 @@ def main(argv: list[str]) -> int:
     log("generating 256 MiB of random payload ...")
     payload = Payload(256 * MiB)
     results: dict = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "argv": " ".join(argv) or "(no flags)",
         "plan": {k: (sorted(v) if isinstance(v, set) else v) for k, v in dataclasses.asdict(plan).items()},
         "machine": describe(dirs["disk"], dirs["tmpfs"], tus_version),
@@ -113,15 +126,20 @@ def main(argv: list[str]) -> int:
         try:
             with UploadBench(plan, fs, dirs[fs], payload, tus_version, log) as bench:
                 for section in wanted:
-                    method = {"upload": bench.single, "parallel": bench.parallel, "big": bench.big,
-                              "concurrent": bench.concurrent, "sweep": bench.sweep}[section]
+                    method = {
+                        "upload": bench.single,
+                        "parallel": bench.parallel,
+                        "big": bench.big,
+                        "concurrent": bench.concurrent,
+                        "sweep": bench.sweep,
+                    }[section]
                     key = "single" if section == "upload" else section
                     try:
                         tables[key] = method()
-                    except Exception as exc:  # noqa: BLE001 - one failed table must not lose the others
+                    except Exception as exc:
                         log(f"!! {fs} {section} failed: {exc!r}\n{traceback.format_exc()}")
                         skipped.append(f"{fs} {section}: failed with {exc!r}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"!! could not start the servers on {fs}: {exc!r}\n{traceback.format_exc()}")
             skipped.append(f"uploads on {fs}: servers did not start ({exc!r})")
 
@@ -133,7 +151,7 @@ def main(argv: list[str]) -> int:
             with DownloadBench(plan, dirs["disk"], payload, log) as bench:
                 results["download_checks"] = bench.checks
                 results["download"] = bench.run(have_curl=bool(shutil.which("curl")))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"!! downloads failed: {exc!r}\n{traceback.format_exc()}")
             skipped.append(f"downloads: failed with {exc!r}")
 
@@ -143,10 +161,11 @@ def main(argv: list[str]) -> int:
         fs = "tmpfs" if "tmpfs" in plan.filesystems else plan.filesystems[-1]
         log(f"== {', '.join(map(str, plan.devices))} devices at once on {fs} ({dirs[fs]})")
         try:
-            results["devices"] = bench_devices(plan.devices, ("ours", "ours-tus", "tus"), dirs[fs], log,
-                                               plan.devices_deadline)
+            results["devices"] = bench_devices(
+                plan.devices, ("ours", "ours-tus", "tus"), dirs[fs], log, plan.devices_deadline
+            )
             results["devices_fs"] = fs
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"!! devices failed: {exc!r}\n{traceback.format_exc()}")
             skipped.append(f"devices: failed with {exc!r}")
 
@@ -154,9 +173,10 @@ def main(argv: list[str]) -> int:
         from bench import client_links
 
         try:
-            results["client"] = client_links.run(dirs["disk"], log, plan.client_wire_size, plan.client_resume_size,
-                                                 plan.client_rounds)
-        except Exception as exc:  # noqa: BLE001
+            results["client"] = client_links.run(
+                dirs["disk"], log, plan.client_wire_size, plan.client_resume_size, plan.client_rounds
+            )
+        except Exception as exc:
             log(f"!! client benchmarks failed: {exc!r}\n{traceback.format_exc()}")
             skipped.append(f"client: failed with {exc!r}")
 
@@ -165,21 +185,34 @@ def main(argv: list[str]) -> int:
 
         try:
             results["tus"] = tus.run(plan.tus_size, plan.tus_patch, plan.trials, dirs["disk"], log)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log(f"!! tus benchmarks failed: {exc!r}\n{traceback.format_exc()}")
             skipped.append(f"tus: failed with {exc!r}")
 
     results["duration_s"] = time.monotonic() - started
     results["quiet_wait_s"] = quiet_spent()
-    foreign = [v for fs in results["upload"].values() for table in fs.values() if isinstance(table, dict)
-               for row in table.values() if isinstance(row, dict) for v in row.get("foreign_cores", [])]
-    foreign += [v for table in results.get("download", {}).values() for row in table.values()
-                for v in row.get("foreign_cores", [])]
+    foreign = [
+        v
+        for fs in results["upload"].values()
+        for table in fs.values()
+        if isinstance(table, dict)
+        for row in table.values()
+        if isinstance(row, dict)
+        for v in row.get("foreign_cores", [])
+    ]
+    foreign += [
+        v
+        for table in results.get("download", {}).values()
+        for row in table.values()
+        for v in row.get("foreign_cores", [])
+    ]
     if foreign:
         foreign.sort()
-        results["load_note"] = (f"load average {load_start} at the start, {loadavg()} at the end; other processes used"
-                                f" median {foreign[len(foreign) // 2]:.2f}, max {foreign[-1]:.2f} cores during timed runs;"
-                                f" {results['quiet_wait_s']:.0f} s spent waiting for quiet")
+        results["load_note"] = (
+            f"load average {load_start} at the start, {loadavg()} at the end; other processes used"
+            f" median {foreign[len(foreign) // 2]:.2f}, max {foreign[-1]:.2f} cores during timed runs;"
+            f" {results['quiet_wait_s']:.0f} s spent waiting for quiet"
+        )
     else:
         results["load_note"] = f"load average {load_start} at the start, {loadavg()} at the end"
 

@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", default="/dev/shm")
-    parser.add_argument("--py-spy", help="record a flame graph (.svg) or collapsed stacks (.txt) of the API in the last run")
+    parser.add_argument(
+        "--py-spy", help="record a flame graph (.svg) or collapsed stacks (.txt) of the API in the last run"
+    )
     args = parser.parse_args()
     files = max(1, args.chunks // CHUNKS_PER_FILE)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp, OurStack(Path(tmp) / "stack") as stack:
@@ -70,9 +72,23 @@ def main() -> None:
         for run in range(args.runs):
             spy = None
             if args.py_spy and run == args.runs - 1:
-                spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "-r", "250", "-o", args.py_spy,
-                                        "-f", "raw" if args.py_spy.endswith(".txt") else "flamegraph",
-                                        "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                spy = subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "--nonblocking",
+                        "-r",
+                        "250",
+                        "-o",
+                        args.py_spy,
+                        "-f",
+                        "raw" if args.py_spy.endswith(".txt") else "flamegraph",
+                        "--pid",
+                        str(pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 time.sleep(1)
             before, started = cpu_seconds(pid), time.perf_counter()
             tally = asyncio.run(send(stack.url, stack.token, f"r{run}", files, args.connections))
@@ -85,9 +101,11 @@ def main() -> None:
             chunks = files * CHUNKS_PER_FILE
             errors = sum(tally.errors.values())
             results.append(cpu / chunks * 1e6)
-            print(f"run {run}: {chunks} chunks, {errors} errors {dict(tally.errors)}, API cpu {cpu:.2f}s "
-                  f"= {cpu / chunks * 1e6:.0f} us/chunk (user {user / chunks * 1e6:.0f}, system {system / chunks * 1e6:.0f}), wall {wall:.1f}s, load {os.getloadavg()[0]:.1f}",
-                  flush=True)
+            print(
+                f"run {run}: {chunks} chunks, {errors} errors {dict(tally.errors)}, API cpu {cpu:.2f}s "
+                f"= {cpu / chunks * 1e6:.0f} us/chunk (user {user / chunks * 1e6:.0f}, system {system / chunks * 1e6:.0f}), wall {wall:.1f}s, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
         results.sort()
         print(f"API CPU per chunk: median {results[len(results) // 2]:.0f} us, min {results[0]:.0f} us")
 

@@ -46,8 +46,9 @@ class Http:
         body = response.read()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, body
 
-    def download(self, path: str, headers: dict[str, str], buffer: memoryview,
-                 expect: memoryview | None = None) -> tuple[int, int]:
+    def download(
+        self, path: str, headers: dict[str, str], buffer: memoryview, expect: memoryview | None = None
+    ) -> tuple[int, int]:
         """GET `path`, reading the body into `buffer` over and over; returns (status, bytes).
 
         With `expect` (the bytes the body should start with), the start of the first block read
@@ -122,8 +123,7 @@ class Target:
     def begin(self, http: Http, file_id: str, total: int) -> object:
         return None
 
-    def send(self, http: Http, ctx: object, file_id: str, start: int, end: int, total: int,
-             payload: Payload) -> bytes:
+    def send(self, http: Http, ctx: object, file_id: str, start: int, end: int, total: int, payload: Payload) -> bytes:
         raise NotImplementedError
 
 
@@ -140,11 +140,16 @@ class OursTarget(Target):
     def send(self, http, ctx, file_id, start, end, total, payload):
         length = end - start + 1
         head = encode_header(start, end, payload.crc(start, length))
-        status, _, body = http.request("POST", self.path + file_id, {
-            "Authorization": self.auth,
-            "Content-Range": f"bytes {start}-{end}/{total}",
-            "Content-Type": "application/octet-stream",
-        }, (head, payload.piece(start, length)))
+        status, _, body = http.request(
+            "POST",
+            self.path + file_id,
+            {
+                "Authorization": self.auth,
+                "Content-Range": f"bytes {start}-{end}/{total}",
+                "Content-Type": "application/octet-stream",
+            },
+            (head, payload.piece(start, length)),
+        )
         if status not in self.expect:
             raise RuntimeError(f"{self.name}: chunk {start}-{end} answered {status}: {body[:300]!r}")
         return body
@@ -165,26 +170,44 @@ class TusTarget(Target):
     name = "tus"
 
     def begin(self, http, file_id, total):
-        status, headers, body = http.request("POST", "/files", {
-            "Tus-Resumable": "1.0.0", "Upload-Length": str(total),
-        })
+        status, headers, body = http.request(
+            "POST",
+            "/files",
+            {
+                "Tus-Resumable": "1.0.0",
+                "Upload-Length": str(total),
+            },
+        )
         if status != 201:
             raise RuntimeError(f"tus creation answered {status}: {body[:300]!r}")
         return urlsplit(headers["location"]).path
 
     def send(self, http, ctx, file_id, start, end, total, payload):
-        status, headers, body = http.request("PATCH", ctx, {
-            "Tus-Resumable": "1.0.0",
-            "Upload-Offset": str(start),
-            "Content-Type": "application/offset+octet-stream",
-        }, (payload.piece(start, end - start + 1),))
+        status, headers, body = http.request(
+            "PATCH",
+            ctx,
+            {
+                "Tus-Resumable": "1.0.0",
+                "Upload-Offset": str(start),
+                "Content-Type": "application/offset+octet-stream",
+            },
+            (payload.piece(start, end - start + 1),),
+        )
         if status != 204 or int(headers["upload-offset"]) != end + 1:
             raise RuntimeError(f"tus PATCH at {start} answered {status} {headers}: {body[:300]!r}")
         return body
 
 
-def upload(base_url: str, target: Target, file_id: str, total: int, chunk: int, payload: Payload,
-           connections: int = 1, http_pool: list[Http] | None = None) -> UploadResult:
+def upload(
+    base_url: str,
+    target: Target,
+    file_id: str,
+    total: int,
+    chunk: int,
+    payload: Payload,
+    connections: int = 1,
+    http_pool: list[Http] | None = None,
+) -> UploadResult:
     """One file, `connections` keep-alive connections taking chunks in order from a shared counter.
 
     Timed from the first request to the last answer; the connections are opened (TCP
@@ -211,7 +234,7 @@ def upload(base_url: str, target: Target, file_id: str, total: int, chunk: int, 
                 t0 = time.perf_counter()
                 target.send(h, ctx, file_id, s, e, total, payload)
                 latencies.append(time.perf_counter() - t0)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     if connections == 1:
@@ -231,8 +254,9 @@ def upload(base_url: str, target: Target, file_id: str, total: int, chunk: int, 
     return UploadResult(total, seconds, latencies)
 
 
-def upload_many(base_url: str, target: Target, file_ids: list[str], total: int, chunk: int,
-                payload: Payload) -> UploadResult:
+def upload_many(
+    base_url: str, target: Target, file_ids: list[str], total: int, chunk: int, payload: Payload
+) -> UploadResult:
     """Several files at once, one connection (and thread) each; all chunk latencies."""
     payload.prepare(total, chunk)
     https = [Http(base_url) for _ in file_ids]
@@ -250,7 +274,7 @@ def upload_many(base_url: str, target: Target, file_ids: list[str], total: int, 
                 t0 = time.perf_counter()
                 target.send(h, ctx, file_id, s, e, total, payload)
                 latencies.append(time.perf_counter() - t0)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(h, f)) for h, f in zip(https, file_ids)]

@@ -87,17 +87,29 @@ def wire_ratios(work: Path, size: int, log: Callable[[str], None]) -> dict:
         with OurStack(work / "stack", FT_MIN_FREE_BYTES="0") as stack:
             for cut in CUTS:
                 name = f"cut every {format_size(cut)}" if cut else "no cuts"
-                with TcpProxy(stack.url, cut_up_after=cut) as proxy, \
-                        Client(proxy.url, ADMIN, PASSWORD, cache_dir=work / "cache") as client:
+                with (
+                    TcpProxy(stack.url, cut_up_after=cut) as proxy,
+                    Client(proxy.url, ADMIN, PASSWORD, cache_dir=work / "cache") as client,
+                ):
                     started = time.perf_counter()
                     result = client.upload(src, f"wire-{cut or 0}")
                     seconds = time.perf_counter() - started
-                    rows[name] = {"cut_bytes": cut, "file_bytes": size, "wire_bytes": proxy.up,
-                                  "ratio": proxy.up / size, "cuts": proxy.cuts, "connections": proxy.connections,
-                                  "chunks": result.chunks_sent, "retries": result.retries, "seconds": seconds}
+                    rows[name] = {
+                        "cut_bytes": cut,
+                        "file_bytes": size,
+                        "wire_bytes": proxy.up,
+                        "ratio": proxy.up / size,
+                        "cuts": proxy.cuts,
+                        "connections": proxy.connections,
+                        "chunks": result.chunks_sent,
+                        "retries": result.retries,
+                        "seconds": seconds,
+                    }
                     client.delete(result.file_id)
-                log(f"  {name}: {proxy.up / size:.3f}x the file on the wire, {proxy.cuts} cuts, "
-                    f"{result.chunks_sent} chunks, {seconds:.1f} s")
+                log(
+                    f"  {name}: {proxy.up / size:.3f}x the file on the wire, {proxy.cuts} cuts, "
+                    f"{result.chunks_sent} chunks, {seconds:.1f} s"
+                )
     finally:
         src.unlink(missing_ok=True)
     return rows
@@ -117,6 +129,7 @@ def resume_first_byte(work: Path, size: int, rounds: int, log: Callable[[str], N
     times: dict[str, list[float]] = {"without journal": [], "with journal": []}
     try:
         with OurStack(work / "stack", FT_MIN_FREE_BYTES="0") as stack:
+
             def upload(stop_after: int) -> float | None:
                 reporter = StopAfter(stop_after)
                 with Client(stack.url, ADMIN, PASSWORD, cache_dir=cache, reporter=reporter) as client:
@@ -131,18 +144,29 @@ def resume_first_byte(work: Path, size: int, rounds: int, log: Callable[[str], N
                 shutil.rmtree(cache / "hashes", ignore_errors=True)
                 times["without journal"].append(upload(1))  # hashes, and records it in the journal
                 times["with journal"].append(upload(1))
-                log(f"  round {round_ + 1}: first byte after {times['without journal'][-1]:.3f} s without the "
-                    f"journal, {times['with journal'][-1]:.3f} s with it")
+                log(
+                    f"  round {round_ + 1}: first byte after {times['without journal'][-1]:.3f} s without the "
+                    f"journal, {times['with journal'][-1]:.3f} s with it"
+                )
             with Client(stack.url, ADMIN, PASSWORD, cache_dir=cache) as client:
                 client.delete("resume")
     finally:
         src.unlink(missing_ok=True)
-    return {"file_bytes": size, "rounds": rounds,
-            **{name: {"seconds": values, "median": statistics.median(values)} for name, values in times.items()}}
+    return {
+        "file_bytes": size,
+        "rounds": rounds,
+        **{name: {"seconds": values, "median": statistics.median(values)} for name, values in times.items()},
+    }
 
 
-def run(work_dir: str, log: Callable[[str], None], wire_size: int = 256 * MiB, resume_size: int = 2 * GiB,
-        rounds: int = 3, only: set[str] = frozenset({"wire", "resume"})) -> dict:
+def run(
+    work_dir: str,
+    log: Callable[[str], None],
+    wire_size: int = 256 * MiB,
+    resume_size: int = 2 * GiB,
+    rounds: int = 3,
+    only: set[str] = frozenset({"wire", "resume"}),
+) -> dict:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="ft-client-bench-", dir=work_dir) as tmp:
         if "wire" in only:
@@ -160,36 +184,55 @@ def render(results: dict) -> list[str]:
     wire = results.get("wire")
     if wire:
         size = next(iter(wire.values()))["file_bytes"]
-        lines += ["### Client on a link that drops", "",
-                  f"One upload of a {format_size(size)} random file with default settings (`--chunk-size 8MiB`, "
-                  "adaptive), through a proxy that cuts every connection after N bytes from the client. "
-                  "Wire bytes count everything the client sent: chunks cut off, requests, status checks.", "",
-                  "| link | wire / file | cuts | chunks | retries | seconds |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "### Client on a link that drops",
+            "",
+            f"One upload of a {format_size(size)} random file with default settings (`--chunk-size 8MiB`, "
+            "adaptive), through a proxy that cuts every connection after N bytes from the client. "
+            "Wire bytes count everything the client sent: chunks cut off, requests, status checks.",
+            "",
+            "| link | wire / file | cuts | chunks | retries | seconds |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for name, row in wire.items():
-            lines.append(f"| {name} | {row['ratio']:.3f} | {row['cuts']} | {row['chunks']} | {row['retries']} "
-                         f"| {row['seconds']:.1f} |")
+            lines.append(
+                f"| {name} | {row['ratio']:.3f} | {row['cuts']} | {row['chunks']} | {row['retries']} "
+                f"| {row['seconds']:.1f} |"
+            )
         lines.append("")
     resume = results.get("resume")
     if resume:
         without, with_ = resume["without journal"], resume["with journal"]
-        lines += ["### Client resume: time to first byte", "",
-                  f"Resuming the upload of a {format_size(resume['file_bytes'])} file (two chunks already "
-                  f"stored), from `upload()` to the first payload byte sent; median of {resume['rounds']} "
-                  "interleaved rounds.", "",
-                  "| | first byte after (s) | rounds |", "|---|---:|---|",
-                  f"| without the hash journal (whole file hashed first) | {without['median']:.3f} | "
-                  + ", ".join(f"{v:.3f}" for v in without["seconds"]) + " |",
-                  f"| with the hash journal (unchanged file) | {with_['median']:.3f} | "
-                  + ", ".join(f"{v:.3f}" for v in with_["seconds"]) + " |", ""]
+        lines += [
+            "### Client resume: time to first byte",
+            "",
+            f"Resuming the upload of a {format_size(resume['file_bytes'])} file (two chunks already "
+            f"stored), from `upload()` to the first payload byte sent; median of {resume['rounds']} "
+            "interleaved rounds.",
+            "",
+            "| | first byte after (s) | rounds |",
+            "|---|---:|---|",
+            f"| without the hash journal (whole file hashed first) | {without['median']:.3f} | "
+            + ", ".join(f"{v:.3f}" for v in without["seconds"])
+            + " |",
+            f"| with the hash journal (unchanged file) | {with_['median']:.3f} | "
+            + ", ".join(f"{v:.3f}" for v in with_["seconds"])
+            + " |",
+            "",
+        ]
     return lines
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.client_links", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.client_links", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default="wire,resume", help="wire, resume or both (default)")
-    parser.add_argument("--dir", default=os.environ.get("FT_BENCH_DISK_DIR", "/var/tmp"),
-                        help="where the files and the stack's data go (default /var/tmp)")
+    parser.add_argument(
+        "--dir",
+        default=os.environ.get("FT_BENCH_DISK_DIR", "/var/tmp"),
+        help="where the files and the stack's data go (default /var/tmp)",
+    )
     parser.add_argument("--wire-size", type=int, default=256, help="MiB (default 256)")
     parser.add_argument("--resume-size", type=int, default=2048, help="MiB (default 2048)")
     parser.add_argument("--rounds", type=int, default=3)

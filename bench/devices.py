@@ -48,6 +48,7 @@ COUNTS = (64, 256, 1000)
 
 # --- one connection ---------------------------------------------------------------------------
 
+
 class Connection:
     """A raw HTTP/1.1 keep-alive connection: send a head and a body, read one answer."""
 
@@ -55,12 +56,14 @@ class Connection:
         self.reader, self.writer, self.host = reader, writer, host
 
     @classmethod
-    async def open(cls, url: str) -> "Connection":
+    async def open(cls, url: str) -> Connection:
         parts = urlsplit(url)
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=1 * MiB)
         return cls(reader, writer, parts.netloc)
 
-    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict, bytes]:
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> tuple[int, dict, bytes]:
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
         self.writer.write(head.encode("latin-1"))
@@ -91,6 +94,7 @@ class Connection:
 
 # --- what a device sends -----------------------------------------------------------------------
 
+
 @dataclass
 class Tally:
     """What the devices of one run saw."""
@@ -119,8 +123,9 @@ class Payload:
     def __init__(self) -> None:
         self.data = os.urandom(FILE_SIZE)
         self.chunks = [(start, min(start + CHUNK, FILE_SIZE) - 1) for start in range(0, FILE_SIZE, CHUNK)]
-        self.ours = [encode_header(s, e, zlib.crc32(self.data[s : e + 1])) + self.data[s : e + 1]
-                     for s, e in self.chunks]
+        self.ours = [
+            encode_header(s, e, zlib.crc32(self.data[s : e + 1])) + self.data[s : e + 1] for s, e in self.chunks
+        ]
 
 
 class OurChunks:
@@ -133,8 +138,11 @@ class OurChunks:
 
     async def upload(self, conn: Connection, file_id: str, payload: Payload, tally: Tally) -> bool:
         for (start, end), body in zip(payload.chunks, payload.ours):
-            headers = {**self.auth, "Content-Type": "application/octet-stream",
-                       "Content-Range": f"bytes {start}-{end}/{FILE_SIZE}"}
+            headers = {
+                **self.auth,
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"bytes {start}-{end}/{FILE_SIZE}",
+            }
             status, _, content = await tally.timed(conn, "POST", f"/upload/{file_id}", headers, body)
             if status != 200:
                 tally.error(str(status), content.decode(errors="replace"))
@@ -150,7 +158,9 @@ class TusChunks:
         self.base = {"Tus-Resumable": "1.0.0", **(headers or {})}
 
     async def upload(self, conn: Connection, file_id: str, payload: Payload, tally: Tally) -> bool:
-        status, answer, content = await conn.request("POST", self.path + "/", {**self.base, "Upload-Length": str(FILE_SIZE)})
+        status, answer, content = await conn.request(
+            "POST", self.path + "/", {**self.base, "Upload-Length": str(FILE_SIZE)}
+        )
         if status != 201 or "location" not in answer:
             tally.error(f"create {status}", content.decode(errors="replace"))
             return False
@@ -165,6 +175,7 @@ class TusChunks:
 
 
 # --- one run: N devices at once -----------------------------------------------------------------
+
 
 async def run_devices(url: str, protocol, count: int, payload: Payload, run_id: str, deadline: float) -> dict:
     """`count` devices, each its own connection, started together; bounded by `deadline` seconds."""
@@ -208,10 +219,16 @@ async def run_devices(url: str, protocol, count: int, payload: Payload, run_id: 
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else None
 
     return {
-        "devices": count, "completed": tally.completed, "seconds": elapsed,
+        "devices": count,
+        "completed": tally.completed,
+        "seconds": elapsed,
         "uploads_per_s": tally.completed / elapsed if elapsed > 0 else 0.0,
-        "errors": dict(tally.errors), "error_samples": tally.samples,
-        "chunks": len(lat), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": lat[-1] * 1000 if lat else None,
+        "errors": dict(tally.errors),
+        "error_samples": tally.samples,
+        "chunks": len(lat),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": lat[-1] * 1000 if lat else None,
     }
 
 
@@ -250,8 +267,14 @@ def ours_tus_available(stack) -> bool:
     return answer.status_code in (200, 204) and "tus-version" in answer.headers
 
 
-def bench_devices(counts: tuple[int, ...], servers: tuple[str, ...], work_dir: str, log, deadline: float = 180.0,
-                  env: dict[str, str] | None = None) -> dict:
+def bench_devices(
+    counts: tuple[int, ...],
+    servers: tuple[str, ...],
+    work_dir: str,
+    log,
+    deadline: float = 180.0,
+    env: dict[str, str] | None = None,
+) -> dict:
     """Every server at every N, on fresh data directories under `work_dir`; rows by server then N."""
     from bench.refs import TusServer, tus_install
     from bench.stack import OurStack
@@ -266,8 +289,14 @@ def bench_devices(counts: tuple[int, ...], servers: tuple[str, ...], work_dir: s
             if "ours" in servers:
                 targets.append((OurChunks(stack.token), stack.url, [stack.api.pid], stack))
             if "ours-tus" in servers and ours_tus_available(stack):
-                targets.append((TusChunks("ours-tus", "/files", {"Authorization": f"Bearer {stack.token}"}),
-                                stack.url, [stack.api.pid], stack))
+                targets.append(
+                    (
+                        TusChunks("ours-tus", "/files", {"Authorization": f"Bearer {stack.token}"}),
+                        stack.url,
+                        [stack.api.pid],
+                        stack,
+                    )
+                )
         if "tus" in servers and tus_install(log) is not None:
             tus = exits.enter_context(TusServer(root / "tus-store", root / "tus.log"))
             targets.append((TusChunks("tus"), tus.url, tus.pids, None))
@@ -291,9 +320,11 @@ def describe(name: str, row: dict) -> str:
     errors = ", ".join(f"{k}: {v}" for k, v in row["errors"].items()) or "none"
     complete = f", {row['complete']} complete after {row['complete_after_s']:.1f} s" if "complete" in row else ""
     p50, p99 = row["p50_ms"] or 0.0, row["p99_ms"] or 0.0
-    return (f"{name:8s} {row['devices']:5d} devices: {row['completed']}/{row['devices']} uploads in {row['seconds']:.1f} s"
-            f" = {row['uploads_per_s']:.1f}/s, chunk p50 {p50:.0f} ms p99 {p99:.0f} ms, errors {errors},"
-            f" peak RSS {row['peak_rss_mib']:.0f} MiB{complete}")
+    return (
+        f"{name:8s} {row['devices']:5d} devices: {row['completed']}/{row['devices']} uploads in {row['seconds']:.1f} s"
+        f" = {row['uploads_per_s']:.1f}/s, chunk p50 {p50:.0f} ms p99 {p99:.0f} ms, errors {errors},"
+        f" peak RSS {row['peak_rss_mib']:.0f} MiB{complete}"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.client import MiB, Http, OursTarget, Payload, upload
+from bench.client import Http, MiB, OursTarget, Payload, upload
 from bench.plan import Plan
 from bench.refs import Nginx, NginxAccel
 from bench.runner import Contender, run_interleaved
@@ -43,7 +43,7 @@ class DownloadBench:
         self.plan, self.payload, self.log = plan, payload, log
         self.root = Path(tempfile.mkdtemp(prefix="ft-bench-dl-", dir=base_dir))
 
-    def __enter__(self) -> "DownloadBench":
+    def __enter__(self) -> DownloadBench:
         self.exits = contextlib.ExitStack()
         try:
             self._setup()
@@ -65,8 +65,12 @@ class DownloadBench:
         self._start_accel()
         self.targets = {
             "ours": (self.ours.url, f"/download/{self.file_id}", self.auth, lambda: [self.ours.api.pid]),
-            "accel": (self.accel.url, f"/download/{self.file_id}", self.auth,
-                      lambda: self.accel.pids + [self.accel_api.pid]),
+            "accel": (
+                self.accel.url,
+                f"/download/{self.file_id}",
+                self.auth,
+                lambda: self.accel.pids + [self.accel_api.pid],
+            ),
             "nginx": (self.nginx.url, f"/static/{self.file_id}/data", {}, lambda: self.nginx.pids),
         }
         self.checks = self.verify()
@@ -76,11 +80,13 @@ class DownloadBench:
     def _start_accel(self) -> None:
         """A second API (same data dir, same Redis, so the same file and token) with
         FT_ACCEL_REDIRECT=1, and deploy/nginx.conf in front of it."""
-        self.accel_api, api_url = start_api(self.ours.data_dir, self.ours.redis_url, self.ours.log_dir,
-                                            FT_ACCEL_REDIRECT="1")
+        self.accel_api, api_url = start_api(
+            self.ours.data_dir, self.ours.redis_url, self.ours.log_dir, FT_ACCEL_REDIRECT="1"
+        )
         self.exits.callback(self.accel_api.stop)
-        self.accel = self.exits.enter_context(NginxAccel(self.root / "nginx-accel", int(api_url.rsplit(":", 1)[1]),
-                                                         self.ours.data_dir))
+        self.accel = self.exits.enter_context(
+            NginxAccel(self.root / "nginx-accel", int(api_url.rsplit(":", 1)[1]), self.ours.data_dir)
+        )
         self.accel_api_url = api_url
 
     def verify(self) -> dict:
@@ -90,8 +96,10 @@ class DownloadBench:
         direct = httpx.get(f"{self.accel_api_url}/download/{self.file_id}", headers=self.auth, timeout=30)
         redirect = direct.headers.get("x-accel-redirect")
         if direct.status_code != 200 or redirect != f"/_ft_files/{self.file_id}/data" or direct.content:
-            raise RuntimeError(f"the accel API answered {direct.status_code}, X-Accel-Redirect {redirect!r},"
-                               f" {len(direct.content)} body bytes: accel mode is not on")
+            raise RuntimeError(
+                f"the accel API answered {direct.status_code}, X-Accel-Redirect {redirect!r},"
+                f" {len(direct.content)} body bytes: accel mode is not on"
+            )
         checks = {"sha256": expected, "accel_redirect": redirect}
         buffer = memoryview(bytearray(MiB))
         for name, (base, path, headers, _) in self.targets.items():
@@ -111,12 +119,16 @@ class DownloadBench:
                         digest.update(buffer[:n])
                         total += n
                 if total != self.size or digest.hexdigest() != expected:
-                    raise RuntimeError(f"{name} {label}: {total} bytes with SHA-256 {digest.hexdigest()},"
-                                       f" expected {self.size} bytes with {expected}")
+                    raise RuntimeError(
+                        f"{name} {label}: {total} bytes with SHA-256 {digest.hexdigest()},"
+                        f" expected {self.size} bytes with {expected}"
+                    )
                 checks[f"{name} {label}"] = "ok"
             http.close()
-        self.log(f"  downloads verified: SHA-256 {expected[:16]}... of {self.size} bytes from"
-                 f" {', '.join(self.targets)} (whole and 8 ranges); the accel API answers X-Accel-Redirect")
+        self.log(
+            f"  downloads verified: SHA-256 {expected[:16]}... of {self.size} bytes from"
+            f" {', '.join(self.targets)} (whole and 8 ranges); the accel API answers X-Accel-Redirect"
+        )
         return checks
 
     def spans(self, parts: int) -> list[tuple[int, int]]:
@@ -142,8 +154,10 @@ class DownloadBench:
         for _ in range(self.repeat):
             status, got = http.download(path, headers, buffer, expect)
             if status != 200 or got != self.size:
-                raise RuntimeError(f"{name}: GET answered {status} with {got} of {self.size} bytes"
-                                   " (status -1: the body's first bytes are not the file's)")
+                raise RuntimeError(
+                    f"{name}: GET answered {status} with {got} of {self.size} bytes"
+                    " (status -1: the body's first bytes are not the file's)"
+                )
         seconds = time.perf_counter() - t0
         http.close()
         return {"mbps": self.size * self.repeat / seconds / 1e6, "seconds": seconds}

@@ -36,10 +36,12 @@ def serve(path: str, port: int, read_size: int) -> None:
     async def app(scope, receive, send):
         if scope["type"] == "http":
             await RangeFileResponse(path, st.st_size, "0" * 64, st.st_mtime, "f.bin", read_size=read_size)(
-                scope, receive, send)
+                scope, receive, send
+            )
 
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning", access_log=False
+    )
 
 
 def start_nginx(root: Path, port: int) -> subprocess.Popen:
@@ -55,13 +57,18 @@ http {{
   server {{ listen 127.0.0.1:{port}; root {root}/www; default_type application/octet-stream; }}
 }}
 """)
-    return subprocess.Popen([shutil.which("nginx"), "-p", str(root), "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [shutil.which("nginx"), "-p", str(root), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def curl_mbps(url: str, size: int) -> float:
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", url],
-                         check=True, capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert int(out[0]) == size, out
     return float(out[1]) / 1e6
 

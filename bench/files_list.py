@@ -44,10 +44,12 @@ async def fill(redis_url: str, owner_id: str, count: int) -> float:
     base = time.time() - count / 1000
     try:
         for first in range(0, count, BATCH):
-            await asyncio.gather(*(
-                repo.restore(f"bench-{i:07d}", _complete_fields(owner_id, base + i / 1000, i), [])
-                for i in range(first, min(first + BATCH, count))
-            ))
+            await asyncio.gather(
+                *(
+                    repo.restore(f"bench-{i:07d}", _complete_fields(owner_id, base + i / 1000, i), [])
+                    for i in range(first, min(first + BATCH, count))
+                )
+            )
     finally:
         await client.aclose()
     return time.perf_counter() - started
@@ -56,9 +58,17 @@ async def fill(redis_url: str, owner_id: str, count: int) -> float:
 def _complete_fields(owner_id: str, created: float, i: int) -> dict[str, str]:
     size = 1024 * (i % 977 + 1)
     return {
-        "owner": owner_id, "total": str(size), "state": "complete", "received": str(size), "next": str(size),
-        "name": f"file-{i}.bin", "sha256": f"{i:064x}", "created_at": repr(created),
-        "updated_at": repr(created + 1), "completed_at": repr(created + 1), "provisional": "0",
+        "owner": owner_id,
+        "total": str(size),
+        "state": "complete",
+        "received": str(size),
+        "next": str(size),
+        "name": f"file-{i}.bin",
+        "sha256": f"{i:064x}",
+        "created_at": repr(created),
+        "updated_at": repr(created + 1),
+        "completed_at": repr(created + 1),
+        "provisional": "0",
     }
 
 
@@ -73,7 +83,9 @@ def timed_get(client, path: str, **params) -> tuple[float, dict]:
 def summary(name: str, seconds: list[float]) -> str:
     ms = sorted(s * 1000 for s in seconds)
     p95 = ms[max(0, math.ceil(len(ms) * 0.95) - 1)]
-    return f"{name:<44} n={len(ms):<5} median {statistics.median(ms):7.2f} ms   p95 {p95:7.2f} ms   max {ms[-1]:7.2f} ms"
+    return (
+        f"{name:<44} n={len(ms):<5} median {statistics.median(ms):7.2f} ms   p95 {p95:7.2f} ms   max {ms[-1]:7.2f} ms"
+    )
 
 
 def page_load(url: str) -> list[str]:
@@ -86,8 +98,10 @@ def page_load(url: str) -> list[str]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            for path, ready, what in (("/", "#files-body tr", "signed in, list shown"),
-                                      ("/docs", ".opblock", "operations shown")):
+            for path, ready, what in (
+                ("/", "#files-body tr", "signed in, list shown"),
+                ("/docs", ".opblock", "operations shown"),
+            ):
                 context = browser.new_context()
                 page = context.new_page()
                 sizes: list[int] = []
@@ -101,8 +115,10 @@ def page_load(url: str) -> list[str]:
                 page.locator(ready).first.wait_for(timeout=60_000)
                 elapsed = time.perf_counter() - started
                 timing = page.evaluate("() => performance.getEntriesByType('navigation')[0].toJSON()")
-                lines.append(f"{path:<6} {len(sizes)} requests, {sum(sizes) / 1024:,.0f} KiB uncompressed; "
-                             f"load event {timing['loadEventEnd']:.0f} ms; ready ({what}) {elapsed * 1000:.0f} ms")
+                lines.append(
+                    f"{path:<6} {len(sizes)} requests, {sum(sizes) / 1024:,.0f} KiB uncompressed; "
+                    f"load event {timing['loadEventEnd']:.0f} ms; ready ({what}) {elapsed * 1000:.0f} ms"
+                )
                 context.close()
         finally:
             browser.close()

@@ -35,9 +35,13 @@ def parallel_wrong_logins(stack: OurStack, name: str, parallel: int) -> dict:
     reset_peak(stack.api.pid)
     with ThreadPoolExecutor(parallel) as pool:
         answers = Counter(pool.map(one, range(parallel)))
-    return {"parallel": parallel, "checked_401": answers[401], "refused_429": answers[429],
-            "other": sum(n for code, n in answers.items() if code not in (401, 429)),
-            "api_peak_rss_MiB": round(peak_rss_mib(stack.api.pid), 1)}
+    return {
+        "parallel": parallel,
+        "checked_401": answers[401],
+        "refused_429": answers[429],
+        "other": sum(n for code, n in answers.items() if code not in (401, 429)),
+        "api_peak_rss_MiB": round(peak_rss_mib(stack.api.pid), 1),
+    }
 
 
 def latencies(stack: OurStack, seconds: float) -> dict:
@@ -53,15 +57,23 @@ def latencies(stack: OurStack, seconds: float) -> dict:
             file_id = f"flood-{len(chunks)}-{time.monotonic_ns()}"
             start = time.perf_counter()
             response = client.post(
-                f"{stack.url}/upload/{file_id}", content=chunk_body(payload, 0),
-                headers={**bearer(stack.token), "Content-Range": f"bytes 0-{len(payload) - 1}/{len(payload) * 2}",
-                         "Content-Type": "application/octet-stream"})
+                f"{stack.url}/upload/{file_id}",
+                content=chunk_body(payload, 0),
+                headers={
+                    **bearer(stack.token),
+                    "Content-Range": f"bytes 0-{len(payload) - 1}/{len(payload) * 2}",
+                    "Content-Type": "application/octet-stream",
+                },
+            )
             chunks.append(time.perf_counter() - start)
             assert response.status_code == 200, response.text
 
     def summary(values: list[float]) -> dict:
-        return {"n": len(values), "median_ms": round(statistics.median(values) * 1000, 1),
-                "max_ms": round(max(values) * 1000, 1)}
+        return {
+            "n": len(values),
+            "median_ms": round(statistics.median(values) * 1000, 1),
+            "max_ms": round(max(values) * 1000, 1),
+        }
 
     return {"health": summary(health), "chunk_1MiB": summary(chunks)}
 
@@ -75,7 +87,9 @@ def flood(stack: OurStack, seconds: float, threads: int) -> dict:
             n = 0
             while not stop.is_set():
                 n += 1
-                code = client.post(f"{stack.url}/token", json={"username": f"ghost-{index}-{n}", "password": "x"}).status_code
+                code = client.post(
+                    f"{stack.url}/token", json={"username": f"ghost-{index}-{n}", "password": "x"}
+                ).status_code
                 answers[code] += 1
 
     reset_peak(stack.api.pid)
@@ -88,8 +102,13 @@ def flood(stack: OurStack, seconds: float, threads: int) -> dict:
         stop.set()
         for worker in workers:
             worker.join(300)
-    return {"seconds": seconds, "threads": threads, "answers": dict(answers),
-            "api_peak_rss_MiB": round(peak_rss_mib(stack.api.pid), 1), **during}
+    return {
+        "seconds": seconds,
+        "threads": threads,
+        "answers": dict(answers),
+        "api_peak_rss_MiB": round(peak_rss_mib(stack.api.pid), 1),
+        **during,
+    }
 
 
 def main() -> None:
@@ -99,12 +118,11 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="FT_X=value", help="setting for the stack")
     args = parser.parse_args()
     env = {"FT_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000000", **dict(item.split("=", 1) for item in args.env)}
-    with tempfile.TemporaryDirectory(prefix="ft-login-flood-") as root:
-        with OurStack(Path(root), **env) as stack:
-            report = {"idle": latencies(stack, 5)}
-            for parallel in (24, 100):
-                report[f"wrong_logins_{parallel}"] = parallel_wrong_logins(stack, f"victim-{parallel}", parallel)
-            report["flood"] = flood(stack, args.seconds, args.threads)
+    with tempfile.TemporaryDirectory(prefix="ft-login-flood-") as root, OurStack(Path(root), **env) as stack:
+        report = {"idle": latencies(stack, 5)}
+        for parallel in (24, 100):
+            report[f"wrong_logins_{parallel}"] = parallel_wrong_logins(stack, f"victim-{parallel}", parallel)
+        report["flood"] = flood(stack, args.seconds, args.threads)
     print(json.dumps({"env": env, **report}, indent=2))
 
 

@@ -80,7 +80,9 @@ def describe(disk_dir: str, tmpfs_dir: str, tus_version: str | None) -> dict:
         "os": _run("sh", "-c", ". /etc/os-release && echo $PRETTY_NAME") or platform.platform(),
         "disk": f"{disk_dir}: {filesystem(disk_dir)}",
         "tmpfs": f"{tmpfs_dir}: {filesystem(tmpfs_dir)}",
-        "dirty": _run("sh", "-c", "echo $(cat /proc/sys/vm/dirty_background_ratio)% / $(cat /proc/sys/vm/dirty_ratio)%"),
+        "dirty": _run(
+            "sh", "-c", "echo $(cat /proc/sys/vm/dirty_background_ratio)% / $(cat /proc/sys/vm/dirty_ratio)%"
+        ),
         "versions": {
             "python": sys.version.split()[0],
             "uvicorn": package_version("uvicorn"),
@@ -88,8 +90,11 @@ def describe(disk_dir: str, tmpfs_dir: str, tus_version: str | None) -> dict:
             "httptools": package_version("httptools"),
             "starlette": package_version("starlette"),
             "fastapi": package_version("fastapi"),
-            "redis-server": (_run(redis_server, "--version").split("v=")[1].split()[0]
-                             if "v=" in _run(redis_server, "--version") else "?"),
+            "redis-server": (
+                _run(redis_server, "--version").split("v=")[1].split()[0]
+                if "v=" in _run(redis_server, "--version")
+                else "?"
+            ),
             "nginx": nginx_version() or "-",
             "node": node_version() or "-",
             "@tus/server": tus_version or "not installed",

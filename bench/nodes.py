@@ -34,8 +34,16 @@ if str(ROOT) not in sys.path:
 from bench.procs import machine_busy_seconds, self_cpu_seconds, tree_cpu_seconds  # noqa: E402
 from core.users import UserStore  # noqa: E402
 from ops.redis_server import free_port, start_redis  # noqa: E402
-from tests.support import (balancer_nginx_conf, bearer, chunk_body, login, running_nginx, start_api,  # noqa: E402
-                           start_worker, wait_until)
+from tests.support import (
+    balancer_nginx_conf,
+    bearer,
+    chunk_body,
+    login,
+    running_nginx,
+    start_api,
+    start_worker,
+    wait_until,
+)
 
 MiB, KiB = 1024 * 1024, 1024
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -59,12 +67,16 @@ class Run:
         return self.payload_bytes / MiB / self.seconds
 
 
-async def upload_one(client: httpx.AsyncClient, token: str, file_id: str, bodies: list[tuple[str, bytes]],
-                     latencies: list[float]) -> None:
+async def upload_one(
+    client: httpx.AsyncClient, token: str, file_id: str, bodies: list[tuple[str, bytes]], latencies: list[float]
+) -> None:
     for content_range, body in bodies:
         sent = time.perf_counter()
-        answer = await client.post(f"/upload/{file_id}", content=body, headers={
-            **bearer(token), "Content-Range": content_range, "Content-Type": "application/octet-stream"})
+        answer = await client.post(
+            f"/upload/{file_id}",
+            content=body,
+            headers={**bearer(token), "Content-Range": content_range, "Content-Type": "application/octet-stream"},
+        )
         latencies.append(time.perf_counter() - sent)
         if answer.status_code != 200:
             raise RuntimeError(f"{file_id}: {answer.status_code} {answer.text}")
@@ -75,8 +87,9 @@ async def upload_all(url: str, token: str, clients: int, bodies: list[tuple[str,
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     connections = [httpx.AsyncClient(base_url=url, timeout=300, limits=limits) for _ in range(clients)]
     try:
-        await asyncio.gather(*(upload_one(c, token, f"{run}-{i}", bodies, latencies)
-                               for i, c in enumerate(connections)))
+        await asyncio.gather(
+            *(upload_one(c, token, f"{run}-{i}", bodies, latencies) for i, c in enumerate(connections))
+        )
     finally:
         for c in connections:
             await c.aclose()
@@ -87,8 +100,13 @@ def chunk_bodies(file_bytes: int, chunk_bytes: int) -> list[tuple[str, bytes]]:
     """(Content-Range, wire body) of every chunk of one random file (the same file for every
     client: each uploads it under its own id)."""
     data = os.urandom(file_bytes)
-    return [(f"bytes {start}-{min(start + chunk_bytes, file_bytes) - 1}/{file_bytes}",
-             chunk_body(data[start:start + chunk_bytes], start)) for start in range(0, file_bytes, chunk_bytes)]
+    return [
+        (
+            f"bytes {start}-{min(start + chunk_bytes, file_bytes) - 1}/{file_bytes}",
+            chunk_body(data[start : start + chunk_bytes], start),
+        )
+        for start in range(0, file_bytes, chunk_bytes)
+    ]
 
 
 def measure(root: Path, nodes: int, clients: int, bodies: list[tuple[str, bytes]], file_bytes: int) -> Run:
@@ -112,8 +130,11 @@ def measure(root: Path, nodes: int, clients: int, bodies: list[tuple[str, bytes]
         conf = balancer_nginx_conf(port, [f"{h}:{node_port}" for h in HOSTS[:nodes]], root / "access.log")
         url = owned.enter_context(running_nginx(root / "nginx", conf, port, "/health"))
         nginx_pid = int((root / "nginx" / "nginx.pid").read_text())
-        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 1, timeout=60,
-                   what="a worker heartbeat")
+        wait_until(
+            lambda: httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 1,
+            timeout=60,
+            what="a worker heartbeat",
+        )
         token = login(url, *USER)
 
         watched = [p.pid for p in api_procs] + [nginx_pid, worker.pid]
@@ -125,6 +146,7 @@ def measure(root: Path, nodes: int, clients: int, bodies: list[tuple[str, bytes]
         cpu = [tree_cpu_seconds([pid]) - before for pid, before in zip(watched, cpu_before)]
 
         with httpx.Client(base_url=url, headers=bearer(token), timeout=30) as c:
+
             def all_complete() -> bool:
                 states = {c.get(f"/status/n{nodes}-{i}").json()["state"] for i in range(clients)}
                 if "failed" in states:
@@ -132,25 +154,30 @@ def measure(root: Path, nodes: int, clients: int, bodies: list[tuple[str, bytes]
                 return states == {"complete"}
 
             wait_until(all_complete, timeout=600, interval=0.5, what="every upload complete")
-        return Run(nodes, seconds, clients * file_bytes, latencies, cpu[:nodes], cpu[nodes], cpu[nodes + 1],
-                   client_cpu, busy)
+        return Run(
+            nodes, seconds, clients * file_bytes, latencies, cpu[:nodes], cpu[nodes], cpu[nodes + 1], client_cpu, busy
+        )
 
 
 def report(runs: list[Run], clients: int, file_bytes: int, chunk_bytes: int) -> str:
-    lines = [f"{clients} clients at once, each one {file_bytes // MiB} MiB file in {chunk_bytes // KiB} KiB chunks "
-             f"through nginx; {os.cpu_count()} CPUs on the machine",
-             "",
-             "| API nodes | wall s | MiB/s | vs 1 node | chunk p50 / p99 ms | CPU s per node | nginx CPU s "
-             "| worker CPU s | clients CPU s | machine busy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{clients} clients at once, each one {file_bytes // MiB} MiB file in {chunk_bytes // KiB} KiB chunks "
+        f"through nginx; {os.cpu_count()} CPUs on the machine",
+        "",
+        "| API nodes | wall s | MiB/s | vs 1 node | chunk p50 / p99 ms | CPU s per node | nginx CPU s "
+        "| worker CPU s | clients CPU s | machine busy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     base = runs[0].mib_per_s
     for r in runs:
         q = statistics.quantiles(r.latencies, n=100)
         per_node = " / ".join(f"{c:.2f}" for c in r.node_cpu)
         capacity = r.seconds * (os.cpu_count() or 1)
-        lines.append(f"| {r.nodes} | {r.seconds:.1f} | {r.mib_per_s:.0f} | {r.mib_per_s / base:.2f}x | "
-                     f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} | {per_node} | {r.nginx_cpu:.2f} | {r.worker_cpu:.2f} | "
-                     f"{r.client_cpu:.2f} | {100 * r.machine_busy / capacity:.0f}% |")
+        lines.append(
+            f"| {r.nodes} | {r.seconds:.1f} | {r.mib_per_s:.0f} | {r.mib_per_s / base:.2f}x | "
+            f"{q[49] * 1000:.0f} / {q[98] * 1000:.0f} | {per_node} | {r.nginx_cpu:.2f} | {r.worker_cpu:.2f} | "
+            f"{r.client_cpu:.2f} | {100 * r.machine_busy / capacity:.0f}% |"
+        )
     return "\n".join(lines)
 
 

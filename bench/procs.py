@@ -95,7 +95,7 @@ class CpuMeter:
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         import time
 
         self.t0 = time.perf_counter()
@@ -120,7 +120,7 @@ class Spread:
     n: int
 
     @classmethod
-    def of(cls, values: list[float]) -> "Spread":
+    def of(cls, values: list[float]) -> Spread:
         return cls(statistics.median(values), min(values), max(values), len(values))
 
 

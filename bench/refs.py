@@ -47,7 +47,7 @@ class Nginx:
         self.static_root = static_root or root / "www"
         self.workers = workers
 
-    def __enter__(self) -> "Nginx":
+    def __enter__(self) -> Nginx:
         root = self.root
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         (root / "empty").mkdir(exist_ok=True)
@@ -83,8 +83,11 @@ http {{
   }}
 }}
 """)
-        self.proc = subprocess.Popen([shutil.which("nginx"), "-p", str(root), "-c", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [shutil.which("nginx"), "-p", str(root), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(self.port, self.proc)
         return self
 
@@ -128,7 +131,7 @@ class NginxAccel:
     def __init__(self, root: Path, api_port: int, data_dir: Path) -> None:
         self.root, self.api_port, self.data_dir = root, api_port, data_dir
 
-    def __enter__(self) -> "NginxAccel":
+    def __enter__(self) -> NginxAccel:
         import re
 
         root = self.root
@@ -137,13 +140,21 @@ class NginxAccel:
         self.url = f"http://127.0.0.1:{self.port}"
         mime = Path("/etc/nginx/mime.types")  # Debian's; left out where there is none (no effect here)
         conf = self.DEPLOY.read_text()
-        for old, new in ((r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{self.port};"),
-                         (r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{self.api_port};"),
-                         (r"alias /\S+/files/;", f"alias {self.data_dir}/files/;"),
-                         (r"include mime\.types;", f"include {mime};" if mime.exists() else ""),
-                         (r"http \{\n", "http {\n" + "".join(f"    {kind}_temp_path {root}/tmp/{kind};\n" for kind in
-                                                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-                          + "    access_log off;\n")):
+        for old, new in (
+            (r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{self.port};"),
+            (r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{self.api_port};"),
+            (r"alias /\S+/files/;", f"alias {self.data_dir}/files/;"),
+            (r"include mime\.types;", f"include {mime};" if mime.exists() else ""),
+            (
+                r"http \{\n",
+                "http {\n"
+                + "".join(
+                    f"    {kind}_temp_path {root}/tmp/{kind};\n"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+                )
+                + "    access_log off;\n",
+            ),
+        ):
             conf, n = re.subn(old, lambda _m, new=new: new, conf)
             if n != 1:
                 raise RuntimeError(f"deploy/nginx.conf no longer has {old!r}: update bench/refs.py")
@@ -151,14 +162,29 @@ class NginxAccel:
         self.conf.write_text(conf)
         globals_ = f"daemon off; pid {root}/nginx.pid;" + (" user root;" if os.geteuid() == 0 else "")
         with open(root / "nginx.out", "ab") as out:
-            self.proc = subprocess.Popen([shutil.which("nginx"), "-p", str(root), "-e", str(root / "error.log"),
-                                          "-c", str(self.conf), "-g", globals_],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [
+                    shutil.which("nginx"),
+                    "-p",
+                    str(root),
+                    "-e",
+                    str(root / "error.log"),
+                    "-c",
+                    str(self.conf),
+                    "-g",
+                    globals_,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         try:
             wait_port(self.port, self.proc)
         except BaseException as exc:
             self.__exit__()
-            logs = "".join(p.read_text(errors="replace") for p in (root / "error.log", root / "nginx.out") if p.exists())
+            logs = "".join(
+                p.read_text(errors="replace") for p in (root / "error.log", root / "nginx.out") if p.exists()
+            )
             raise RuntimeError(f"nginx (deploy/nginx.conf, accel) did not start: {exc!r}\n{logs[-2000:]}") from exc
         return self
 
@@ -182,6 +208,7 @@ def nginx_version() -> str | None:
 
 # --- @tus/server -------------------------------------------------------------------------
 
+
 def tus_install(log) -> str | None:
     """Install the pinned @tus packages into bench/.cache/tus once; None (and why) when impossible."""
     npm, node = shutil.which("npm"), shutil.which("node")
@@ -195,9 +222,20 @@ def tus_install(log) -> str | None:
         (TUS_DIR / "package.json").write_text(wanted)
         log("installing @tus/server into bench/.cache/tus (npm, first run only) ...")
         result = subprocess.run(
-            [npm, "install", "--prefix", str(TUS_DIR), "--no-audit", "--no-fund", "--no-save",
-             "--cache", str(TUS_DIR.parent / "npm")],
-            capture_output=True, text=True, cwd=TUS_DIR,
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(TUS_DIR),
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--cache",
+                str(TUS_DIR.parent / "npm"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=TUS_DIR,
         )
         if result.returncode != 0:
             log(f"SKIP tus: npm install failed ({result.returncode}):\n{result.stderr[-2000:]}")
@@ -221,14 +259,18 @@ class TusServer:
         self.store_dir = store_dir
         self.log_path = log_path
 
-    def __enter__(self) -> "TusServer":
+    def __enter__(self) -> TusServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([shutil.which("node"), str(TUS_DIR / "server.mjs"), str(self.port),
-                                      str(self.store_dir)], stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=TUS_DIR)
+        self.proc = subprocess.Popen(
+            [shutil.which("node"), str(TUS_DIR / "server.mjs"), str(self.port), str(self.store_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=TUS_DIR,
+        )
         log.close()
         wait_port(self.port, self.proc)
         return self

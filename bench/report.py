@@ -56,8 +56,10 @@ def limiter(name: str, row: dict, cores: int, fs: str) -> str:
         return f"client CPU ({client:.2f} cores) and loopback TCP; server at {server:.2f}"
     if server + client + foreign >= cores * 0.8:
         return f"both cores busy: server {server:.2f} + client {client:.2f} + kernel/others"
-    return (f"no process saturated (server {server:.2f}, client {client:.2f} cores): the kernel's two copies"
-            " per byte through loopback TCP, across cores")
+    return (
+        f"no process saturated (server {server:.2f}, client {client:.2f} cores): the kernel's two copies"
+        " per byte through loopback TCP, across cores"
+    )
 
 
 class Report:
@@ -74,7 +76,11 @@ class Report:
         r, m = self.r, self.r["machine"]
         plan = r["plan"]
         who = "`make bench`" if r["argv"] == "(no flags)" else f"`.venv/bin/python -m bench {r['argv']}`"
-        kind = "full run" if plan["name"] == "full" else f"**{plan['name']} run** (smaller sizes, fewer trials: not the reference figures)"
+        kind = (
+            "full run"
+            if plan["name"] == "full"
+            else f"**{plan['name']} run** (smaller sizes, fewer trials: not the reference figures)"
+        )
         self.add(
             "# Benchmarks",
             "",
@@ -125,10 +131,16 @@ class Report:
                         oks.append(statistics.median(ratios) >= goal)
             return "–" if not oks else ("yes" if all(oks) else ("partly" if any(oks) else "**no**"))
 
-        rows.append(("upload ≥ 1.5× @tus/server (1 connection, 8 MiB chunks)", per_fs(lambda t: ratio_of(t, "tus")),
-                     verdict(None, "tus", 1.5)))
-        rows.append(("upload ≥ 0.6× nginx sink", per_fs(lambda t: ratio_of(t, "nginx-sink")),
-                     verdict(None, "nginx-sink", 0.6)))
+        rows.append(
+            (
+                "upload ≥ 1.5× @tus/server (1 connection, 8 MiB chunks)",
+                per_fs(lambda t: ratio_of(t, "tus")),
+                verdict(None, "tus", 1.5),
+            )
+        )
+        rows.append(
+            ("upload ≥ 0.6× nginx sink", per_fs(lambda t: ratio_of(t, "nginx-sink")), verdict(None, "nginx-sink", 0.6))
+        )
         speeds, oks = [], []
         for fs in r["plan"]["filesystems"]:
             table = up.get(fs, {}).get("single")
@@ -136,25 +148,39 @@ class Report:
                 value = med(table["ours"]["mbps"])
                 speeds.append(f"{fs}: {value:.0f} MB/s")
                 oks.append(value >= 750)
-        rows.append(("≥ 750 MB/s on one connection", "; ".join(speeds) or "not run",
-                     "–" if not oks else ("yes" if all(oks) else ("partly" if any(oks) else "**no**"))))
+        rows.append(
+            (
+                "≥ 750 MB/s on one connection",
+                "; ".join(speeds) or "not run",
+                "–" if not oks else ("yes" if all(oks) else ("partly" if any(oks) else "**no**")),
+            )
+        )
         cells, oks = [], []
         for label, table in dl.items():
             ratios = paired_ratios(table.get("ours", {}).get("mbps"), table.get("nginx", {}).get("mbps"))
             if ratios:
                 cells.append(f"{label}: {statistics.median(ratios):.2f}×")
                 oks.append(statistics.median(ratios) >= 0.8)
-        rows.append(("download ≥ 0.8× nginx", "; ".join(cells) or "not run",
-                     "–" if not oks else ("yes" if all(oks) else ("partly" if any(oks) else "**no**"))))
+        rows.append(
+            (
+                "download ≥ 0.8× nginx",
+                "; ".join(cells) or "not run",
+                "–" if not oks else ("yes" if all(oks) else ("partly" if any(oks) else "**no**")),
+            )
+        )
         cells, oks = [], []
         for label, table in dl.items():
             ratios = paired_ratios(table.get("accel", {}).get("mbps"), table.get("nginx", {}).get("mbps"))
             if ratios:
                 cells.append(f"{label}: {statistics.median(ratios):.2f}×")
                 oks.append(statistics.median(ratios) >= 0.95)
-        rows.append(("download ≥ 0.95× nginx in accel mode (`FT_ACCEL_REDIRECT=1` behind `deploy/nginx.conf`)",
-                     "; ".join(cells) or "not run",
-                     "–" if not oks else ("yes" if all(oks) else ("partly" if any(oks) else "**no**"))))
+        rows.append(
+            (
+                "download ≥ 0.95× nginx in accel mode (`FT_ACCEL_REDIRECT=1` behind `deploy/nginx.conf`)",
+                "; ".join(cells) or "not run",
+                "–" if not oks else ("yes" if all(oks) else ("partly" if any(oks) else "**no**")),
+            )
+        )
         self.add("## Targets", "", "| target | measured (median of paired per-round ratios) | met |", "|---|---|---|")
         for row in rows:
             self.add(f"| {row[0]} | {row[1]} | {row[2]} |")
@@ -220,22 +246,34 @@ class Report:
             t = tables.get("single")
             if not t:
                 continue
-            self.add(f"**{fs}**", "",
-                     "| server | MB/s | ours ÷ this | server CPU | client CPU | others | then `sync` s | limited by |",
-                     "|---|---|---|---|---|---|---|---|")
+            self.add(
+                f"**{fs}**",
+                "",
+                "| server | MB/s | ours ÷ this | server CPU | client CPU | others | then `sync` s | limited by |",
+                "|---|---|---|---|---|---|---|---|",
+            )
             ours = t.get("ours", {}).get("mbps")
             for name, row in t.items():
                 if name.startswith("_"):
                     continue
-                label = {"ours": "ours (API)", "tus": "@tus/server + file-store", "nginx-sink": "nginx sink (reads, drops)"}[name]
-                self.add(f"| {label} | {spread(row.get('mbps'))} | {ratio_cell(ours, row.get('mbps')) if name != 'ours' else '1'}"
-                         f" | {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('client_cores'), '{:.2f}')}"
-                         f" | {spread(row.get('foreign_cores'), '{:.2f}')} | {spread(row.get('flush_seconds'), '{:.2f}')}"
-                         f" | {limiter(name, row, self.cores, fs)} |")
+                label = {
+                    "ours": "ours (API)",
+                    "tus": "@tus/server + file-store",
+                    "nginx-sink": "nginx sink (reads, drops)",
+                }[name]
+                self.add(
+                    f"| {label} | {spread(row.get('mbps'))} | {ratio_cell(ours, row.get('mbps')) if name != 'ours' else '1'}"
+                    f" | {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('client_cores'), '{:.2f}')}"
+                    f" | {spread(row.get('foreign_cores'), '{:.2f}')} | {spread(row.get('flush_seconds'), '{:.2f}')}"
+                    f" | {limiter(name, row, self.cores, fs)} |"
+                )
             rss = t.get("ours", {})
             if rss.get("api_peak_rss_mib"):
-                self.add("", f"API RSS: {spread(rss.get('api_rss_before_mib'))} MiB before, peak"
-                             f" {spread(rss.get('api_peak_rss_mib'))} MiB during the {size(p['single_size'])} upload.")
+                self.add(
+                    "",
+                    f"API RSS: {spread(rss.get('api_rss_before_mib'))} MiB before, peak"
+                    f" {spread(rss.get('api_peak_rss_mib'))} MiB during the {size(p['single_size'])} upload.",
+                )
             self.add("")
 
     def memory(self) -> None:
@@ -243,29 +281,39 @@ class Report:
         if not any("big" in t for t in up.values()):
             return
         p = self.r["plan"]
-        self.add(f"## Memory and verification: {size(p['single_size'])} vs {size(p['big_size'])}", "",
-                 f"Peak RSS of the API while one upload streams ({size(p['chunk'])} chunks, one connection), of the"
-                 f" worker while it verifies and publishes; then the time from the last chunk's answer to `GET"
-                 f" /status` saying `complete` (CRC-32 of every chunk + SHA-256 in one pass, rename, fsync, meta),"
-                 f" polled every 2 ms, against `sha256sum` (coreutils) and `openssl dgst -sha256` of the same final"
-                 f" file (page cache warm).", "",
-                 "| fs | upload | MB/s | API RSS before | API peak RSS | worker peak RSS | last chunk → complete | sha256sum | openssl dgst -sha256 | complete ÷ sha256sum | complete ÷ openssl | others |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|")
+        self.add(
+            f"## Memory and verification: {size(p['single_size'])} vs {size(p['big_size'])}",
+            "",
+            f"Peak RSS of the API while one upload streams ({size(p['chunk'])} chunks, one connection), of the"
+            f" worker while it verifies and publishes; then the time from the last chunk's answer to `GET"
+            f" /status` saying `complete` (CRC-32 of every chunk + SHA-256 in one pass, rename, fsync, meta),"
+            f" polled every 2 ms, against `sha256sum` (coreutils) and `openssl dgst -sha256` of the same final"
+            f" file (page cache warm).",
+            "",
+            "| fs | upload | MB/s | API RSS before | API peak RSS | worker peak RSS | last chunk → complete | sha256sum | openssl dgst -sha256 | complete ÷ sha256sum | complete ÷ openssl | others |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        )
         for fs, tables in up.items():
             single = tables.get("single", {}).get("ours", {})
             if single.get("api_peak_rss_mib"):
-                self.add(f"| {fs} | {size(p['single_size'])} | {spread(single.get('mbps'))} |"
-                         f" {spread(single.get('api_rss_before_mib'))} MiB | {spread(single.get('api_peak_rss_mib'))} MiB | – | – | – | – | – | – | – |")
+                self.add(
+                    f"| {fs} | {size(p['single_size'])} | {spread(single.get('mbps'))} |"
+                    f" {spread(single.get('api_rss_before_mib'))} MiB | {spread(single.get('api_peak_rss_mib'))} MiB | – | – | – | – | – | – | – |"
+                )
             big = tables.get("big", {}).get("ours")
             if big:
                 ratio = [a / b for a, b in zip(big["to_complete_s"], big["sha256sum_s"]) if b]
-                ratio_ssl = [a / b for a, b in zip(big["to_complete_s"], big.get("openssl_sha256_s", [])) if b == b and b]
-                self.add(f"| {fs} | {size(p['big_size'])} | {spread(big['mbps'])} | {spread(big['api_rss_before_mib'])} MiB |"
-                         f" {spread(big['api_peak_rss_mib'])} MiB | {spread(big['worker_peak_rss_mib'])} MiB |"
-                         f" {spread(big['to_complete_s'], '{:.2f}')} s | {spread(big['sha256sum_s'], '{:.2f}')} s |"
-                         f" {spread([v for v in big.get('openssl_sha256_s', []) if v == v], '{:.2f}')} s |"
-                         f" {spread(ratio, '{:.2f}×')} | {spread(ratio_ssl, '{:.2f}×')} |"
-                         f" {spread(big.get('foreign_cores'), '{:.2f}')} |")
+                ratio_ssl = [
+                    a / b for a, b in zip(big["to_complete_s"], big.get("openssl_sha256_s", [])) if b == b and b
+                ]
+                self.add(
+                    f"| {fs} | {size(p['big_size'])} | {spread(big['mbps'])} | {spread(big['api_rss_before_mib'])} MiB |"
+                    f" {spread(big['api_peak_rss_mib'])} MiB | {spread(big['worker_peak_rss_mib'])} MiB |"
+                    f" {spread(big['to_complete_s'], '{:.2f}')} s | {spread(big['sha256sum_s'], '{:.2f}')} s |"
+                    f" {spread([v for v in big.get('openssl_sha256_s', []) if v == v], '{:.2f}')} s |"
+                    f" {spread(ratio, '{:.2f}×')} | {spread(ratio_ssl, '{:.2f}×')} |"
+                    f" {spread(big.get('foreign_cores'), '{:.2f}')} |"
+                )
         self.add("")
 
     def parallel(self) -> None:
@@ -273,19 +321,25 @@ class Report:
         if not any("parallel" in t for t in up.values()):
             return
         p = self.r["plan"]
-        self.add(f"## Upload with parallel connections (ours, {size(p['single_size'])}, {size(p['chunk'])} chunks)", "",
-                 "Chunks are taken in order from a shared counter by N keep-alive connections (threads).", "",
-                 "| fs | connections | MB/s | ÷ 1 connection | API CPU | client CPU | others | API peak RSS MiB |",
-                 "|---|---|---|---|---|---|---|---|")
+        self.add(
+            f"## Upload with parallel connections (ours, {size(p['single_size'])}, {size(p['chunk'])} chunks)",
+            "",
+            "Chunks are taken in order from a shared counter by N keep-alive connections (threads).",
+            "",
+            "| fs | connections | MB/s | ÷ 1 connection | API CPU | client CPU | others | API peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        )
         for fs, tables in up.items():
             t = tables.get("parallel")
             if not t:
                 continue
             one = t.get("ours x1", {}).get("mbps")
             for name, row in t.items():
-                self.add(f"| {fs} | {name.split('x')[-1]} | {spread(row.get('mbps'))} | {ratio_cell(row.get('mbps'), one)} |"
-                         f" {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('client_cores'), '{:.2f}')} |"
-                         f" {spread(row.get('foreign_cores'), '{:.2f}')} | {spread(row.get('api_peak_rss_mib'))} |")
+                self.add(
+                    f"| {fs} | {name.split('x')[-1]} | {spread(row.get('mbps'))} | {ratio_cell(row.get('mbps'), one)} |"
+                    f" {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('client_cores'), '{:.2f}')} |"
+                    f" {spread(row.get('foreign_cores'), '{:.2f}')} | {spread(row.get('api_peak_rss_mib'))} |"
+                )
         self.add("")
 
     def sweep(self) -> None:
@@ -297,16 +351,22 @@ class Report:
             t = tables.get("sweep")
             if not t:
                 continue
-            self.add(f"## Chunk size sweep ({fs}, one connection)", "",
-                     f"File size per chunk size: at most {p['sweep_max_chunks']} chunks and at most {size(p['sweep_file'])}.",
-                     "", "| server | chunk | file | MB/s | chunks/s | p50 latency ms | server CPU | others |",
-                     "|---|---|---|---|---|---|---|---|")
+            self.add(
+                f"## Chunk size sweep ({fs}, one connection)",
+                "",
+                f"File size per chunk size: at most {p['sweep_max_chunks']} chunks and at most {size(p['sweep_file'])}.",
+                "",
+                "| server | chunk | file | MB/s | chunks/s | p50 latency ms | server CPU | others |",
+                "|---|---|---|---|---|---|---|---|",
+            )
             for name, row in t.items():
                 server, chunk = name.rsplit(" ", 1)
                 chunk = int(chunk)
-                self.add(f"| {server} | {size(chunk)} | {size(min(p['sweep_file'], chunk * p['sweep_max_chunks']))} |"
-                         f" {spread(row.get('mbps'))} | {spread(row.get('chunks_per_s'))} | {spread(row.get('p50_ms'), '{:.2f}')} |"
-                         f" {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('foreign_cores'), '{:.2f}')} |")
+                self.add(
+                    f"| {server} | {size(chunk)} | {size(min(p['sweep_file'], chunk * p['sweep_max_chunks']))} |"
+                    f" {spread(row.get('mbps'))} | {spread(row.get('chunks_per_s'))} | {spread(row.get('p50_ms'), '{:.2f}')} |"
+                    f" {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('foreign_cores'), '{:.2f}')} |"
+                )
             self.add("")
 
     def concurrent(self) -> None:
@@ -314,20 +374,26 @@ class Report:
         if not any("concurrent" in t for t in up.values()):
             return
         p = self.r["plan"]
-        self.add(f"## {p['concurrent_files']} concurrent uploads of {size(p['concurrent_size'])}"
-                 f" ({size(p['concurrent_chunk'])} chunks, one connection each)", "",
-                 "Server CPU here is API + worker + Redis (the worker assembles finished files while others still upload).", "",
-                 "| fs | total MB/s | chunk p50 ms | chunk p99 ms | max ms | API peak RSS | worker peak RSS | all complete after | server CPU | client CPU | others |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|")
+        self.add(
+            f"## {p['concurrent_files']} concurrent uploads of {size(p['concurrent_size'])}"
+            f" ({size(p['concurrent_chunk'])} chunks, one connection each)",
+            "",
+            "Server CPU here is API + worker + Redis (the worker assembles finished files while others still upload).",
+            "",
+            "| fs | total MB/s | chunk p50 ms | chunk p99 ms | max ms | API peak RSS | worker peak RSS | all complete after | server CPU | client CPU | others |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        )
         for fs, tables in up.items():
             row = tables.get("concurrent", {}).get("ours")
             if not row:
                 continue
-            self.add(f"| {fs} | {spread(row.get('mbps'))} | {spread(row.get('p50_ms'), '{:.1f}')} | {spread(row.get('p99_ms'), '{:.1f}')} |"
-                     f" {spread(row.get('max_ms'), '{:.0f}')} | {spread(row.get('api_peak_rss_mib'))} MiB |"
-                     f" {spread(row.get('worker_peak_rss_mib'))} MiB | {spread(row.get('all_complete_after_s'), '{:.2f}')} s |"
-                     f" {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('client_cores'), '{:.2f}')} |"
-                     f" {spread(row.get('foreign_cores'), '{:.2f}')} |")
+            self.add(
+                f"| {fs} | {spread(row.get('mbps'))} | {spread(row.get('p50_ms'), '{:.1f}')} | {spread(row.get('p99_ms'), '{:.1f}')} |"
+                f" {spread(row.get('max_ms'), '{:.0f}')} | {spread(row.get('api_peak_rss_mib'))} MiB |"
+                f" {spread(row.get('worker_peak_rss_mib'))} MiB | {spread(row.get('all_complete_after_s'), '{:.2f}')} s |"
+                f" {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('client_cores'), '{:.2f}')} |"
+                f" {spread(row.get('foreign_cores'), '{:.2f}')} |"
+            )
         self.add("")
 
     def download(self) -> None:
@@ -336,46 +402,61 @@ class Report:
             return
         p = self.r["plan"]
         accel = any("accel" in table for table in dl.values())
-        self.add(f"## Download: {size(p['download_size'])}, ours vs nginx static (same file, disk, page cache warm)", "",
-                 "nginx static: `sendfile on`, the file served from the API's `files/<id>/data` by an `alias` location."
-                 " Ours: `GET /download/{id}` with a bearer token (auth, Redis lookup, then `api/responses.py`).", "")
+        self.add(
+            f"## Download: {size(p['download_size'])}, ours vs nginx static (same file, disk, page cache warm)",
+            "",
+            "nginx static: `sendfile on`, the file served from the API's `files/<id>/data` by an `alias` location."
+            " Ours: `GET /download/{id}` with a bearer token (auth, Redis lookup, then `api/responses.py`).",
+            "",
+        )
         if accel:
             checks = self.r.get("download_checks", {})
             names_ok = [k.split(" ", 1)[0] for k, v in checks.items() if v == "ok"]
             verified = (", ".join(dict.fromkeys(names_ok)) + ": whole and 8 ranges matched") if names_ok else ""
-            self.add("Ours via nginx (accel): the same request to nginx running `deploy/nginx.conf` (rewritten for"
-                     " ports, the data dir, its own pid/log/temp paths), in front of a second API process on the same"
-                     " data dir and Redis started with `FT_ACCEL_REDIRECT=1`: the API authorises and answers"
-                     " `X-Accel-Redirect`, nginx sends the file with sendfile. Server CPU is nginx's and that API's."
-                     " Bytes checked once per run: SHA-256 of a whole download and of the 8 ranges in order"
-                     f" ({verified or 'not recorded'}), and the accel API asked directly answered"
-                     f" `X-Accel-Redirect: {checks.get('accel_redirect', '?')}` with an empty body; every timed"
-                     " download checks its status, its length and (Python client) its first 64 KiB.", "")
+            self.add(
+                "Ours via nginx (accel): the same request to nginx running `deploy/nginx.conf` (rewritten for"
+                " ports, the data dir, its own pid/log/temp paths), in front of a second API process on the same"
+                " data dir and Redis started with `FT_ACCEL_REDIRECT=1`: the API authorises and answers"
+                " `X-Accel-Redirect`, nginx sends the file with sendfile. Server CPU is nginx's and that API's."
+                " Bytes checked once per run: SHA-256 of a whole download and of the 8 ranges in order"
+                f" ({verified or 'not recorded'}), and the accel API asked directly answered"
+                f" `X-Accel-Redirect: {checks.get('accel_redirect', '?')}` with an empty body; every timed"
+                " download checks its status, its length and (Python client) its first 64 KiB.",
+                "",
+            )
         names = {"ours": "ours (direct)", "accel": "ours via nginx (accel)", "nginx": "nginx static"}
-        self.add("| test | server | MB/s | ÷ nginx static | server CPU | client CPU | others |",
-                 "|---|---|---|---|---|---|---|")
+        self.add(
+            "| test | server | MB/s | ÷ nginx static | server CPU | client CPU | others |",
+            "|---|---|---|---|---|---|---|",
+        )
         for label, table in dl.items():
             nginx = table.get("nginx", {}).get("mbps")
             for name, row in table.items():
-                self.add(f"| {label} | {names.get(name, name)} | {spread(row.get('mbps'))} |"
-                         f" {ratio_cell(row.get('mbps'), nginx) if name != 'nginx' else ''} |"
-                         f" {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('client_cores'), '{:.2f}')} |"
-                         f" {spread(row.get('foreign_cores'), '{:.2f}')} |")
+                self.add(
+                    f"| {label} | {names.get(name, name)} | {spread(row.get('mbps'))} |"
+                    f" {ratio_cell(row.get('mbps'), nginx) if name != 'nginx' else ''} |"
+                    f" {spread(row.get('server_cores'), '{:.2f}')} | {spread(row.get('client_cores'), '{:.2f}')} |"
+                    f" {spread(row.get('foreign_cores'), '{:.2f}')} |"
+                )
         self.add("")
 
     def devices(self) -> None:
         runs = self.r.get("devices")
         if not runs:
             return
-        self.add(f"## Many devices at once (bench/devices.py, data on {self.r.get('devices_fs', 'tmpfs')})", "",
-                 "N devices start together, each on its own keep-alive connection, each uploading one 1 MiB file"
-                 " in 64 KiB chunks (16 requests); one client process (asyncio, raw streams). A device stops at its"
-                 " first error; an upload counts when all its chunks were accepted. Chunk latency: request sent ->"
-                 " answer read. Ours: POST /upload with the chunk header (then the worker assembles every file:"
-                 " `complete` counts them); tus: @tus/server + @tus/file-store, POST then PATCHes.", "",
-                 "| devices | server | uploads done | uploads/s | errors | chunk p50 ms | chunk p99 ms | max ms |"
-                 " server peak RSS | files complete |",
-                 "|---|---|---|---|---|---|---|---|---|---|")
+        self.add(
+            f"## Many devices at once (bench/devices.py, data on {self.r.get('devices_fs', 'tmpfs')})",
+            "",
+            "N devices start together, each on its own keep-alive connection, each uploading one 1 MiB file"
+            " in 64 KiB chunks (16 requests); one client process (asyncio, raw streams). A device stops at its"
+            " first error; an upload counts when all its chunks were accepted. Chunk latency: request sent ->"
+            " answer read. Ours: POST /upload with the chunk header (then the worker assembles every file:"
+            " `complete` counts them); tus: @tus/server + @tus/file-store, POST then PATCHes.",
+            "",
+            "| devices | server | uploads done | uploads/s | errors | chunk p50 ms | chunk p99 ms | max ms |"
+            " server peak RSS | files complete |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        )
         names = {"ours": "ours", "ours-tus": "ours (tus /files/)", "tus": "@tus/server"}
         counts = sorted({int(n) for rows in runs.values() for n in rows})
         for count in counts:
@@ -384,10 +465,12 @@ class Report:
                 if not row:
                     continue
                 errors = ", ".join(f"{k}: {v}" for k, v in row["errors"].items()) or "0"
-                complete = (f"{row['complete']} after {row['complete_after_s']:.1f} s" if "complete" in row else "–")
-                self.add(f"| {count} | {names.get(name, name)} | {row['completed']}/{count} |"
-                         f" {row['uploads_per_s']:.1f} | {errors} | {row['p50_ms'] or 0:.0f} | {row['p99_ms'] or 0:.0f} |"
-                         f" {row['max_ms'] or 0:.0f} | {row['peak_rss_mib']:.0f} MiB | {complete} |")
+                complete = f"{row['complete']} after {row['complete_after_s']:.1f} s" if "complete" in row else "–"
+                self.add(
+                    f"| {count} | {names.get(name, name)} | {row['completed']}/{count} |"
+                    f" {row['uploads_per_s']:.1f} | {errors} | {row['p50_ms'] or 0:.0f} | {row['p99_ms'] or 0:.0f} |"
+                    f" {row['max_ms'] or 0:.0f} | {row['peak_rss_mib']:.0f} MiB | {complete} |"
+                )
         self.add("")
 
     def client(self) -> None:
@@ -400,11 +483,17 @@ class Report:
         if self.r.get("tus"):
             from bench.tus import render
 
-            self.add("## tus on /files/ (bench/tus.py)", "",
-                     "The same client loop (bench/client.py) against our `/files/` and @tus/server with"
-                     " @tus/file-store, one keep-alive connection; ours also waits, untimed, for the worker's"
-                     " verification. Resume: a single-PATCH upload cut after half its body, resumed from HEAD's"
-                     " offset.", "", render(self.r["tus"]), "")
+            self.add(
+                "## tus on /files/ (bench/tus.py)",
+                "",
+                "The same client loop (bench/client.py) against our `/files/` and @tus/server with"
+                " @tus/file-store, one keep-alive connection; ours also waits, untimed, for the worker's"
+                " verification. Resume: a single-PATCH upload cut after half its body, resumed from HEAD's"
+                " offset.",
+                "",
+                render(self.r["tus"]),
+                "",
+            )
 
     def notes(self) -> None:
         if self.r.get("skipped"):

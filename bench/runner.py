@@ -14,8 +14,8 @@ from bench.procs import CpuMeter, self_cpu_seconds, tree_cpu_seconds, wait_quiet
 @dataclass
 class Contender:
     name: str
-    run: Callable[[], dict]                # one timed run; returns metrics, at least "mbps" or "seconds"
-    server_pids: Callable[[], list[int]]   # whose CPU counts as "server"
+    run: Callable[[], dict]  # one timed run; returns metrics, at least "mbps" or "seconds"
+    server_pids: Callable[[], list[int]]  # whose CPU counts as "server"
     after: Callable[[dict], None] | None = None  # untimed clean-up (wait for assembly, delete files)
 
 
@@ -52,8 +52,14 @@ def sync_disks() -> float:
     return time.perf_counter() - t0
 
 
-def run_interleaved(contenders: list[Contender], trials: int, all_pids: Callable[[], list[int]],
-                    log: Callable[[str], None], label: str, quiet: bool = True) -> dict[str, Series]:
+def run_interleaved(
+    contenders: list[Contender],
+    trials: int,
+    all_pids: Callable[[], list[int]],
+    log: Callable[[str], None],
+    label: str,
+    quiet: bool = True,
+) -> dict[str, Series]:
     series = {c.name: Series(c.name) for c in contenders}
     for trial in range(trials):
         k = trial % len(contenders)
@@ -75,6 +81,8 @@ def run_interleaved(contenders: list[Contender], trials: int, all_pids: Callable
             sync_disks()
             series[contender.name].add(metrics)
             shown = f"{metrics['mbps']:7.0f} MB/s" if "mbps" in metrics else f"{seconds:7.3f} s"
-            log(f"  {label} trial {trial + 1}/{trials} {contender.name:<22} {shown}  server {metrics['server_cores']:.2f}"
-                f" client {metrics['client_cores']:.2f} others {metrics['foreign_cores']:.2f} cores")
+            log(
+                f"  {label} trial {trial + 1}/{trials} {contender.name:<22} {shown}  server {metrics['server_cores']:.2f}"
+                f" client {metrics['client_cores']:.2f} others {metrics['foreign_cores']:.2f} cores"
+            )
     return series

@@ -21,7 +21,7 @@ class OurStack:
         self.root = root
         self.env = env
 
-    def __enter__(self) -> "OurStack":
+    def __enter__(self) -> OurStack:
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root / "data"
         self.log_dir = self.root / "logs"
@@ -33,8 +33,11 @@ class OurStack:
         self.worker = start_worker(self.data_dir, self.redis_url, self.log_dir, **env)
         try:
             self.api, self.url = start_api(self.data_dir, self.redis_url, self.log_dir, **env)
-            wait_until(lambda: httpx.get(f"{self.url}/health", timeout=2).json().get("workers", 0) >= 1,
-                       timeout=60, what="a worker heartbeat")
+            wait_until(
+                lambda: httpx.get(f"{self.url}/health", timeout=2).json().get("workers", 0) >= 1,
+                timeout=60,
+                what="a worker heartbeat",
+            )
             self.token = login(self.url, ADMIN, PASSWORD)
         except BaseException:
             self.__exit__()

@@ -51,18 +51,26 @@ class AuthTusTarget(TusTarget):
         self.last_path = ""
 
     def begin(self, http, file_id, total):
-        status, headers, body = http.request("POST", "/files/", {
-            "Tus-Resumable": "1.0.0", "Upload-Length": str(total), **self.headers})
+        status, headers, body = http.request(
+            "POST", "/files/", {"Tus-Resumable": "1.0.0", "Upload-Length": str(total), **self.headers}
+        )
         if status != 201:
             raise RuntimeError(f"tus creation answered {status}: {body[:300]!r}")
         self.last_path = urlsplit(headers["location"]).path
         return self.last_path
 
     def send(self, http, ctx, file_id, start, end, total, payload):
-        status, headers, body = http.request("PATCH", ctx, {
-            "Tus-Resumable": "1.0.0", "Upload-Offset": str(start),
-            "Content-Type": "application/offset+octet-stream", **self.headers,
-        }, (payload.piece(start, end - start + 1),))
+        status, headers, body = http.request(
+            "PATCH",
+            ctx,
+            {
+                "Tus-Resumable": "1.0.0",
+                "Upload-Offset": str(start),
+                "Content-Type": "application/offset+octet-stream",
+                **self.headers,
+            },
+            (payload.piece(start, end - start + 1),),
+        )
         if status != 204 or int(headers["upload-offset"]) != end + 1:
             raise RuntimeError(f"tus PATCH at {start} answered {status} {headers}: {body[:300]!r}")
         return body
@@ -73,7 +81,7 @@ class TusBench:
         self.size, self.patch, self.payload = size, patch, payload
         self.root = Path(tempfile.mkdtemp(prefix="ft-bench-tus-", dir=base_dir))
 
-    def __enter__(self) -> "TusBench":
+    def __enter__(self) -> TusBench:
         self.ours = OurStack(self.root / "ours").__enter__()
         try:
             self.peer = TusServer(self.root / "tus-store", self.root / "tus.log").__enter__()
@@ -152,10 +160,17 @@ class TusBench:
             heads += 1
             status, headers, _ = http.request("HEAD", path, {"Tus-Resumable": "1.0.0", **target.headers})
             offset = int(headers["upload-offset"])
-            status, headers, body = http.request("PATCH", path, {
-                "Tus-Resumable": "1.0.0", "Upload-Offset": str(offset),
-                "Content-Type": "application/offset+octet-stream", **target.headers,
-            }, (self.payload.piece(offset, self.size - offset),))
+            status, headers, body = http.request(
+                "PATCH",
+                path,
+                {
+                    "Tus-Resumable": "1.0.0",
+                    "Upload-Offset": str(offset),
+                    "Content-Type": "application/offset+octet-stream",
+                    **target.headers,
+                },
+                (self.payload.piece(offset, self.size - offset),),
+            )
             if status == 204:
                 break
             if status != 409 or heads > 200:
@@ -167,34 +182,58 @@ class TusBench:
             self._finish_ours(path)
         else:
             self.peer.clear()
-        return {"sent_before_cut": half, "offset_after_cut": offset, "resent_bytes": self.size - offset,
-                "resent_fraction": (self.size - offset) / self.size, "heads": heads, "resume_seconds": seconds}
+        return {
+            "sent_before_cut": half,
+            "offset_after_cut": offset,
+            "resent_bytes": self.size - offset,
+            "resent_fraction": (self.size - offset) / self.size,
+            "heads": heads,
+            "resume_seconds": seconds,
+        }
 
 
 def _cut_patch(url: str, path: str, headers: dict, payload: Payload, size: int, sent: int) -> None:
     """A single PATCH of `size` bytes whose connection closes after `sent` bytes of body."""
     parts = urlsplit(url)
     sock = socket.create_connection((parts.hostname, parts.port))
-    head = [f"PATCH {path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}", "Tus-Resumable: 1.0.0",
-            "Upload-Offset: 0", "Content-Type: application/offset+octet-stream", f"Content-Length: {size}",
-            *(f"{k}: {v}" for k, v in headers.items())]
+    head = [
+        f"PATCH {path} HTTP/1.1",
+        f"Host: {parts.hostname}:{parts.port}",
+        "Tus-Resumable: 1.0.0",
+        "Upload-Offset: 0",
+        "Content-Type: application/offset+octet-stream",
+        f"Content-Length: {size}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
     sock.sendall(payload.piece(0, sent))
     sock.close()
 
 
 def render(results: dict) -> str:
-    lines = [f"tus, {results['size_mib']} MiB, one connection, {results['trials']} interleaved trials;"
-             f" {results['date']}; load {results['load']}", "",
-             "| contender | MB/s median (min-max) | server cores |", "|---|---|---|"]
+    lines = [
+        f"tus, {results['size_mib']} MiB, one connection, {results['trials']} interleaved trials;"
+        f" {results['date']}; load {results['load']}",
+        "",
+        "| contender | MB/s median (min-max) | server cores |",
+        "|---|---|---|",
+    ]
     for name, values in results["throughput"].items():
         mbps = values["mbps"]
-        lines.append(f"| {name} | {statistics.median(mbps):.0f} ({min(mbps):.0f}-{max(mbps):.0f}) |"
-                     f" {statistics.median(values['server_cores']):.2f} |")
-    lines += ["", "| resume after a cut at 50% | offset kept | bytes re-sent | HEADs | resume s |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {statistics.median(mbps):.0f} ({min(mbps):.0f}-{max(mbps):.0f}) |"
+            f" {statistics.median(values['server_cores']):.2f} |"
+        )
+    lines += [
+        "",
+        "| resume after a cut at 50% | offset kept | bytes re-sent | HEADs | resume s |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in results["resume"].items():
-        lines.append(f"| {name} | {row['offset_after_cut'] / MiB:.1f} MiB | {row['resent_bytes'] / MiB:.1f} MiB"
-                     f" ({row['resent_fraction']:.0%}) | {row['heads']} | {row['resume_seconds']:.2f} |")
+        lines.append(
+            f"| {name} | {row['offset_after_cut'] / MiB:.1f} MiB | {row['resent_bytes'] / MiB:.1f} MiB"
+            f" ({row['resent_fraction']:.0%}) | {row['heads']} | {row['resume_seconds']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -203,8 +242,14 @@ def run(size: int, patch: int, trials: int, directory: str, say=log) -> dict:
     if tus_install(say) is None:
         raise RuntimeError("@tus/server could not be installed (needs node and npm)")
     payload = Payload(size)
-    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size_mib": size // MiB,
-                     "patch_mib": patch // MiB, "trials": trials, "node": node_version(), "load": loadavg()}
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "size_mib": size // MiB,
+        "patch_mib": patch // MiB,
+        "trials": trials,
+        "node": node_version(),
+        "load": loadavg(),
+    }
     with TusBench(size, patch, directory, payload) as bench:
         results["throughput"] = bench.throughput(trials)
         results["resume"] = {"ours": bench.resume_cost("ours"), "@tus/server": bench.resume_cost("peer")}
@@ -213,8 +258,9 @@ def run(size: int, patch: int, trials: int, directory: str, say=log) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="256MiB", help="file size (default 256MiB)")
     parser.add_argument("--patch", default="8MiB", help="PATCH size of the chunked rows (default 8MiB)")
     parser.add_argument("--trials", type=int, default=5)

@@ -41,13 +41,16 @@ class UploadBench:
         self.root = Path(tempfile.mkdtemp(prefix=f"ft-bench-{fs}-", dir=base_dir))
         self.tus_enabled = tus_version is not None
 
-    def __enter__(self) -> "UploadBench":
+    def __enter__(self) -> UploadBench:
         self.exits = contextlib.ExitStack()
         try:
             self.ours = self.exits.enter_context(OurStack(self.root / "ours"))
             self.nginx = self.exits.enter_context(Nginx(self.root / "nginx"))
-            self.tus = (self.exits.enter_context(TusServer(self.root / "tus-store", self.root / "tus.log"))
-                        if self.tus_enabled else None)
+            self.tus = (
+                self.exits.enter_context(TusServer(self.root / "tus-store", self.root / "tus.log"))
+                if self.tus_enabled
+                else None
+            )
         except BaseException:
             self.exits.close()
             raise
@@ -82,11 +85,17 @@ class UploadBench:
             state["id"] = fid = new_id()
             reset_peak(api)
             before = rss_mib(api)
-            result = upload(self.ours.url, OursTarget(self.ours.token), fid, size, chunk, self.payload,
-                            connections=connections)
-            return {"mbps": result.mbps, "seconds": result.seconds, "api_rss_before_mib": before,
-                    "api_peak_rss_mib": peak_rss_mib(api), "chunks_per_s": len(result.latencies) / result.seconds,
-                    "p50_ms": statistics.median(result.latencies) * 1000}
+            result = upload(
+                self.ours.url, OursTarget(self.ours.token), fid, size, chunk, self.payload, connections=connections
+            )
+            return {
+                "mbps": result.mbps,
+                "seconds": result.seconds,
+                "api_rss_before_mib": before,
+                "api_peak_rss_mib": peak_rss_mib(api),
+                "chunks_per_s": len(result.latencies) / result.seconds,
+                "p50_ms": statistics.median(result.latencies) * 1000,
+            }
 
         def after(metrics: dict) -> None:
             self.ours.wait_complete(state["id"])
@@ -97,16 +106,24 @@ class UploadBench:
     def tus_contender(self, name: str, size: int, chunk: int) -> Contender:
         def run() -> dict:
             result = upload(self.tus.url, TusTarget(), new_id(), size, chunk, self.payload)
-            return {"mbps": result.mbps, "seconds": result.seconds, "chunks_per_s": len(result.latencies) / result.seconds,
-                    "p50_ms": statistics.median(result.latencies) * 1000}
+            return {
+                "mbps": result.mbps,
+                "seconds": result.seconds,
+                "chunks_per_s": len(result.latencies) / result.seconds,
+                "p50_ms": statistics.median(result.latencies) * 1000,
+            }
 
         return Contender(name, run, lambda: self.tus.pids, lambda m: self.tus.clear())
 
     def sink_contender(self, name: str, size: int, chunk: int) -> Contender:
         def run() -> dict:
             result = upload(self.nginx.url, SinkTarget(), new_id(), size, chunk, self.payload)
-            return {"mbps": result.mbps, "seconds": result.seconds, "chunks_per_s": len(result.latencies) / result.seconds,
-                    "p50_ms": statistics.median(result.latencies) * 1000}
+            return {
+                "mbps": result.mbps,
+                "seconds": result.seconds,
+                "chunks_per_s": len(result.latencies) / result.seconds,
+                "p50_ms": statistics.median(result.latencies) * 1000,
+            }
 
         return Contender(name, run, lambda: self.nginx.pids)
 
@@ -173,14 +190,24 @@ class UploadBench:
             from bench.runner import sync_disks
 
             flush = sync_disks()
-            row = {"mbps": result.mbps, "api_rss_before_mib": rss_before, "api_peak_rss_mib": api_peak,
-                   "worker_peak_rss_mib": worker_peak, "to_complete_s": to_complete, "sha256sum_s": sha_seconds,
-                   "openssl_sha256_s": openssl_seconds,
-                   "foreign_before": before, "foreign_cores": meter.foreign_cores, "flush_seconds": flush}
+            row = {
+                "mbps": result.mbps,
+                "api_rss_before_mib": rss_before,
+                "api_peak_rss_mib": api_peak,
+                "worker_peak_rss_mib": worker_peak,
+                "to_complete_s": to_complete,
+                "sha256sum_s": sha_seconds,
+                "openssl_sha256_s": openssl_seconds,
+                "foreign_before": before,
+                "foreign_cores": meter.foreign_cores,
+                "flush_seconds": flush,
+            }
             runs.append(row)
-            self.log(f"  {self.fs} {p.big_size // MiB} MiB trial {trial + 1}/{p.big_trials}: {result.mbps:.0f} MB/s,"
-                     f" API peak {api_peak:.0f} MiB (before {rss_before:.0f}), worker peak {worker_peak:.0f} MiB,"
-                     f" last chunk -> complete {to_complete:.2f} s, sha256sum {sha_seconds:.2f} s, openssl {openssl_seconds:.2f} s")
+            self.log(
+                f"  {self.fs} {p.big_size // MiB} MiB trial {trial + 1}/{p.big_trials}: {result.mbps:.0f} MB/s,"
+                f" API peak {api_peak:.0f} MiB (before {rss_before:.0f}), worker peak {worker_peak:.0f} MiB,"
+                f" last chunk -> complete {to_complete:.2f} s, sha256sum {sha_seconds:.2f} s, openssl {openssl_seconds:.2f} s"
+            )
         return {"ours": {k: [r[k] for r in runs] for k in runs[0]}}
 
     def concurrent(self) -> dict:
@@ -194,13 +221,19 @@ class UploadBench:
             state["workers"] = workers = ours.worker_pids()
             for pid in [api, *workers]:
                 reset_peak(pid)
-            result = upload_many(ours.url, OursTarget(ours.token), ids, p.concurrent_size, p.concurrent_chunk,
-                                 self.payload)
+            result = upload_many(
+                ours.url, OursTarget(ours.token), ids, p.concurrent_size, p.concurrent_chunk, self.payload
+            )
             state["end"] = time.perf_counter()
             lat = result.latencies
-            return {"mbps": result.mbps, "seconds": result.seconds, "p50_ms": percentile(lat, 50) * 1000,
-                    "p99_ms": percentile(lat, 99) * 1000, "max_ms": max(lat) * 1000,
-                    "api_peak_rss_mib": peak_rss_mib(api)}
+            return {
+                "mbps": result.mbps,
+                "seconds": result.seconds,
+                "p50_ms": percentile(lat, 50) * 1000,
+                "p99_ms": percentile(lat, 99) * 1000,
+                "max_ms": max(lat) * 1000,
+                "api_peak_rss_mib": peak_rss_mib(api),
+            }
 
         def after(metrics: dict) -> None:
             for fid in state["ids"]:

@@ -34,8 +34,16 @@ from client.upload import (
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-__all__ = ["Client", "DownloadResult", "UploadResult", "DEFAULT_CHUNK_SIZE", "DEFAULT_URL", "encode_header",
-           "encoded_file_name", "intersect"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_URL",
+    "Client",
+    "DownloadResult",
+    "UploadResult",
+    "encode_header",
+    "encoded_file_name",
+    "intersect",
+]
 
 
 class Client:
@@ -68,9 +76,14 @@ class Client:
         self.hashes = HashJournal(self.tokens.root)
         self.policy = RetryPolicy(retries, backoff_base, backoff_cap, max_retry_after)
         self.transport = Transport(
-            url, username or os.environ.get("FT_USERNAME") or self.tokens.last_user(url),
+            url,
+            username or os.environ.get("FT_USERNAME") or self.tokens.last_user(url),
             password if password is not None else os.environ.get("FT_PASSWORD"),
-            self.tokens, self.policy, timeout, password_prompt)
+            self.tokens,
+            self.policy,
+            timeout,
+            password_prompt,
+        )
         self.reporter = reporter or Reporter()
         self.uploader = Uploader(self, overlap_timeout, min_chunk_size)
         self.downloader = Downloader(self)
@@ -83,7 +96,7 @@ class Client:
     def username(self) -> str | None:
         return self.transport.username
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -127,8 +140,15 @@ class Client:
         """The id `upload(path, file_id)` uses, known before any byte is read."""
         return self.uploader.upload_id(path, file_id)
 
-    def upload(self, path: str | os.PathLike, file_id: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-               parallel: int = 1, wait: bool = True, wait_timeout: float | None = None) -> UploadResult:
+    def upload(
+        self,
+        path: str | os.PathLike,
+        file_id: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        parallel: int = 1,
+        wait: bool = True,
+        wait_timeout: float | None = None,
+    ) -> UploadResult:
         """Upload (or resume uploading) a file; returns once the server verified it (`wait`)."""
         return self.uploader.upload(path, file_id, chunk_size, parallel, wait, wait_timeout)
 

@@ -10,16 +10,19 @@ import shlex
 import sys
 
 from client.api import DEFAULT_CHUNK_SIZE, DEFAULT_URL, Client
-from client.errors import EXIT_INTERRUPTED, EXIT_NOT_COMPLETE, EXIT_OK, EXIT_FAILED, ClientError
+from client.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_COMPLETE, EXIT_OK, ClientError
 from client.progress import make_reporter
 from client.units import format_size, parse_size
 
-EPILOG = """\
+EPILOG = (
+    """\
 environment: FT_URL (default %s), FT_USERNAME, FT_PASSWORD, FT_CLIENT_CACHE_DIR (tokens and
 the SHA-256 journal of uploaded files, default ~/.cache/ft-client).
 exit status: 0 complete and SHA-256 verified, 1 failed, 2 usage, 3 not complete, 4 auth,
 5 not found, 6 conflict (local file changed / id taken), 7 server unavailable or out of storage.
-""" % DEFAULT_URL
+"""
+    % DEFAULT_URL
+)
 
 
 def _size(text: str) -> int:
@@ -44,16 +47,29 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
     parser.add_argument("--url", default=default(None), help="server (default: FT_URL or %s)" % DEFAULT_URL)
     parser.add_argument("--user", "-u", default=default(None), help="user name (default: FT_USERNAME)")
-    parser.add_argument("--quiet", "-q", action="store_true", default=default(False),
-                        help="no progress output, only the result line and errors")
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        default=default(False),
+        help="no progress output, only the result line and errors",
+    )
     parser.add_argument("--timeout", type=float, default=default(60.0), help="seconds per network operation")
-    parser.add_argument("--retries", type=int, default=default(10),
-                        help="failed attempts in a row (connection errors, timeouts, 5xx, 429) before giving up")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=default(10),
+        help="failed attempts in a row (connection errors, timeouts, 5xx, 429) before giving up",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m client", description="File Transfer API client",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description="File Transfer API client",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -61,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(up, suppress=True)
     up.add_argument("path")
     up.add_argument("--file-id", help="id on the server (default: file name + hash of path, size, mtime)")
-    up.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE,
-                    help="largest chunk, e.g. 8MiB (default), 512KiB; smaller while the link keeps dropping")
+    up.add_argument(
+        "--chunk-size",
+        type=_size,
+        default=DEFAULT_CHUNK_SIZE,
+        help="largest chunk, e.g. 8MiB (default), 512KiB; smaller while the link keeps dropping",
+    )
     up.add_argument("--parallel", "-p", type=_positive, default=1, help="parallel connections (default 1)")
     up.add_argument("--no-wait", action="store_true", help="do not wait for the server to verify the file")
 
@@ -95,8 +115,14 @@ def _make_client(args, reporter) -> Client:
     username = args.user or os.environ.get("FT_USERNAME")
     if args.command == "login" and not username and sys.stdin.isatty():
         username = input("user name: ").strip() or None
-    return Client(args.url, username, reporter=reporter, timeout=args.timeout, retries=args.retries,
-                  password_prompt=_prompt_password)
+    return Client(
+        args.url,
+        username,
+        reporter=reporter,
+        timeout=args.timeout,
+        retries=args.retries,
+        password_prompt=_prompt_password,
+    )
 
 
 def _status_lines(status: dict) -> list[str]:
@@ -105,7 +131,9 @@ def _status_lines(status: dict) -> list[str]:
     lines = [f"file_id:   {status['file_id']}", f"state:     {status['state']}"]
     if status.get("file_name"):
         lines.append(f"name:      {status['file_name']}")
-    lines.append(f"received:  {received} of {total} bytes ({format_size(received)} of {format_size(total)}, {pct:.1f}%)")
+    lines.append(
+        f"received:  {received} of {total} bytes ({format_size(received)} of {format_size(total)}, {pct:.1f}%)"
+    )
     missing = status.get("missing_ranges") or []
     if missing:
         shown = ", ".join(f"{s}-{e}" for s, e in missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -135,22 +163,30 @@ def _execute(args, client: Client, reporter, resume_hint: list[str]) -> tuple[in
         return EXIT_OK, [f"deleted {args.file_id}"]
     if args.command == "upload":
         file_id = client.upload_id(args.path, args.file_id)
-        resume_hint[:] = [f"upload {file_id}", f"{_command_line()} --file-id {file_id}"
-                          if args.file_id is None else _command_line()]
+        resume_hint[:] = [
+            f"upload {file_id}",
+            f"{_command_line()} --file-id {file_id}" if args.file_id is None else _command_line(),
+        ]
         reporter.message(f"uploading {args.path} as {file_id}")
         result = client.upload(args.path, file_id, args.chunk_size, args.parallel, wait=not args.no_wait)
         if args.no_wait:
-            return EXIT_NOT_COMPLETE, [f"sent {result.file_id}: sent {result.bytes_sent} bytes in "
-                                       f"{result.chunks_sent} chunks; not waiting for verification"]
-        return EXIT_OK, [f"uploaded {result.file_id}: {result.size} bytes, sha256 {result.sha256} verified "
-                         f"(sent {result.bytes_sent} bytes in {result.chunks_sent} chunks, {result.retries} retries, "
-                         f"server had {result.resumed_from} bytes before)"]
+            return EXIT_NOT_COMPLETE, [
+                f"sent {result.file_id}: sent {result.bytes_sent} bytes in "
+                f"{result.chunks_sent} chunks; not waiting for verification"
+            ]
+        return EXIT_OK, [
+            f"uploaded {result.file_id}: {result.size} bytes, sha256 {result.sha256} verified "
+            f"(sent {result.bytes_sent} bytes in {result.chunks_sent} chunks, {result.retries} retries, "
+            f"server had {result.resumed_from} bytes before)"
+        ]
     if args.command == "download":
         resume_hint[:] = [f"download {args.file_id}", _command_line()]
         result = client.download(args.file_id, args.output)
-        return EXIT_OK, [f"downloaded {result.file_id} to {result.path}: {result.size} bytes, sha256 {result.sha256} "
-                         f"verified (received {result.bytes_received} bytes, resumed at {result.resumed_from}, "
-                         f"{result.retries} retries)"]
+        return EXIT_OK, [
+            f"downloaded {result.file_id} to {result.path}: {result.size} bytes, sha256 {result.sha256} "
+            f"verified (received {result.bytes_received} bytes, resumed at {result.resumed_from}, "
+            f"{result.retries} retries)"
+        ]
     raise AssertionError(f"unknown command {args.command}")
 
 

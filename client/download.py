@@ -48,7 +48,7 @@ class _Partial:
         self.size = size
         self.etag: str | None = None
         self.offset = 0
-        self.received = 0            # bytes written by this run
+        self.received = 0  # bytes written by this run
         self.digest = hashlib.sha256()
         meta = read_json(self.meta_path) if self.path.exists() else None
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -84,7 +84,7 @@ class _Partial:
     def write(self, block: bytes) -> None:
         view = memoryview(block)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
         self.digest.update(block)
         self.offset += len(block)
         self.received += len(block)
@@ -97,8 +97,10 @@ class _Partial:
         if actual != wanted or (expected and actual != expected):
             self.path.unlink(missing_ok=True)
             self.meta_path.unlink(missing_ok=True)
-            raise TransferFailed(f"SHA-256 mismatch for {self.file_id}: got {actual}, expected {wanted}; "
-                                 f"the partial file was removed, run the download again")
+            raise TransferFailed(
+                f"SHA-256 mismatch for {self.file_id}: got {actual}, expected {wanted}; "
+                f"the partial file was removed, run the download again"
+            )
         os.replace(self.path, self.target)
         _fsync_dir(self.target.parent)
         self.meta_path.unlink(missing_ok=True)
@@ -111,7 +113,7 @@ class _Partial:
 class Downloader:
     """Downloads for one Client (its transport, retry policy and reporter)."""
 
-    def __init__(self, api: "Client") -> None:
+    def __init__(self, api: Client) -> None:
         self.api = api
         self.transport = api.transport
         self.policy = api.policy
@@ -126,7 +128,8 @@ class Downloader:
         if status["state"] != "complete":
             raise NotCompleteError(
                 f"{file_id} is not complete yet ({status['state']}, {format_size(status['received_bytes'])} of "
-                f"{format_size(status['total_bytes'])} received)")
+                f"{format_size(status['total_bytes'])} received)"
+            )
         target = _target_path(status, file_id, output)
         expected = status.get("sha256")
         partial = _Partial(target, file_id, int(status["total_bytes"]))
@@ -134,8 +137,9 @@ class Downloader:
             resumed_from = partial.offset
             if resumed_from:
                 partial.rehash(self.reporter)
-                self.reporter.message(f"resuming {target.name} at {format_size(resumed_from)} of "
-                                      f"{format_size(partial.size)}")
+                self.reporter.message(
+                    f"resuming {target.name} at {format_size(resumed_from)} of {format_size(partial.size)}"
+                )
             retries = self._receive(partial, expected)
             sha = partial.finish(expected)
         finally:
@@ -173,8 +177,10 @@ class Downloader:
                     attempt += 1
                     continue
                 if error.code == "not_found":
-                    raise NotFoundError(f"not found: no file {partial.file_id!r} for user "
-                                        f"{self.transport.username!r} at {self.transport.url}")
+                    raise NotFoundError(
+                        f"not found: no file {partial.file_id!r} for user "
+                        f"{self.transport.username!r} at {self.transport.url}"
+                    )
                 raise error
         return retries
 
@@ -197,8 +203,11 @@ class Downloader:
                 if partial.offset:
                     self.reporter.message(f"{partial.file_id} changed on the server; starting over")
                     task.advance(-partial.offset)
-                partial.restart(self.transport.url, response.headers.get("etag") or (f'"{expected}"' if expected else ""),
-                                int(response.headers.get("content-length", partial.size)))
+                partial.restart(
+                    self.transport.url,
+                    response.headers.get("etag") or (f'"{expected}"' if expected else ""),
+                    int(response.headers.get("content-length", partial.size)),
+                )
             elif code == 416 and partial.offset:
                 # The partial file is longer than what the server has now: start over.
                 task.advance(-partial.offset)

@@ -6,18 +6,26 @@ from typing import Any
 
 # Exit statuses of `python -m client` (documented in the README's Client section).
 EXIT_OK = 0
-EXIT_FAILED = 1          # the server failed the upload, a checksum did not match, anything else
-EXIT_USAGE = 2           # bad arguments or input (argparse uses 2 as well)
-EXIT_NOT_COMPLETE = 3    # `status`/`download` of a file that is not complete yet
-EXIT_AUTH = 4            # invalid credentials, not authenticated, forbidden, too many attempts
-EXIT_NOT_FOUND = 5       # no such file id (or it belongs to someone else)
-EXIT_CONFLICT = 6        # the local file changed, or the id holds a different file
-EXIT_UNAVAILABLE = 7     # server unreachable or broken, out of storage, retries exhausted
+EXIT_FAILED = 1  # the server failed the upload, a checksum did not match, anything else
+EXIT_USAGE = 2  # bad arguments or input (argparse uses 2 as well)
+EXIT_NOT_COMPLETE = 3  # `status`/`download` of a file that is not complete yet
+EXIT_AUTH = 4  # invalid credentials, not authenticated, forbidden, too many attempts
+EXIT_NOT_FOUND = 5  # no such file id (or it belongs to someone else)
+EXIT_CONFLICT = 6  # the local file changed, or the id holds a different file
+EXIT_UNAVAILABLE = 7  # server unreachable or broken, out of storage, retries exhausted
 EXIT_INTERRUPTED = 130
 
 __all__ = [
-    "ApiError", "AuthError", "ClientError", "ConflictError", "LocalFileChanged", "NotCompleteError",
-    "NotFoundError", "TransferFailed", "UnavailableError", "UsageError",
+    "ApiError",
+    "AuthError",
+    "ClientError",
+    "ConflictError",
+    "LocalFileChanged",
+    "NotCompleteError",
+    "NotFoundError",
+    "TransferFailed",
+    "UnavailableError",
+    "UsageError",
 ]
 
 
@@ -64,8 +72,9 @@ class TransferFailed(ClientError):
 class ApiError(ClientError):
     """An error answer of the API: `{"code", "detail", ...}` with its HTTP status."""
 
-    def __init__(self, status: int, code: str, detail: str, body: dict[str, Any] | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, body: dict[str, Any] | None = None, retry_after: float | None = None
+    ) -> None:
         self.status = status
         self.code = code
         self.detail = detail
@@ -115,7 +124,11 @@ def describe(status: int, code: str, detail: str, body: dict[str, Any], retry_af
 
 
 def exit_code_for(status: int, code: str) -> int:
-    if code in ("invalid_credentials", "not_authenticated", "forbidden", "too_many_attempts") or status in (401, 403, 429):
+    if code in ("invalid_credentials", "not_authenticated", "forbidden", "too_many_attempts") or status in (
+        401,
+        403,
+        429,
+    ):
         return EXIT_AUTH
     if code == "not_found" or status == 404:
         return EXIT_NOT_FOUND

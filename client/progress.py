@@ -16,13 +16,13 @@ from client.units import format_duration, format_size
 class Task:
     """One transfer (or hashing pass) being reported."""
 
-    def advance(self, n: int) -> None:  # noqa: D401 - interface
+    def advance(self, n: int) -> None:
         pass
 
     def close(self, failed: bool = False) -> None:
         pass
 
-    def __enter__(self) -> "Task":
+    def __enter__(self) -> Task:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -41,7 +41,7 @@ class Reporter:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -49,7 +49,7 @@ class Reporter:
 
 
 class _PlainTask(Task):
-    def __init__(self, reporter: "PlainReporter", description: str, total: int, completed: int) -> None:
+    def __init__(self, reporter: PlainReporter, description: str, total: int, completed: int) -> None:
         self.reporter = reporter
         self.description = description
         self.total = total
@@ -65,8 +65,10 @@ class _PlainTask(Task):
         rate = (self.completed - self.initial) / elapsed
         pct = 100.0 * self.completed / self.total if self.total else 100.0
         eta = (self.total - self.completed) / rate if rate > 0 else None
-        return (f"{self.description}: {format_size(self.completed)} / {format_size(self.total)} "
-                f"({pct:.0f}%), {format_size(rate)}/s, ETA {format_duration(eta)}")
+        return (
+            f"{self.description}: {format_size(self.completed)} / {format_size(self.total)} "
+            f"({pct:.0f}%), {format_size(rate)}/s, ETA {format_duration(eta)}"
+        )
 
     def advance(self, n: int) -> None:
         with self.lock:
@@ -81,7 +83,9 @@ class _PlainTask(Task):
             if not self.closed:
                 self.closed = True
                 elapsed = format_duration(time.monotonic() - self.started)
-                self.reporter.write(f"{self.line()} - " + (f"stopped after {elapsed}" if failed else f"done in {elapsed}"))
+                self.reporter.write(
+                    f"{self.line()} - " + (f"stopped after {elapsed}" if failed else f"done in {elapsed}")
+                )
 
 
 class PlainReporter(Reporter):
@@ -130,9 +134,14 @@ class RichReporter(Reporter):
 
         self.console = Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-            BinarySpeedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            BinarySpeedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         self.progress.start()
 
@@ -153,6 +162,6 @@ def make_reporter(quiet: bool = False, stream: TextIO | None = None) -> Reporter
     if stream.isatty():
         try:
             return RichReporter()
-        except Exception:  # noqa: BLE001 - no usable terminal: fall back to plain lines
+        except Exception:
             pass
     return PlainReporter(stream)

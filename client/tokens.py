@@ -1,10 +1,10 @@
 """The client's cache directory: bearer tokens (mode 0600) and the state of uploads in progress.
 
-    $FT_CLIENT_CACHE_DIR, else $XDG_CACHE_HOME/ft-client, else ~/.cache/ft-client
-        tokens/<hash of url + user>.json    {"url", "username", "access_token", "expires_at"}
-        users/<hash of url>.json            {"url", "username"}: the last user that logged in there
-        uploads/<hash of user + id>.json    what the local file was when its upload began
-        hashes/<hash of path>.json          the SHA-256 of a local file as it was (size, mtime, inode)
+$FT_CLIENT_CACHE_DIR, else $XDG_CACHE_HOME/ft-client, else ~/.cache/ft-client
+    tokens/<hash of url + user>.json    {"url", "username", "access_token", "expires_at"}
+    users/<hash of url>.json            {"url", "username"}: the last user that logged in there
+    uploads/<hash of user + id>.json    what the local file was when its upload began
+    hashes/<hash of path>.json          the SHA-256 of a local file as it was (size, mtime, inode)
 """
 
 from __future__ import annotations
@@ -97,10 +97,16 @@ class TokenCache:
         return token, renew_at(expires_at, lifetime)
 
     def put(self, url: str, username: str, token: str, expires_in: float) -> None:
-        write_private_json(self._token_path(url, username), {
-            "url": url, "username": username, "access_token": token,
-            "expires_at": time.time() + float(expires_in), "expires_in": float(expires_in),
-        })
+        write_private_json(
+            self._token_path(url, username),
+            {
+                "url": url,
+                "username": username,
+                "access_token": token,
+                "expires_at": time.time() + float(expires_in),
+                "expires_in": float(expires_in),
+            },
+        )
         write_private_json(self._user_path(url), {"url": url, "username": username})
 
     def forget(self, url: str, username: str) -> None:
@@ -134,8 +140,9 @@ class UploadStateStore:
         return data
 
     def put(self, url: str, username: str, file_id: str, **fields: Any) -> None:
-        write_private_json(self.path(url, username, file_id),
-                           {"url": url, "username": username, "file_id": file_id, **fields})
+        write_private_json(
+            self.path(url, username, file_id), {"url": url, "username": username, "file_id": file_id, **fields}
+        )
 
     def forget(self, url: str, username: str, file_id: str) -> None:
         try:
@@ -179,5 +186,13 @@ class HashJournal:
     def put(self, path: str, st: os.stat_result, sha256: str, hashed_at_ns: int, file_id: str) -> None:
         """Record `sha256` of `path` as it was at `st`, hashed from `hashed_at_ns` on (time_ns)."""
         path = os.path.abspath(path)
-        write_private_json(self._path(path), {"path": path, "identity": self._identity(st), "sha256": sha256,
-                                              "hashed_at_ns": hashed_at_ns, "file_id": file_id})
+        write_private_json(
+            self._path(path),
+            {
+                "path": path,
+                "identity": self._identity(st),
+                "sha256": sha256,
+                "hashed_at_ns": hashed_at_ns,
+                "file_id": file_id,
+            },
+        )

@@ -28,8 +28,14 @@ class RetryPolicy:
     (at most `max_retry_after`, with jitter), else exponential backoff with jitter. After
     `retries` failed attempts in a row the caller gives up."""
 
-    def __init__(self, retries: int = 10, base: float = 0.25, cap: float = 15.0, max_retry_after: float = 60.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        retries: int = 10,
+        base: float = 0.25,
+        cap: float = 15.0,
+        max_retry_after: float = 60.0,
+        rng: random.Random | None = None,
+    ) -> None:
         self.retries = retries
         self.base = base
         self.cap = cap
@@ -61,8 +67,14 @@ def api_error(response: httpx.Response) -> ApiError:
         pass
     code = str(body.get("code") or "")
     if not code:
-        code = {401: "not_authenticated", 403: "forbidden", 404: "not_found", 429: "too_many_attempts",
-                507: "insufficient_storage", 503: "unavailable"}.get(response.status_code, "")
+        code = {
+            401: "not_authenticated",
+            403: "forbidden",
+            404: "not_found",
+            429: "too_many_attempts",
+            507: "insufficient_storage",
+            503: "unavailable",
+        }.get(response.status_code, "")
     detail = str(body.get("detail") or "") or (response.text[:200] if not body else "")
     return ApiError(response.status_code, code, detail, body, parse_retry_after(response.headers.get("retry-after")))
 
@@ -75,9 +87,16 @@ def error_token(response: httpx.Response) -> str:
 class Transport:
     """Requests to one server as one user. Thread-safe; one HTTP connection pool per thread."""
 
-    def __init__(self, url: str, username: str | None, password: str | None, tokens: TokenCache,
-                 policy: RetryPolicy, timeout: float = 60.0,
-                 password_prompt: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        username: str | None,
+        password: str | None,
+        tokens: TokenCache,
+        policy: RetryPolicy,
+        timeout: float = 60.0,
+        password_prompt: Callable[[], str] | None = None,
+    ) -> None:
         self.url = url
         self.username = username
         self.tokens = tokens
@@ -120,8 +139,9 @@ class Transport:
             return self._tls_context
 
     def unreachable(self, exc: Exception) -> UnavailableError:
-        return UnavailableError(f"cannot reach {self.url} after {self.policy.retries} retries: "
-                                f"{exc.__class__.__name__}: {exc}")
+        return UnavailableError(
+            f"cannot reach {self.url} after {self.policy.retries} retries: {exc.__class__.__name__}: {exc}"
+        )
 
     # --- auth ----------------------------------------------------------------------
     def _password_now(self) -> str:
@@ -135,8 +155,9 @@ class Transport:
         """Get a fresh token from `POST /token` and cache it (0600)."""
         if not self.username:
             raise AuthError("no user name: set FT_USERNAME or pass --user")
-        response = self.request("POST", "/token", auth=False,
-                                json={"username": self.username, "password": self._password_now()})
+        response = self.request(
+            "POST", "/token", auth=False, json={"username": self.username, "password": self._password_now()}
+        )
         if response.status_code != 200:
             error = api_error(response)
             if error.code == "invalid_credentials":
@@ -174,8 +195,9 @@ class Transport:
             self.login()
 
     # --- requests ------------------------------------------------------------------
-    def send(self, method: str, path: str, *, headers: dict[str, str] | None = None, stream: bool = False,
-             **kwargs: Any) -> httpx.Response:
+    def send(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
         """One attempt with the bearer token; transport errors are the caller's to handle.
         With `stream`, the answer's body is not read yet (close the response)."""
         request_headers = {**(headers or {}), "Authorization": f"Bearer {self.bearer()}"}
@@ -188,8 +210,11 @@ class Transport:
         attempt, refreshed = 0, False
         while True:
             try:
-                response = (self.send(method, path, **kwargs) if auth
-                            else self.http().request(method, f"{self.url}{path}", **kwargs))
+                response = (
+                    self.send(method, path, **kwargs)
+                    if auth
+                    else self.http().request(method, f"{self.url}{path}", **kwargs)
+                )
             except httpx.TransportError as exc:
                 if attempt >= self.policy.retries:
                     raise self.unreachable(exc) from None

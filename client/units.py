@@ -23,9 +23,20 @@ TiB = 1024 * GiB
 # Binary units are powers of 1024 (as in the contract); "KB", "MB", ... are SI (powers of 1000);
 # the one-letter forms "K", "M", "G" are binary, as dd and most tools read them.
 _UNITS = {
-    "": 1, "b": 1,
-    "k": KiB, "kib": KiB, "m": MiB, "mib": MiB, "g": GiB, "gib": GiB, "t": TiB, "tib": TiB,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kib": KiB,
+    "m": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gib": GiB,
+    "t": TiB,
+    "tib": TiB,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
 }
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
 
@@ -138,12 +149,18 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def retry_delay(attempt: int, retry_after: float | None, base: float = 0.25, cap: float = 15.0,
-                max_retry_after: float = 60.0, rng: random.Random | None = None) -> float:
+def retry_delay(
+    attempt: int,
+    retry_after: float | None,
+    base: float = 0.25,
+    cap: float = 15.0,
+    max_retry_after: float = 60.0,
+    rng: random.Random | None = None,
+) -> float:
     """How long to wait before retry number `attempt` (0-based): what the server asked for in
     Retry-After (at most `max_retry_after`, plus up to 10% so that clients told the same do not
     come back at the same instant), else exponential backoff with jitter."""
@@ -208,8 +225,8 @@ class AdaptiveChunkSize:
         self.shrink = shrink
         self.grow_after = grow_after
         self.current = ceiling
-        self.successes = 0       # chunks in a row that went through
-        self.failures = 0        # attempts in a row that did not (any progress resets it)
+        self.successes = 0  # chunks in a row that went through
+        self.failures = 0  # attempts in a row that did not (any progress resets it)
         self._lock = threading.Lock()
 
     def slice(self, start: int, end: int) -> int:

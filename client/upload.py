@@ -77,10 +77,10 @@ class UploadResult:
     file_id: str
     sha256: str
     size: int
-    bytes_sent: int = 0          # payload bytes put on the wire, retries included
-    chunks_sent: int = 0         # chunks acknowledged with 200
+    bytes_sent: int = 0  # payload bytes put on the wire, retries included
+    chunks_sent: int = 0  # chunks acknowledged with 200
     retries: int = 0
-    resumed_from: int = 0        # bytes the server already had when this run began
+    resumed_from: int = 0  # bytes the server already had when this run began
     already_complete: bool = False
 
 
@@ -116,11 +116,11 @@ class _Job:
     path: str
     st: os.stat_result
     file_id: str
-    headers: dict[str, str]      # X-File-Name, X-File-SHA256, Content-Type
+    headers: dict[str, str]  # X-File-Name, X-File-SHA256, Content-Type
     link: AdaptiveChunkSize
     task: Task
     counters: _Counters
-    fd: int = -1                 # open while a round of sending runs
+    fd: int = -1  # open while a round of sending runs
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -134,7 +134,7 @@ _RETRY = object()  # a refused chunk to send again in place
 class Uploader:
     """Uploads for one Client (its transport, retry policy, reporter and cache)."""
 
-    def __init__(self, api: "Client", overlap_timeout: float, min_chunk_size: int) -> None:
+    def __init__(self, api: Client, overlap_timeout: float, min_chunk_size: int) -> None:
         self.api = api
         self.transport = api.transport
         self.policy = api.policy
@@ -213,22 +213,37 @@ class Uploader:
                 self.states.forget(*self._who, file_id)
                 self.reporter.message(f"{file_id} is already complete on the server")
                 return UploadResult(file_id, sha, size, resumed_from=size, already_complete=True)
-        self.states.put(*self._who, file_id, path=os.path.abspath(path), size=size, mtime_ns=st.st_mtime_ns,
-                        sha256=sha, started_at=time.time())
+        self.states.put(
+            *self._who,
+            file_id,
+            path=os.path.abspath(path),
+            size=size,
+            mtime_ns=st.st_mtime_ns,
+            sha256=sha,
+            started_at=time.time(),
+        )
 
         counters = _Counters()
         resumed_from = status["received_bytes"] if status else 0
         if resumed_from:
-            self.reporter.message(f"resuming {file_id}: the server has {format_size(resumed_from)} "
-                                  f"of {format_size(size)}")
+            self.reporter.message(
+                f"resuming {file_id}: the server has {format_size(resumed_from)} of {format_size(size)}"
+            )
         with self.reporter.task(f"upload {name}", size, completed=resumed_from) as task:
-            missing = status["missing_ranges"] if status and status["state"] == "uploading" else (
-                [] if status else [[0, size - 1]])
+            missing = (
+                status["missing_ranges"]
+                if status and status["state"] == "uploading"
+                else ([] if status else [[0, size - 1]])
+            )
             rounds_without_progress = 0
-            headers = {"X-File-Name": encoded_file_name(path), "X-File-SHA256": sha,
-                       "Content-Type": "application/octet-stream"}
-            job = _Job(path, st, file_id, headers, AdaptiveChunkSize(chunk_size, floor=self.min_chunk_size), task,
-                       counters)
+            headers = {
+                "X-File-Name": encoded_file_name(path),
+                "X-File-SHA256": sha,
+                "Content-Type": "application/octet-stream",
+            }
+            job = _Job(
+                path, st, file_id, headers, AdaptiveChunkSize(chunk_size, floor=self.min_chunk_size), task, counters
+            )
             while missing:
                 before = sum(e - s + 1 for s, e in missing)
                 self._send_ranges(job, missing, parallel)
@@ -241,19 +256,23 @@ class Uploader:
                 if rounds_without_progress >= 3:
                     raise UnavailableError(f"the server keeps missing {format_size(after)} of {file_id}; giving up")
         if self._changed(path, st):
-            raise LocalFileChanged(f"{path} changed during the upload; the server will not accept the "
-                                   f"mixture. Upload it again (a new default file id follows the change)")
+            raise LocalFileChanged(
+                f"{path} changed during the upload; the server will not accept the "
+                f"mixture. Upload it again (a new default file id follows the change)"
+            )
 
         final = self.wait_complete(file_id, timeout=wait_timeout) if wait else self.api.status(file_id)
-        result = UploadResult(file_id, sha, size, counters.bytes_sent, counters.chunks_sent, counters.retries,
-                              resumed_from)
+        result = UploadResult(
+            file_id, sha, size, counters.bytes_sent, counters.chunks_sent, counters.retries, resumed_from
+        )
         if not wait:
             return result
         if final["state"] == "failed":
             raise TransferFailed(f"the server failed upload {file_id}: {final.get('error') or 'unknown error'}")
         if final.get("sha256") != sha:
-            raise TransferFailed(f"the server's SHA-256 of {file_id} is {final.get('sha256')}, "
-                                 f"the local file's is {sha}")
+            raise TransferFailed(
+                f"the server's SHA-256 of {file_id} is {final.get('sha256')}, the local file's is {sha}"
+            )
         self.states.forget(*self._who, file_id)
         return result
 
@@ -271,17 +290,23 @@ class Uploader:
             raise LocalFileChanged(
                 f"{path} changed since the upload of {file_id} began (then {known.get('size')} bytes, "
                 f"sha256 {str(known.get('sha256'))[:16]}..., now {size} bytes, sha256 {sha[:16]}...): "
-                f"upload it under another --file-id")
+                f"upload it under another --file-id"
+            )
         if status["total_bytes"] != size:
             raise ConflictError(
                 f"the server's upload {file_id} is {status['total_bytes']} bytes but {path} is {size} bytes: "
-                f"the file changed since the upload began, or the id names another file; use another --file-id")
+                f"the file changed since the upload began, or the id names another file; use another --file-id"
+            )
         if status["state"] == "failed":
-            raise TransferFailed(f"upload {file_id} failed on the server: {status.get('error') or 'unknown error'}; "
-                                 f"upload the file again under another --file-id")
+            raise TransferFailed(
+                f"upload {file_id} failed on the server: {status.get('error') or 'unknown error'}; "
+                f"upload the file again under another --file-id"
+            )
         if status["state"] == "complete" and status.get("sha256") != sha:
-            raise ConflictError(f"the server already holds a different complete file under {file_id} "
-                                f"(sha256 {status.get('sha256')}); use another --file-id")
+            raise ConflictError(
+                f"the server already holds a different complete file under {file_id} "
+                f"(sha256 {status.get('sha256')}); use another --file-id"
+            )
 
     def _send_ranges(self, job: _Job, missing, parallel: int) -> None:
         """Send the `missing` ranges over `parallel` connections (one thread and one pool each),
@@ -324,7 +349,7 @@ class Uploader:
                 except _Stop:
                     stop.set()
                     outcome = None
-                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                except BaseException as exc:
                     failures.append(exc)
                     stop.set()
                     outcome = None
@@ -354,7 +379,7 @@ class Uploader:
         if failures:
             raise failures[0]
 
-    def _send_chunk(self, job: _Job, piece: _Piece) -> "list[tuple[int, int]] | _Piece | None":
+    def _send_chunk(self, job: _Job, piece: _Piece) -> list[tuple[int, int]] | _Piece | None:
         """POST one chunk. Returns None when the range is stored, the ranges of it still to send
         (after a cut connection, a partial overlap or a 413: they are cut again at the link's
         size), or the piece itself to try later (it is being written by another transfer).
@@ -394,7 +419,7 @@ class Uploader:
                     return None
                 # The probe went through: the range is free, send the rest.
                 probe = False
-                data = data[stop_at - start + 1:]
+                data = data[stop_at - start + 1 :]
                 start = piece.start = stop_at + 1
                 continue
             task.advance(-sent)
@@ -409,8 +434,9 @@ class Uploader:
             counters.add(retries=1)
             self._pause_after(link.failed(), error, retry_after=error.retry_after)
 
-    def _refused(self, job: _Job, piece: _Piece, length: int, response: httpx.Response,
-                 error: ApiError) -> "list[tuple[int, int]] | _Piece | None | object":
+    def _refused(
+        self, job: _Job, piece: _Piece, length: int, response: httpx.Response, error: ApiError
+    ) -> list[tuple[int, int]] | _Piece | object | None:
         """What to do about `length` bytes of `piece` that the server refused: an outcome for
         the queue (as `_send_chunk` returns), _RETRY to send them again in place, or an exception."""
         file_id, start, end = job.file_id, piece.start, piece.end
@@ -420,8 +446,10 @@ class Uploader:
             now = time.monotonic()
             piece.first_overlap = piece.first_overlap or now
             if now - piece.first_overlap > self.overlap_timeout:
-                raise UnavailableError(f"bytes {start}-{end} of {file_id} stayed claimed by another transfer "
-                                       f"for {self.overlap_timeout:.0f} s; try again later")
+                raise UnavailableError(
+                    f"bytes {start}-{end} of {file_id} stayed claimed by another transfer "
+                    f"for {self.overlap_timeout:.0f} s; try again later"
+                )
             job.counters.add(retries=1)
             piece.tries += 1
             piece.ready_at = now + backoff_delay(min(piece.tries, 6), self.policy.base, 5.0, self.policy.rng)
@@ -431,8 +459,10 @@ class Uploader:
         if error.code == "upload_failed":
             raise TransferFailed(f"the server failed upload {file_id}: {error.body.get('error') or error.detail}")
         if error.code == "total_mismatch":
-            raise ConflictError(f"the server's upload {file_id} is {error.body.get('total_bytes')} bytes, "
-                                f"{job.path} is {job.st.st_size}: use another --file-id")
+            raise ConflictError(
+                f"the server's upload {file_id} is {error.body.get('total_bytes')} bytes, "
+                f"{job.path} is {job.st.st_size}: use another --file-id"
+            )
         if error.code == "not_found":
             raise NotFoundError(f"not found: upload {file_id!r} belongs to another user; use another --file-id")
         if error.code == "chunk_too_large":
@@ -447,8 +477,9 @@ class Uploader:
             raise error
         return _RETRY
 
-    def _pause_after(self, failures: int, error: Exception, retry_after: float | None = None,
-                     first_is_free: bool = False) -> None:
+    def _pause_after(
+        self, failures: int, error: Exception, retry_after: float | None = None, first_is_free: bool = False
+    ) -> None:
         """Wait before the next attempt, or give up after `policy.retries` failures in a row. The
         first retry after a cut goes at once: a link that just carried chunks is likely up."""
         if failures > self.policy.retries:
@@ -472,8 +503,9 @@ class Uploader:
             raise _Stop()
         return intersect(start, end, status["missing_ranges"])
 
-    def _post_chunk(self, job: _Job, start: int, end: int, payload: memoryview
-                    ) -> tuple[httpx.Response | None, int, httpx.TransportError | None]:
+    def _post_chunk(
+        self, job: _Job, start: int, end: int, payload: memoryview
+    ) -> tuple[httpx.Response | None, int, httpx.TransportError | None]:
         """One `POST /upload`: (answer, payload bytes put on the wire, transport error)."""
         length = end - start + 1
         header = encode_header(start, end, zlib.crc32(payload))
@@ -484,14 +516,17 @@ class Uploader:
             nonlocal sent
             yield header
             for offset in range(0, length, _SEND_PIECE):
-                piece = payload[offset: offset + _SEND_PIECE]
+                piece = payload[offset : offset + _SEND_PIECE]
                 yield bytes(piece)
                 sent += len(piece)
                 task.advance(len(piece))
                 counters.add(sent=len(piece))
 
-        headers = {**job.headers, "Content-Range": f"bytes {start}-{end}/{job.st.st_size}",
-                   "Content-Length": str(HEADER_SIZE + length)}
+        headers = {
+            **job.headers,
+            "Content-Range": f"bytes {start}-{end}/{job.st.st_size}",
+            "Content-Length": str(HEADER_SIZE + length),
+        }
         try:
             response = self.transport.send("POST", f"/upload/{quote(job.file_id)}", content=body(), headers=headers)
         except httpx.TransportError as exc:
@@ -508,8 +543,10 @@ class Uploader:
             if status["state"] in ("complete", "failed"):
                 return status
             if status["state"] == "uploading" and status.get("missing_ranges"):
-                raise NotCompleteError(f"{file_id} is still missing {len(status['missing_ranges'])} range(s); "
-                                       f"run the upload again to send them")
+                raise NotCompleteError(
+                    f"{file_id} is still missing {len(status['missing_ranges'])} range(s); "
+                    f"run the upload again to send them"
+                )
             if not announced:
                 self.reporter.message(f"waiting for the server to verify {file_id}")
                 announced = True

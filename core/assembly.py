@@ -79,8 +79,14 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
     # A run whose process was killed leaves its lease behind until it lapses, and its task is
     # redelivered at once (reject_on_worker_lost): wait up to one lease period for it. A live
     # run keeps renewing its lease, so a duplicate gives up after that and leaves the file to it.
-    lock = Lock(repo.redis, assembly_lock_key(file_id), timeout=lease_seconds, sleep=0.1,
-                blocking=True, blocking_timeout=lease_seconds + 1)
+    lock = Lock(
+        repo.redis,
+        assembly_lock_key(file_id),
+        timeout=lease_seconds,
+        sleep=0.1,
+        blocking=True,
+        blocking_timeout=lease_seconds + 1,
+    )
     if not await lock.acquire():
         return {"file_id": file_id, "result": "busy: another run holds the lease"}
     try:
@@ -123,13 +129,22 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
         }
         storage.publish(file_id, meta)
         await repo.transition(
-            file_id, "assembling", state="complete", sha256=verification.sha256,
-            completed_at=repr(completed_at), updated_at=repr(completed_at),
+            file_id,
+            "assembling",
+            state="complete",
+            sha256=verification.sha256,
+            completed_at=repr(completed_at),
+            updated_at=repr(completed_at),
         )
         storage.remove_staging(file_id)
         await forget_parts(service, parts)
-        return {"file_id": file_id, "result": "complete", "sha256": verification.sha256,
-                "size": upload.total, "seconds": round(time.monotonic() - started, 3)}
+        return {
+            "file_id": file_id,
+            "result": "complete",
+            "sha256": verification.sha256,
+            "size": upload.total,
+            "seconds": round(time.monotonic() - started, 3),
+        }
     finally:
         try:
             await lock.release()

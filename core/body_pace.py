@@ -51,14 +51,17 @@ async def paced(body: AsyncIterator[bytes], idle_timeout: float, min_rate: float
                 if not stalled:
                     raise
                 task.uncancel()
-                raise BodyStalled(f"no byte of the body arrived for {idle_timeout:g} seconds; the chunk was"
-                                  " dropped, send it again") from None
+                raise BodyStalled(
+                    f"no byte of the body arrived for {idle_timeout:g} seconds; the chunk was dropped, send it again"
+                ) from None
             now, waiting_since = loop.time(), None
             received += len(piece)
             elapsed = now - started
             if min_rate and elapsed > idle_timeout and received < min_rate * elapsed:
-                raise BodyStalled(f"the body arrived at {received / elapsed:.0f} bytes/s, under the"
-                                  f" {min_rate:g} bytes/s this server needs; the chunk was dropped")
+                raise BodyStalled(
+                    f"the body arrived at {received / elapsed:.0f} bytes/s, under the"
+                    f" {min_rate:g} bytes/s this server needs; the chunk was dropped"
+                )
             yield piece
     finally:
         timer.cancel()

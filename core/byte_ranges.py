@@ -40,7 +40,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import formatdate
 from urllib.parse import quote
 
@@ -160,6 +160,7 @@ def limit_ranges(ranges: Ranges | None, max_ranges: int = DEFAULT_MAX_RANGES) ->
 
 # --- validators -----------------------------------------------------------------------------
 
+
 def strong_etag(sha256_hex: str) -> str:
     return f'"{sha256_hex}"'
 
@@ -168,7 +169,7 @@ def http_date(epoch: float) -> str:
     return formatdate(math.floor(epoch), usegmt=True)
 
 
-_MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
+_MONTHS = {m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)}
 _WKDAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _TIME = r"(\d\d):(\d\d):(\d\d)"
 _IMF_FIXDATE = re.compile(rf"{_WKDAY}, (\d\d) ([A-Z][a-z]{{2}}) (\d{{4}}) {_TIME} GMT", re.ASCII)
@@ -191,7 +192,7 @@ def parse_http_date(value: str | None) -> int | None:
     else:
         return None
     try:
-        when = datetime(int(year), _MONTHS[month], int(day), int(hh), int(mm), int(ss), tzinfo=timezone.utc)
+        when = datetime(int(year), _MONTHS[month], int(day), int(hh), int(mm), int(ss), tzinfo=UTC)
     except (KeyError, ValueError):
         return None
     return int(when.timestamp())

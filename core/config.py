@@ -31,7 +31,9 @@ def parse_networks(value: str) -> tuple[IPNetwork, ...]:
 class Settings(BaseSettings):
     """Environment variables with the `FT_` prefix; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore", hide_input_in_errors=True)  # URLs hold passwords
+    model_config = SettingsConfigDict(
+        env_prefix="FT_", extra="ignore", hide_input_in_errors=True
+    )  # URLs hold passwords
 
     # Network
     host: str = "127.0.0.1"
@@ -41,19 +43,29 @@ class Settings(BaseSettings):
 
     # Serving (`python -m api`): what one API process accepts before it answers 503 + Retry-After
     log_level: str = Field("info", description="uvicorn's log level")
-    log_format: Literal["text", "json"] = Field("text", description="log lines as readable text or one JSON object each")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as readable text or one JSON object each"
+    )
     request_log: bool = Field(True, description="one log line per request (logger ft.request), whatever FT_LOG_LEVEL")
     backlog: int = Field(2048, gt=0, description="listen() backlog: connections the kernel queues before accept")
-    max_connections: int = Field(4096, gt=0, description="open connections per API process; a request on one more"
-                                                           " is answered 503 overloaded and the connection closed")
+    max_connections: int = Field(
+        4096,
+        gt=0,
+        description="open connections per API process; a request on one more"
+        " is answered 503 overloaded and the connection closed",
+    )
     max_inflight: int = Field(1024, gt=0, description="requests handled at once per API process; more get 503")
     overload_retry_after: int = Field(1, ge=0, description="Retry-After seconds of a 503 overloaded")
     header_timeout: float = Field(10.0, gt=0, description="seconds a client has to send a whole request head")
     keepalive_timeout: float = Field(15.0, gt=0, description="seconds an idle keep-alive connection is kept")
-    body_idle_timeout: float = Field(30.0, gt=0, description="seconds a chunk body may send no byte before it"
-                                                              " is dropped and its range released")
-    body_min_rate: float = Field(2048.0, ge=0, description="bytes/s a chunk body must average after its first"
-                                                             " FT_BODY_IDLE_TIMEOUT seconds; 0: no minimum")
+    body_idle_timeout: float = Field(
+        30.0, gt=0, description="seconds a chunk body may send no byte before it is dropped and its range released"
+    )
+    body_min_rate: float = Field(
+        2048.0,
+        ge=0,
+        description="bytes/s a chunk body must average after its first FT_BODY_IDLE_TIMEOUT seconds; 0: no minimum",
+    )
 
     # Redis client of the API: a bounded pool that waits when busy and fails fast when Redis is down
     redis_max_connections: int = Field(64, gt=0, description="Redis connections per API process")
@@ -64,8 +76,9 @@ class Settings(BaseSettings):
 
     # Storage and state
     data_dir: Path = Path("./data")
-    redis_url: str = Field(DEFAULT_REDIS_URL, description="redis://... or sentinel://HOST:PORT,.../MASTER_NAME"
-                                                            " (core/redis_url.py)")
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL, description="redis://... or sentinel://HOST:PORT,.../MASTER_NAME (core/redis_url.py)"
+    )
     redis_server: str | None = Field(None, description="make run: the embedded redis-server binary to run")
     verbose: bool = Field(False, description="make run: show the children's output too")
 
@@ -77,13 +90,16 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(5, gt=0, description="failed logins per (user name, client address) per window")
     login_max_failures_per_address: int = Field(30, gt=0, description="failed logins per client address per window")
     login_window: int = Field(300, gt=0, description="seconds")
-    login_hash_concurrency: int = Field(2, gt=0, description="passwords checked at once per API process (Argon2: 64 MiB each)")
+    login_hash_concurrency: int = Field(
+        2, gt=0, description="passwords checked at once per API process (Argon2: 64 MiB each)"
+    )
     login_hash_wait: float = Field(2.0, ge=0, description="seconds a login waits for a free slot, then 429")
     trusted_proxies: str = Field("", description="comma-separated IPs/CIDRs whose X-Forwarded-For is believed")
     user_cache_ttl: float = Field(2.0, ge=0, description="seconds a token's user lookup is reused")
     flower_basic_auth: SecretStr | None = None
     metrics_token: SecretStr | None = Field(
-        None, description="a long-lived bearer secret (>= 32 bytes) that may read /metrics, besides admin tokens")
+        None, description="a long-lived bearer secret (>= 32 bytes) that may read /metrics, besides admin tokens"
+    )
 
     # Upload limits
     max_file_bytes: int = Field(TiB, gt=0)
@@ -98,7 +114,8 @@ class Settings(BaseSettings):
     min_average_chunk_bytes: int = Field(64 * KiB, ge=0, description="past that, chunks must average this")
     fsync_chunks: bool = False
     tus_commit_bytes: int = Field(
-        8 * MiB, gt=0, description="a streaming tus PATCH records what it has stored at least this often")
+        8 * MiB, gt=0, description="a streaming tus PATCH records what it has stored at least this often"
+    )
 
     # Browsers (tus through /files/)
     cors_origins: str = Field("", description="comma-separated origins allowed by CORS; empty: none")
@@ -107,8 +124,12 @@ class Settings(BaseSettings):
     download_read_size: int = Field(1 * MiB, gt=0)
     accel_redirect: bool = False
     accel_prefix: str = "/_ft_files"
-    max_ranges: int = Field(100, ge=1, description="ranges served per request after merging overlapping and"
-                                                    " adjacent ones; more and the whole file is sent (200)")
+    max_ranges: int = Field(
+        100,
+        ge=1,
+        description="ranges served per request after merging overlapping and"
+        " adjacent ones; more and the whole file is sent (200)",
+    )
     link_ttl: int = Field(300, gt=0, le=86400, description="seconds a signed download link stays valid")
 
     # Background work

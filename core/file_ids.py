@@ -12,7 +12,5 @@ _FILE_ID = re.compile(FILE_ID_PATTERN)
 
 def validate_file_id(file_id: str) -> str:
     if not _FILE_ID.fullmatch(file_id):
-        raise InvalidFileId(
-            "file_id must be 1-128 characters of [A-Za-z0-9._-] and must not start with '.'"
-        )
+        raise InvalidFileId("file_id must be 1-128 characters of [A-Za-z0-9._-] and must not start with '.'")
     return file_id

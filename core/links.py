@@ -74,7 +74,10 @@ class DownloadLinks:
         if when > now + self.ttl + CLOCK_SKEW:
             raise InvalidLink("this download link is not valid")
         upload = await self.uploads.load(file_id)
-        if (upload is None or upload.state != "complete"
-                or not hmac.compare_digest(_signature(self.key, upload, when), signature)):
+        if (
+            upload is None
+            or upload.state != "complete"
+            or not hmac.compare_digest(_signature(self.key, upload, when), signature)
+        ):
             raise InvalidLink("this download link is not valid for this file")
         return self.uploads.as_completed(upload)

@@ -84,8 +84,7 @@ class LoginThrottle:
         pair = hashlib.sha256(f"{username}\0{client}".encode()).hexdigest()[:32]
         return f"{_PREFIX}:pair:{pair}", f"{_PREFIX}:addr:{client}"
 
-    async def login(self, username: str, password: str, address: str,
-                    check: Callable[[str, str], User | None]) -> User:
+    async def login(self, username: str, password: str, address: str, check: Callable[[str, str], User | None]) -> User:
         """The user when `check(username, password)` accepts; else InvalidCredentials, or
         TooManyAttempts when a limit is reached or no hashing slot frees up in time."""
         keys = self._keys(username, address)
@@ -95,8 +94,9 @@ class LoginThrottle:
             args=[int(time.time() * 1000), self._window_ms, member, self._pair_limit, self._address_limit],
         )
         if wait_ms:
-            raise TooManyAttempts("too many failed logins; try again later",
-                                  retry_after=max(1, math.ceil(int(wait_ms) / 1000)))
+            raise TooManyAttempts(
+                "too many failed logins; try again later", retry_after=max(1, math.ceil(int(wait_ms) / 1000))
+            )
         try:
             user = await self._check_in_slot(check, username, password)
         except Exception:  # not checked (no slot, or the user store failed): not counted
@@ -109,7 +109,9 @@ class LoginThrottle:
         await self._give_back([address_key], member)
         return user
 
-    async def _check_in_slot(self, check: Callable[[str, str], User | None], username: str, password: str) -> User | None:
+    async def _check_in_slot(
+        self, check: Callable[[str, str], User | None], username: str, password: str
+    ) -> User | None:
         try:
             with anyio.fail_after(self._slot_wait):
                 await self._slots.acquire()

@@ -34,8 +34,13 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, then the record's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"ts": _utc(record), "level": record.levelname, "logger": record.name,
-                "message": record.getMessage(), **_fields(record)}
+        line = {
+            "ts": _utc(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_fields(record),
+        }
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str, ensure_ascii=False)
@@ -47,7 +52,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _utc(record)
 
     def format(self, record: logging.LogRecord) -> str:

@@ -41,7 +41,7 @@ async def job_lock(redis, name: str, wait: float = 0.0):
     finally:
         try:
             await lock.release()
-        except Exception:  # noqa: BLE001 - expired lock: nothing to release
+        except Exception:
             pass
 
 
@@ -51,7 +51,9 @@ class CleanupReport:
     freed_bytes: int = 0
 
 
-async def cleanup(service: UploadService, older_than: float, now: float | None = None, wait_for_lock: float = 0.0) -> CleanupReport:
+async def cleanup(
+    service: UploadService, older_than: float, now: float | None = None, wait_for_lock: float = 0.0
+) -> CleanupReport:
     """Remove uploads not complete with no activity for `older_than` seconds: bytes, state, manifest."""
     now = now if now is not None else time.time()
     cutoff = now - older_than
@@ -87,7 +89,9 @@ class PersistReport:
     requeued: list[str] = field(default_factory=list)
 
 
-async def persist(service: UploadService, idle_for: float, assembly_grace: float, enqueue, now: float | None = None) -> PersistReport:
+async def persist(
+    service: UploadService, idle_for: float, assembly_grace: float, enqueue, now: float | None = None
+) -> PersistReport:
     """fsync idle uploads and write their manifests; re-enqueue assemblies nobody is running."""
     now = now if now is not None else time.time()
     repo, storage = service.repo, service.storage

@@ -75,8 +75,14 @@ def _sentinel_options(target: SentinelTarget, options: dict) -> dict:
     sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
     if target.sentinel_password is not None:
         sentinel_kwargs["password"] = target.sentinel_password
-    return dict(sentinels=list(target.sentinels), sentinel_kwargs=sentinel_kwargs, db=target.db,
-                username=target.username, password=target.password, **options)
+    return dict(
+        sentinels=list(target.sentinels),
+        sentinel_kwargs=sentinel_kwargs,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **options,
+    )
 
 
 def redis_client(url: str, **options) -> redis.Redis:
@@ -85,7 +91,8 @@ def redis_client(url: str, **options) -> redis.Redis:
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
     return redis.sentinel.Sentinel(**_sentinel_options(target, options)).master_for(
-        target.master_name, redis_class=_SentinelRedis)
+        target.master_name, redis_class=_SentinelRedis
+    )
 
 
 def async_client(url: str, **options) -> aioredis.Redis:
@@ -94,7 +101,8 @@ def async_client(url: str, **options) -> aioredis.Redis:
         return aioredis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
     return aiosentinel.Sentinel(**_sentinel_options(target, options)).master_for(
-        target.master_name, redis_class=_AsyncSentinelRedis)
+        target.master_name, redis_class=_AsyncSentinelRedis
+    )
 
 
 def _connection_options(settings: Settings) -> dict:
@@ -114,12 +122,18 @@ def async_redis(settings: Settings) -> aioredis.Redis:
     if is_sentinel_url(settings.redis_url):
         target = parse_sentinel_url(settings.redis_url)
         # The sentinels answer at once or are down: the short connect timeout for all they do.
-        quick = {"socket_connect_timeout": settings.redis_connect_timeout,
-                 "socket_timeout": settings.redis_connect_timeout}
+        quick = {
+            "socket_connect_timeout": settings.redis_connect_timeout,
+            "socket_timeout": settings.redis_connect_timeout,
+        }
         sentinel = aiosentinel.Sentinel(**_sentinel_options(target, quick))
         # master_for's arguments override the Sentinel's for the primary's connections.
-        return sentinel.master_for(target.master_name, redis_class=_AsyncSentinelRedis,
-                                   connection_pool_class=_WaitingSentinelPool, retry=retry,
-                                   **_connection_options(settings))
+        return sentinel.master_for(
+            target.master_name,
+            redis_class=_AsyncSentinelRedis,
+            connection_pool_class=_WaitingSentinelPool,
+            retry=retry,
+            **_connection_options(settings),
+        )
     pool = _WaitingPool.from_url(settings.redis_url, retry=retry, **_connection_options(settings))
     return aioredis.Redis(connection_pool=pool)

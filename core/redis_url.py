@@ -32,8 +32,9 @@ class SentinelTarget:
 
     def url(self) -> str:
         """This target in the FT_REDIS_URL form (what parse_sentinel_url reads back)."""
-        query = f"?db={self.db}" + (f"&sentinel_password={quote(self.sentinel_password, safe='')}"
-                                    if self.sentinel_password is not None else "")
+        query = f"?db={self.db}" + (
+            f"&sentinel_password={quote(self.sentinel_password, safe='')}" if self.sentinel_password is not None else ""
+        )
         hosts = ",".join(netloc(host, port) for host, port in self.sentinels)
         return f"{SENTINEL_SCHEME}{self._auth()}{hosts}/{quote(self.master_name, safe='')}{query}"
 
@@ -57,7 +58,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     """The parts of a `sentinel://` URL; ValueError naming what is wrong (never echoing a password)."""
     if not is_sentinel_url(url):
         raise ValueError("a Sentinel URL starts with sentinel://")
-    rest = url[len(SENTINEL_SCHEME):]
+    rest = url[len(SENTINEL_SCHEME) :]
     rest, _, query = rest.partition("?")
     location, slash, master = rest.partition("/")
     if not slash or not master or "/" in master:
@@ -74,8 +75,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     db = options.get("db", "0")
     if not db.isdigit():
         raise ValueError("a Sentinel URL's db is a number: ?db=0")
-    return SentinelTarget(sentinels, unquote(master), int(db), username, password,
-                          options.get("sentinel_password"))
+    return SentinelTarget(sentinels, unquote(master), int(db), username, password, options.get("sentinel_password"))
 
 
 def _host_port(item: str) -> tuple[str, int]:

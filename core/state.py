@@ -91,11 +91,14 @@ end
 
 # Uncharge an upload from its owner's quota, once. The quota key is named from the owner stored
 # in the upload's hash, so scripts that end an upload need not be told it (one Redis, no cluster).
-_UNCHARGE = """
+_UNCHARGE = (
+    """
 local function uncharge(key)
   local f = redis.call('HMGET', key, 'owner', 'charged')
   if not f[2] then return end
-  local quota = '""" + QUOTA_PREFIX + """' .. f[1]
+  local quota = '"""
+    + QUOTA_PREFIX
+    + """' .. f[1]
   local uploads = redis.call('HINCRBY', quota, 'uploads', -1)
   -- formatted, not '-' .. charged: Redis refuses '-0' as an integer (an empty upload)
   local bytes = redis.call('HINCRBY', quota, 'bytes', string.format('%d', -tonumber(f[2])))
@@ -108,6 +111,7 @@ local function uncharge(key)
   redis.call('HDEL', key, 'charged')
 end
 """
+)
 
 # Create an upload for its owner, if the owner's limits allow: the one place where uploads are
 # created (the first chunk's claim, and `UploadRepository.open_upload` for protocols that create
@@ -159,7 +163,11 @@ local function hold_disk(key, token, want, now, lease_until)
 end
 """
 
-_CLAIM = _PRELUDE + _OPEN_UPLOAD + _HOLD_DISK + """
+_CLAIM = (
+    _PRELUDE
+    + _OPEN_UPLOAD
+    + _HOLD_DISK
+    + """
 local file_id, user, is_admin = ARGV[1], ARGV[2], ARGV[3] == '1'
 local s, e, total, crc = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local token, now, lease_until, create = ARGV[8], ARGV[9], ARGV[10], ARGV[11] == '1'
@@ -210,14 +218,19 @@ if tonumber(ARGV[17]) > 0 then
 end
 return summary('claimed')
 """
+)
 
 # Renew a chunk's claim and, under the same token, its disk reservation.
-_OPEN = _PRELUDE + _OPEN_UPLOAD + """
+_OPEN = (
+    _PRELUDE
+    + _OPEN_UPLOAD
+    + """
 if redis.call('EXISTS', up) == 1 then return summary('exists') end
 local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {ARGV[6], ARGV[7], ARGV[8]})
 if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
 return summary('created')
 """
+)
 
 _RENEW = """
 local function renew(key)
@@ -236,13 +249,18 @@ return renew(KEYS[1])
 # The caller measures free space only afterwards: a chunk that let go of its hold before this
 # ran had written its bytes already, so they show in that measurement (measured before, they
 # would be counted nowhere). One count for all API processes, which share one data disk.
-_RESERVE_DISK = _HOLD_DISK + """
+_RESERVE_DISK = (
+    _HOLD_DISK
+    + """
 return hold_disk(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
 """
+)
 
 # `keep_until` (ARGV[10]) non-empty: a prefix of a streaming claim is committed, and the
 # claim keeps the rest of its range (from END+1) with its lease renewed to that time.
-_COMMIT = _PRELUDE + """
+_COMMIT = (
+    _PRELUDE
+    + """
 local file_id, token, s, e, crc, length, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local name, sha, keep_until = ARGV[8], ARGV[9], ARGV[10]
 local held = redis.call('HGET', claims, token)
@@ -281,6 +299,7 @@ if received == tonumber(redis.call('HGET', up, 'total')) and redis.call('HGET', 
 end
 return summary('committed')
 """
+)
 
 # Removes an upload's keys and its entries in every index; ARGV[2] file id, ARGV[3] owner prefix.
 _DROP = """
@@ -294,7 +313,10 @@ local function drop()
 end
 """
 
-_RELEASE = _UNCHARGE + _DROP + """
+_RELEASE = (
+    _UNCHARGE
+    + _DROP
+    + """
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[7], ARGV[1])  -- and the chunk's disk hold
 if redis.call('HGET', KEYS[1], 'provisional') == '1' and redis.call('ZCARD', KEYS[2]) == 0
@@ -305,11 +327,15 @@ if redis.call('HGET', KEYS[1], 'provisional') == '1' and redis.call('ZCARD', KEY
 end
 return 0
 """
+)
 
-_FORGET = _DROP + """
+_FORGET = (
+    _DROP
+    + """
 drop()
 return 1
 """
+)
 
 # Puts an upload that Redis holds into the indexes (idempotent); ARGV[1] file id, ARGV[2] prefix.
 _REINDEX = """
@@ -333,7 +359,9 @@ local function hset_all(key, fields)
 end
 """
 
-_RESTORE = _HSET_ALL + """
+_RESTORE = (
+    _HSET_ALL
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[1])
 hset_all(KEYS[1], fields)
@@ -360,8 +388,12 @@ redis.call('ZADD', ARGV[4] .. fields['owner'], fields['created_at'], ARGV[3])
 redis.call('ZADD', KEYS[7], fields['created_at'], ARGV[3])
 return 1
 """
+)
 
-_SET_STATE = _HSET_ALL + _UNCHARGE + """
+_SET_STATE = (
+    _HSET_ALL
+    + _UNCHARGE
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= ARGV[1] then return state or '' end
 local args = cjson.decode(ARGV[2])
@@ -376,11 +408,14 @@ if args['state'] == 'complete' then
 end
 return 'ok'
 """
+)
 
 # Remove an upload that is stale: not complete, no activity since the cutoff, nothing in
 # flight. Marks it `expired` (chunks then answer 404) so that files can be removed
 # before the keys disappear; `forget` deletes the keys afterwards.
-_EXPIRE_IF_STALE = _UNCHARGE + """
+_EXPIRE_IF_STALE = (
+    _UNCHARGE
+    + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'updated_at')
 if not f[1] then
   redis.call('ZREM', KEYS[4], ARGV[2])
@@ -398,9 +433,12 @@ uncharge(KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'expired')
 return 'expired'
 """
+)
 
 # Mark an upload for removal on its owner's request; refused while a worker assembles it.
-_TOMBSTONE = _UNCHARGE + """
+_TOMBSTONE = (
+    _UNCHARGE
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'absent' end
 if state == 'assembling' then return 'assembling' end
@@ -408,12 +446,17 @@ uncharge(KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'expired')
 return state
 """
+)
 
 
 # Create an upload whose id the server chose (tus). KEYS[6] is the owner's index. A final
 # concatenation is created with all its bytes already counted (ARGV[6] = total) and its
 # parts' chunks, in state `assembling`.
-_CREATE = _PRELUDE + _HSET_ALL + _OPEN_UPLOAD + """
+_CREATE = (
+    _PRELUDE
+    + _HSET_ALL
+    + _OPEN_UPLOAD
+    + """
 local file_id, owner, total, now, state, received = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if redis.call('EXISTS', up) == 1 then return {'exists'} end
 local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], file_id, owner, total, now, '0', {ARGV[9], ARGV[10], ARGV[11]})
@@ -431,10 +474,13 @@ if state == 'assembling' then
 end
 return summary('created')
 """
+)
 
 # The length of a deferred-length upload becomes known: not below what is already stored;
 # when everything has arrived, the upload goes to `assembling` as on a chunk's commit.
-_DECLARE_LENGTH = _PRELUDE + """
+_DECLARE_LENGTH = (
+    _PRELUDE
+    + """
 local file_id, total, now = ARGV[1], ARGV[2], ARGV[3]
 local f = redis.call('HMGET', up, 'state', 'tus_deferred', 'received')
 if not f[1] or f[1] == 'expired' then return {'absent'} end
@@ -447,6 +493,7 @@ if f[1] == 'uploading' and tonumber(f[3]) == tonumber(total) and redis.call('HGE
 end
 return summary('declared')
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,7 +540,7 @@ class Chunk:
     crc32: int
 
     @classmethod
-    def parse(cls, member: bytes | str) -> "Chunk":
+    def parse(cls, member: bytes | str) -> Chunk:
         text = member.decode() if isinstance(member, bytes) else member
         start, end, crc = text.split(":")
         return cls(int(start), int(end), int(crc))
@@ -515,7 +562,7 @@ class Progress:
     extra: str = ""
 
     @classmethod
-    def from_reply(cls, reply: list) -> "Progress":
+    def from_reply(cls, reply: list) -> Progress:
         values = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
         if len(values) == 1:
             return cls(values[0])
@@ -542,8 +589,10 @@ class Upload:
     fields: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_hash(cls, file_id: str, raw: dict) -> "Upload":
-        h = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+    def from_hash(cls, file_id: str, raw: dict) -> Upload:
+        h = {
+            k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()
+        }
 
         def opt_float(name: str) -> float | None:
             return float(h[name]) if h.get(name) else None
@@ -589,9 +638,20 @@ class UploadRepository:
         self._list_fields = redis.register_script(_LIST_FIELDS)
 
     async def claim(
-        self, file_id: str, user: str, is_admin: bool, start: int, end: int, total: int, crc32: int,
-        token: str, lease_seconds: float, create: bool, now: float | None = None,
-        limits: UploadLimits = NO_LIMITS, disk_bytes: int = 0,
+        self,
+        file_id: str,
+        user: str,
+        is_admin: bool,
+        start: int,
+        end: int,
+        total: int,
+        crc32: int,
+        token: str,
+        lease_seconds: float,
+        create: bool,
+        now: float | None = None,
+        limits: UploadLimits = NO_LIMITS,
+        disk_bytes: int = 0,
     ) -> Progress:
         """Reserve [start, end] for a chunk about to be written, creating the upload if asked
         (for `user`, within `limits`, as `open_upload` does). Outcomes: `claimed`, `duplicate`,
@@ -602,16 +662,42 @@ class UploadRepository:
         the same round trip; `commit` and `release` let go of it."""
         now = now if now is not None else time.time()
         reply = await self._claim(
-            keys=[*_keys(file_id), quota_key(user), create_rate_key(user), owner_files_key(user), ALL_FILES_KEY,
-                  DISK_RESERVED_KEY],
-            args=[file_id, user, int(is_admin), start, end, total, crc32, token,
-                  repr(now), repr(now + lease_seconds), int(create), *limits.creation_args(), *limits.chunk_args(),
-                  disk_bytes],
+            keys=[
+                *_keys(file_id),
+                quota_key(user),
+                create_rate_key(user),
+                owner_files_key(user),
+                ALL_FILES_KEY,
+                DISK_RESERVED_KEY,
+            ],
+            args=[
+                file_id,
+                user,
+                int(is_admin),
+                start,
+                end,
+                total,
+                crc32,
+                token,
+                repr(now),
+                repr(now + lease_seconds),
+                int(create),
+                *limits.creation_args(),
+                *limits.chunk_args(),
+                disk_bytes,
+            ],
         )
         return Progress.from_reply(reply)
 
-    async def open_upload(self, file_id: str, owner: str, total: int, limits: UploadLimits,
-                          provisional: bool = False, now: float | None = None) -> Progress:
+    async def open_upload(
+        self,
+        file_id: str,
+        owner: str,
+        total: int,
+        limits: UploadLimits,
+        provisional: bool = False,
+        now: float | None = None,
+    ) -> Progress:
         """Create an upload of `total` bytes for `owner` if the owner's limits allow it: the one
         operation that checks and counts open uploads, their declared bytes and the creation
         rate (a first chunk's claim runs the same Lua). Outcomes: `created`, `exists` (nothing
@@ -631,9 +717,11 @@ class UploadRepository:
 
     async def renew(self, file_id: str, token: str, lease_seconds: float) -> bool:
         """Extend a chunk's claim (and its disk reservation); False when the claim was lost."""
-        return bool(await self._renew(
-            keys=[_keys(file_id)[2], DISK_RESERVED_KEY], args=[token, repr(time.time() + lease_seconds)]
-        ))
+        return bool(
+            await self._renew(
+                keys=[_keys(file_id)[2], DISK_RESERVED_KEY], args=[token, repr(time.time() + lease_seconds)]
+            )
+        )
 
     async def reserve_disk(self, token: str, nbytes: int, lease_seconds: float, now: float | None = None) -> int:
         """Hold `nbytes` of the data disk for a chunk; returns the bytes other chunks hold.
@@ -649,8 +737,14 @@ class UploadRepository:
         await self.redis.hdel(DISK_RESERVED_KEY, token)
 
     async def commit(
-        self, file_id: str, token: str, chunk: Chunk, file_name: str | None, sha256: str | None,
-        now: float | None = None, keep_lease: float | None = None,
+        self,
+        file_id: str,
+        token: str,
+        chunk: Chunk,
+        file_name: str | None,
+        sha256: str | None,
+        now: float | None = None,
+        keep_lease: float | None = None,
     ) -> Progress:
         """Record a written chunk; its claim ends, and its disk hold with it. With `keep_lease`, the chunk is a prefix of the claim, which
         keeps the rest of its range for that many more seconds (a tus PATCH still streaming)."""
@@ -658,14 +752,31 @@ class UploadRepository:
         keep_until = repr(now + keep_lease) if keep_lease is not None else ""
         reply = await self._commit(
             keys=[*_keys(file_id), DISK_RESERVED_KEY],
-            args=[file_id, token, chunk.start, chunk.end, chunk.crc32, chunk.end - chunk.start + 1,
-                  repr(now), file_name or "", sha256 or "", keep_until],
+            args=[
+                file_id,
+                token,
+                chunk.start,
+                chunk.end,
+                chunk.crc32,
+                chunk.end - chunk.start + 1,
+                repr(now),
+                file_name or "",
+                sha256 or "",
+                keep_until,
+            ],
         )
         return Progress.from_reply(reply)
 
     async def create(
-        self, file_id: str, owner: str, total: int, fields: dict[str, str], limits: UploadLimits, *,
-        complete_chunks: list[Chunk] | None = None, now: float | None = None,
+        self,
+        file_id: str,
+        owner: str,
+        total: int,
+        fields: dict[str, str],
+        limits: UploadLimits,
+        *,
+        complete_chunks: list[Chunk] | None = None,
+        now: float | None = None,
     ) -> Progress:
         """Create an upload in one step, within the owner's limits (the same Lua function as a
         first chunk's claim). With `complete_chunks` it is created with all its bytes counted (a
@@ -678,8 +789,17 @@ class UploadRepository:
             state = "assembling"  # nothing to wait for: an empty file
         reply = await self._create(
             keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner), owner_files_key(owner), ALL_FILES_KEY],
-            args=[file_id, owner, total, repr(now), state, received,
-                  json.dumps(fields), json.dumps([c.member for c in chunks]), *limits.creation_args()],
+            args=[
+                file_id,
+                owner,
+                total,
+                repr(now),
+                state,
+                received,
+                json.dumps(fields),
+                json.dumps([c.member for c in chunks]),
+                *limits.creation_args(),
+            ],
         )
         return Progress.from_reply(reply)
 
@@ -692,7 +812,11 @@ class UploadRepository:
     async def release(self, file_id: str, token: str) -> bool:
         """Give back a claim whose chunk failed, and its disk hold; drops a provisional upload
         that got nothing."""
-        return bool(await self._release(keys=[*_indexed_keys(file_id), DISK_RESERVED_KEY], args=[token, file_id, OWNER_FILES_PREFIX]))
+        return bool(
+            await self._release(
+                keys=[*_indexed_keys(file_id), DISK_RESERVED_KEY], args=[token, file_id, OWNER_FILES_PREFIX]
+            )
+        )
 
     async def get(self, file_id: str) -> Upload | None:
         raw = await self.redis.hgetall(upload_key(file_id))
@@ -706,10 +830,12 @@ class UploadRepository:
         return [Chunk.parse(m) for m in members]
 
     async def restore(self, file_id: str, fields: dict[str, str], chunks: list[Chunk]) -> bool:
-        return bool(await self._restore(
-            keys=[*_keys(file_id), quota_key(fields["owner"]), ALL_FILES_KEY],
-            args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id, OWNER_FILES_PREFIX],
-        ))
+        return bool(
+            await self._restore(
+                keys=[*_keys(file_id), quota_key(fields["owner"]), ALL_FILES_KEY],
+                args=[json.dumps(fields), json.dumps([c.member for c in chunks]), file_id, OWNER_FILES_PREFIX],
+            )
+        )
 
     async def transition(self, file_id: str, expected_state: str, **fields: str) -> bool:
         """Set fields (usually `state`) only if the upload is still in `expected_state`."""
@@ -721,7 +847,9 @@ class UploadRepository:
     async def mark_persisted(self, file_id: str, when: float) -> None:
         await self.redis.eval(
             "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'persisted_at', ARGV[1]) end",
-            1, upload_key(file_id), repr(when),
+            1,
+            upload_key(file_id),
+            repr(when),
         )
 
     async def expire_if_stale(self, file_id: str, cutoff: float, now: float | None = None) -> str:
@@ -768,8 +896,11 @@ class UploadRepository:
         ties = _decoded(await self.redis.zrevrangebyscore(key, repr(score), repr(score), withscores=True))
         found = [(m, s) for m, s in ties if m < member][:limit]
         if len(found) < limit:
-            found += _decoded(await self.redis.zrevrangebyscore(
-                key, f"({score!r}", "-inf", start=0, num=limit - len(found), withscores=True))
+            found += _decoded(
+                await self.redis.zrevrangebyscore(
+                    key, f"({score!r}", "-inf", start=0, num=limit - len(found), withscores=True
+                )
+            )
         return found
 
     async def get_many(self, file_ids: list[str]) -> list[Upload | None]:
@@ -781,7 +912,7 @@ class UploadRepository:
         width = len(LIST_FIELDS)
         uploads: list[Upload | None] = []
         for index, file_id in enumerate(file_ids):
-            values = flat[index * width:(index + 1) * width]
+            values = flat[index * width : (index + 1) * width]
             fields = {name: value for name, value in zip(LIST_FIELDS, values) if value}
             known = "owner" in fields and fields.get("state") not in (None, b"expired")
             uploads.append(Upload.from_hash(file_id, fields) if known else None)

@@ -36,8 +36,14 @@ class TokenClaims:
 
 def issue_token(user: User, secret: str, ttl: int, now: float | None = None) -> str:
     issued = int(now if now is not None else time.time())
-    claims = {"sub": user.name, "uid": user.id, "role": user.role, "iat": issued, "exp": issued + ttl,
-              "ver": user.token_version}
+    claims = {
+        "sub": user.name,
+        "uid": user.id,
+        "role": user.role,
+        "iat": issued,
+        "exp": issued + ttl,
+        "ver": user.token_version,
+    }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import anyio
 
+from core.body_pace import paced
 from core.checksums import crc32
 from core.errors import (
     AlreadyComplete,
@@ -48,14 +49,20 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload
-from core.body_pace import paced
 from core.storage import write_at
 from core.uploads import MAX_FILE_NAME_BYTES, UploadService, raise_refused_creation
 from core.users import User
 
 TUS_VERSION = "1.0.0"
-EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination", "checksum",
-              "expiration", "concatenation")
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+    "checksum",
+    "expiration",
+    "concatenation",
+)
 MAX_METADATA_BYTES = 16 * 1024
 
 
@@ -99,8 +106,9 @@ def file_name_from(metadata: dict[str, bytes]) -> str | None:
     except UnicodeDecodeError:
         raise InvalidTusHeader("Upload-Metadata: filename must be UTF-8") from None
     if len(raw) > MAX_FILE_NAME_BYTES or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise InvalidTusHeader(f"Upload-Metadata: filename must be at most {MAX_FILE_NAME_BYTES} bytes "
-                               "without control characters")
+        raise InvalidTusHeader(
+            f"Upload-Metadata: filename must be at most {MAX_FILE_NAME_BYTES} bytes without control characters"
+        )
     return name
 
 
@@ -117,8 +125,13 @@ class _Crc32:
         return self.value.to_bytes(4, "big")
 
 
-CHECKSUM_ALGORITHMS = {"sha1": hashlib.sha1, "md5": hashlib.md5, "crc32": _Crc32, "sha256": hashlib.sha256,
-                       "sha512": hashlib.sha512}
+CHECKSUM_ALGORITHMS = {
+    "sha1": hashlib.sha1,
+    "md5": hashlib.md5,
+    "crc32": _Crc32,
+    "sha256": hashlib.sha256,
+    "sha512": hashlib.sha512,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +249,10 @@ class TusService:
         if new.concat and new.concat.startswith("final"):
             return await self._create_final(user, new)
         if new.length is not None and new.length > self.settings.max_file_bytes:
-            raise FileTooLarge(f"files may be at most {self.settings.max_file_bytes} bytes",
-                               max_file_bytes=self.settings.max_file_bytes)
+            raise FileTooLarge(
+                f"files may be at most {self.settings.max_file_bytes} bytes",
+                max_file_bytes=self.settings.max_file_bytes,
+            )
         fields = self._fields(new)
         if new.length is None:
             fields["tus_deferred"] = "1"
@@ -261,8 +276,9 @@ class TusService:
     async def _create(self, user: User, total: int, fields: dict[str, str], chunks: list[Chunk] | None = None) -> str:
         while True:
             file_id = secrets.token_hex(16)
-            progress = await self.repo.create(file_id, user.owner_id, total, fields, self.uploads.limits,
-                                              complete_chunks=chunks)
+            progress = await self.repo.create(
+                file_id, user.owner_id, total, fields, self.uploads.limits, complete_chunks=chunks
+            )
             if progress.outcome == "created":
                 return file_id
             raise_refused_creation(progress)  # else the id was taken: draw another
@@ -285,8 +301,10 @@ class TusService:
             chunks += [Chunk(c.start + base, c.end + base, c.crc32) for c in await self.repo.chunks(part_id)]
             base += part.total
         if base > self.settings.max_file_bytes:
-            raise FileTooLarge(f"files may be at most {self.settings.max_file_bytes} bytes",
-                               max_file_bytes=self.settings.max_file_bytes)
+            raise FileTooLarge(
+                f"files may be at most {self.settings.max_file_bytes} bytes",
+                max_file_bytes=self.settings.max_file_bytes,
+            )
         fields = self._fields(NewUpload(None, new.metadata))
         fields.update(tus_concat="final", tus_parts=json.dumps(ids))
         file_id = await self._create(user, base, fields, chunks)
@@ -307,13 +325,16 @@ class TusService:
             raise AlreadyComplete("a final concatenation takes no PATCH", state=upload.state)
         current = describe(upload, self.settings.stale_after)
         if request.offset != current.offset:
-            raise OffsetMismatch(f"the upload's offset is {current.offset}, not {request.offset}",
-                                 upload_offset=current.offset)
+            raise OffsetMismatch(
+                f"the upload's offset is {current.offset}, not {request.offset}", upload_offset=current.offset
+            )
         if upload.state == "failed":
             raise UploadFailed(f"the upload failed: {upload.error}", error=upload.error)
         length = current.length
         if request.upload_length is not None or (request.complete and request.content_length is not None):
-            declared = request.upload_length if request.upload_length is not None else request.offset + request.content_length
+            declared = (
+                request.upload_length if request.upload_length is not None else request.offset + request.content_length
+            )
             length = await self._declare(upload, current, declared)
         if upload.state != "uploading" or request.content_length == 0:
             if request.content_length:
@@ -344,8 +365,10 @@ class TusService:
                 raise InvalidTusHeader(f"the upload's length is {current.length} bytes, not {total}")
             return total
         if total > self.settings.max_file_bytes:
-            raise FileTooLarge(f"files may be at most {self.settings.max_file_bytes} bytes",
-                               max_file_bytes=self.settings.max_file_bytes)
+            raise FileTooLarge(
+                f"files may be at most {self.settings.max_file_bytes} bytes",
+                max_file_bytes=self.settings.max_file_bytes,
+            )
         if total < current.offset:
             raise InvalidTusHeader(f"Upload-Length {total} is below the {current.offset} bytes already stored")
         fd = self.storage.open_for_chunk(upload.file_id, total)
@@ -360,15 +383,17 @@ class TusService:
         if upload is not None and upload.state == "assembling":
             await self.uploads.start_assembly(file_id)
 
-    async def _stream(self, upload: Upload, request: Append, limit: int, length: int | None,
-                      body: AsyncIterator[bytes], token: str) -> int:
+    async def _stream(
+        self, upload: Upload, request: Append, limit: int, length: int | None, body: AsyncIterator[bytes], token: str
+    ) -> int:
         """Write the body at the offset under a claim of [offset, limit); record what arrived as
         chunks. Returns the offset after the last byte stored."""
         file_id, start = upload.file_id, request.offset
         lease = self.settings.claim_lease
         total = length if length is not None else upload.total  # the length may be declared just now
-        progress = await self.repo.claim(file_id, upload.owner, True, start, limit - 1, total, 0, token, lease,
-                                         create=False)
+        progress = await self.repo.claim(
+            file_id, upload.owner, True, start, limit - 1, total, 0, token, lease, create=False
+        )
         _refuse(progress, start)
         fd = self.storage.open_for_chunk(file_id, length)
         segment = _Segment(start)
@@ -408,8 +433,9 @@ class TusService:
         await self.repo.release(file_id, token)
         return segment.end
 
-    async def _commit(self, file_id: str, token: str, segment: "_Segment", keep_lease: float | None = None,
-                      quiet: bool = False) -> None:
+    async def _commit(
+        self, file_id: str, token: str, segment: _Segment, keep_lease: float | None = None, quiet: bool = False
+    ) -> None:
         if segment.size == 0:
             return
         chunk = Chunk(segment.start, segment.end - 1, segment.crc)
@@ -449,8 +475,10 @@ def _refuse(progress: Progress, offset: int) -> None:
         case "upload_failed":
             raise UploadFailed(f"the upload failed: {progress.extra}", error=progress.extra)
         case _:  # overlap with a PATCH still writing, or a total that changed meanwhile
-            raise OffsetMismatch("another request is writing to this upload; ask for its offset and retry",
-                                 upload_offset=progress.next_expected)
+            raise OffsetMismatch(
+                "another request is writing to this upload; ask for its offset and retry",
+                upload_offset=progress.next_expected,
+            )
 
 
 # --- concatenation (run by the worker) ---------------------------------------------

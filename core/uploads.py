@@ -21,22 +21,21 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
 import anyio
 
+from core import intervals
 from core.body_pace import paced
 from core.checksums import crc32
-from core import intervals
 from core.chunk_header import HEADER_SIZE, check_header_matches, decode_header, parse_content_range
 from core.config import Settings
 from core.errors import (
     AlreadyComplete,
     Assembling,
     ChecksumMismatch,
-    NotComplete,
     ChunkTooLarge,
     FileTooLarge,
     InsufficientStorage,
@@ -44,6 +43,7 @@ from core.errors import (
     InvalidFileName,
     InvalidSha256,
     LengthMismatch,
+    NotComplete,
     NotFound,
     Overlap,
     QuotaExceeded,
@@ -102,7 +102,7 @@ class ChunkReceipt:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def decode_file_name(raw: str | None) -> str | None:
@@ -189,7 +189,9 @@ def _raise_for(progress: Progress) -> None:
         case "too_many_chunks":
             raise TooManyChunks(
                 f"this upload holds {progress.extra} chunks already; more only while they average "
-                "at least FT_MIN_AVERAGE_CHUNK_BYTES: send larger chunks", max_chunks=int(progress.extra))
+                "at least FT_MIN_AVERAGE_CHUNK_BYTES: send larger chunks",
+                max_chunks=int(progress.extra),
+            )
         case "too_many_uploads" | "quota_exceeded" | "rate_limited":
             raise_refused_creation(progress)
 
@@ -204,14 +206,17 @@ def raise_refused_creation(progress: Progress) -> None:
         case "too_many_uploads":
             raise TooManyUploads(
                 f"you have {progress.extra} uploads that are not complete; finish or delete some first",
-                retry_after=OPEN_UPLOADS_RETRY_AFTER, max_open_uploads=int(progress.extra))
+                retry_after=OPEN_UPLOADS_RETRY_AFTER,
+                max_open_uploads=int(progress.extra),
+            )
         case "quota_exceeded":
             raise QuotaExceeded(
                 "the declared sizes of your uploads that are not complete would exceed your quota; "
-                f"{progress.extra} bytes are left", quota_bytes_left=int(progress.extra))
+                f"{progress.extra} bytes are left",
+                quota_bytes_left=int(progress.extra),
+            )
         case "rate_limited":
-            raise UploadRateLimited("you are creating uploads too fast; retry later",
-                                    retry_after=int(progress.extra))
+            raise UploadRateLimited("you are creating uploads too fast; retry later", retry_after=int(progress.extra))
 
 
 def _receipt(file_id: str, progress: Progress) -> ChunkReceipt:
@@ -265,11 +270,15 @@ class UploadService:
         validate_file_id(file_id)
         content_range = parse_content_range(request.content_range)
         if content_range.total > self.settings.max_file_bytes:
-            raise FileTooLarge(f"files may be at most {self.settings.max_file_bytes} bytes",
-                               max_file_bytes=self.settings.max_file_bytes)
+            raise FileTooLarge(
+                f"files may be at most {self.settings.max_file_bytes} bytes",
+                max_file_bytes=self.settings.max_file_bytes,
+            )
         if content_range.length > self.settings.max_chunk_bytes:
-            raise ChunkTooLarge(f"chunks may be at most {self.settings.max_chunk_bytes} bytes",
-                                max_chunk_bytes=self.settings.max_chunk_bytes)
+            raise ChunkTooLarge(
+                f"chunks may be at most {self.settings.max_chunk_bytes} bytes",
+                max_chunk_bytes=self.settings.max_chunk_bytes,
+            )
         expected_body = HEADER_SIZE + content_range.length
         if request.content_length is not None and request.content_length.strip() != str(expected_body):
             raise LengthMismatch(f"the body must be {expected_body} bytes: the 12-byte header and the payload")
@@ -330,7 +339,7 @@ class UploadService:
         otherwise refuse the client's re-send (409 overlap) for the whole lease."""
         try:
             await self.repo.release(file_id, token)
-        except Exception as exc:  # noqa: BLE001 - Redis gone: the caller reports its own error
+        except Exception as exc:
             log.warning("claim %s of %s not released (%s); retrying in the background", token, file_id, exc)
             task = asyncio.get_running_loop().create_task(self._release_later(file_id, token))
             self._releasing.add(task)
@@ -343,7 +352,7 @@ class UploadService:
             try:
                 await self.repo.release(file_id, token)
                 return
-            except Exception:  # noqa: BLE001 - still away
+            except Exception:
                 continue
 
     async def release_disk(self, token: str) -> None:
@@ -351,12 +360,21 @@ class UploadService:
         with anyio.CancelScope(shield=True):
             try:
                 await self.repo.release_disk(token)
-            except Exception as exc:  # noqa: BLE001 - Redis gone: the hold lapses with its lease
+            except Exception as exc:
                 log.warning("disk reservation %s not released: %s", token, exc)
 
     async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str, disk_bytes: int) -> Progress:
-        args = (file_id, user.owner_id, user.is_admin, chunk.start, chunk.end, total, chunk.crc32, token,
-                self.settings.claim_lease)
+        args = (
+            file_id,
+            user.owner_id,
+            user.is_admin,
+            chunk.start,
+            chunk.end,
+            total,
+            chunk.crc32,
+            token,
+            self.settings.claim_lease,
+        )
         progress = await self.repo.claim(*args, create=False, limits=self.limits, disk_bytes=disk_bytes)
         if progress.outcome == "absent":
             await self.restore_from_disk(file_id)
@@ -383,7 +401,9 @@ class UploadService:
                 crc = crc32(piece, crc)
                 offset += len(piece)
             if offset != limit:
-                raise LengthMismatch(f"the payload is {offset - chunk.start} bytes; Content-Range says {limit - chunk.start}")
+                raise LengthMismatch(
+                    f"the payload is {offset - chunk.start} bytes; Content-Range says {limit - chunk.start}"
+                )
             if crc != chunk.crc32:
                 raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
             if self.settings.fsync_chunks:
@@ -415,7 +435,7 @@ class UploadService:
         if self.enqueue_assembly is not None:
             try:
                 await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
-            except Exception as exc:  # noqa: BLE001 - e.g. the broker refuses writes on a full disk
+            except Exception as exc:
                 # The chunk is stored and the upload is `assembling`, in the set that the persist
                 # job sweeps: it enqueues every assembly nobody runs once FT_ASSEMBLY_LEASE passed.
                 log.warning("assembly of %s not queued (%s); the persist job will queue it", file_id, exc)
@@ -518,11 +538,18 @@ class UploadService:
         meta = await anyio.to_thread.run_sync(self.storage.read_final_meta, file_id)
         if meta is not None:
             fields = {
-                "owner": meta["owner"], "total": meta["size"], "state": "complete",
-                "received": meta["size"], "next": meta["size"], "name": meta.get("file_name") or "",
-                "sha256": meta["sha256"], "sha256_expected": meta.get("expected_sha256") or "",
-                "created_at": meta["created_at"], "updated_at": meta["completed_at"],
-                "completed_at": meta["completed_at"], "provisional": "0",
+                "owner": meta["owner"],
+                "total": meta["size"],
+                "state": "complete",
+                "received": meta["size"],
+                "next": meta["size"],
+                "name": meta.get("file_name") or "",
+                "sha256": meta["sha256"],
+                "sha256_expected": meta.get("expected_sha256") or "",
+                "created_at": meta["created_at"],
+                "updated_at": meta["completed_at"],
+                "completed_at": meta["completed_at"],
+                "provisional": "0",
             }
             return await self.repo.restore(file_id, {k: str(v) for k, v in fields.items()}, [])
         manifest = await anyio.to_thread.run_sync(self.storage.read_manifest, file_id)
@@ -531,11 +558,17 @@ class UploadService:
         chunks = [Chunk(s, e, crc) for s, e, crc in manifest["chunks"]]
         received = sum(c.end - c.start + 1 for c in chunks)
         fields = {
-            "owner": manifest["owner"], "total": manifest["total"], "state": manifest["state"],
-            "received": received, "next": intervals.first_missing(((c.start, c.end) for c in chunks), manifest["total"]),
-            "name": manifest.get("file_name") or "", "sha256_expected": manifest.get("expected_sha256") or "",
-            "created_at": manifest["created_at"], "updated_at": manifest["updated_at"],
-            "persisted_at": manifest.get("persisted_at") or "", "error": manifest.get("error") or "",
+            "owner": manifest["owner"],
+            "total": manifest["total"],
+            "state": manifest["state"],
+            "received": received,
+            "next": intervals.first_missing(((c.start, c.end) for c in chunks), manifest["total"]),
+            "name": manifest.get("file_name") or "",
+            "sha256_expected": manifest.get("expected_sha256") or "",
+            "created_at": manifest["created_at"],
+            "updated_at": manifest["updated_at"],
+            "persisted_at": manifest.get("persisted_at") or "",
+            "error": manifest.get("error") or "",
             "provisional": "0",
             **manifest.get("tus", {}),
         }

@@ -132,16 +132,12 @@ class UserStore:
 
     def remove(self, name: str) -> User | None:
         """Delete the user; returns who was removed (its id still owns its files), or None."""
-        row = self._connect().execute(
-            f"DELETE FROM users WHERE name = ? RETURNING {_COLUMNS}", (name,)
-        ).fetchone()
+        row = self._connect().execute(f"DELETE FROM users WHERE name = ? RETURNING {_COLUMNS}", (name,)).fetchone()
         return User(*row) if row else None
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user when the password is right; None otherwise, in about the same time."""
-        row = self._connect().execute(
-            "SELECT password_hash FROM users WHERE name = ?", (name,)
-        ).fetchone()
+        row = self._connect().execute("SELECT password_hash FROM users WHERE name = ?", (name,)).fetchone()
         if row is None:
             _hasher.verify(password, _DUMMY_HASH)
             return None

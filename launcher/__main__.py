@@ -5,6 +5,7 @@ data under FT_DATA_DIR), makes sure a JWT secret and Flower credentials exist, t
 and supervises the API, one Celery worker, Celery beat and Flower: a child that dies is
 restarted; Ctrl-C / SIGTERM stops them all.
 """
+
 import sys
 
 from launcher.run import main

@@ -50,17 +50,23 @@ def describe_exit(status: int) -> str:
 class Child:
     """One process (and its process group) started by the launcher."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: str, log_path: Path,
-                 echo: bool = False) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], cwd: str, log_path: Path, echo: bool = False
+    ) -> None:
         self.name = name
         self.log_path = log_path
         self.started_at = time.monotonic()
         log = open(log_path, "ab")
         try:
             self.popen = subprocess.Popen(
-                args, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
+                args,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if echo else log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(os.getpid()),
             )
         except BaseException:
             log.close()

@@ -35,7 +35,8 @@ class DataDirLock:
             os.close(fd)
             raise DataDirBusy(
                 f"another `make run` (pid {owner}) is already using FT_DATA_DIR={self.path.parent}; "
-                "stop it first, or set FT_DATA_DIR to another directory") from None
+                "stop it first, or set FT_DATA_DIR to another directory"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

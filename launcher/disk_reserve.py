@@ -47,7 +47,9 @@ class DiskReserve:
         """Release the reserve when the disk is nearly full; take it back when it is not."""
         if self.path.exists() and self.free() < self.size:
             self.path.unlink(missing_ok=True)
-            say(f"the data disk is nearly full: released {self.size >> 20} MiB kept for Redis "
-                f"({self.path}); free some space")
+            say(
+                f"the data disk is nearly full: released {self.size >> 20} MiB kept for Redis "
+                f"({self.path}); free some space"
+            )
         elif not self.path.exists() and self.allocate():
             say("the data disk has room again: Redis's reserve is back in place")

@@ -49,8 +49,10 @@ class EmbeddedRedis:
         on_path = shutil.which("redis-server")
         if on_path and major_version(on_path) >= 7:
             return on_path, "from PATH: the data holds Redis 7 files"
-        raise RuntimeError(f"{self.dir} holds Redis 7 data (appendonlydir) that redis-server "
-                           f"{redis_version(binary)} cannot read; set FT_REDIS_SERVER to a Redis 7+ binary")
+        raise RuntimeError(
+            f"{self.dir} holds Redis 7 data (appendonlydir) that redis-server "
+            f"{redis_version(binary)} cannot read; set FT_REDIS_SERVER to a Redis 7+ binary"
+        )
 
     def version(self) -> str:
         return redis_version(self.binary)
@@ -58,9 +60,16 @@ class EmbeddedRedis:
     def write_config(self) -> None:
         """Written at every start (the port changes); created 0600 before the password goes in."""
         lines = [
-            "bind 127.0.0.1", f"port {self.port}", "protected-mode yes", f"requirepass {self.password}",
-            f'dir "{self.dir}"', "daemonize no", 'logfile ""',
-            "appendonly yes", "appendfsync everysec", f"save {SNAPSHOTS}",
+            "bind 127.0.0.1",
+            f"port {self.port}",
+            "protected-mode yes",
+            f"requirepass {self.password}",
+            f'dir "{self.dir}"',
+            "daemonize no",
+            'logfile ""',
+            "appendonly yes",
+            "appendfsync everysec",
+            f"save {SNAPSHOTS}",
         ]
         tmp = self.config_path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

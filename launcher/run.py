@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from core.config import MIN_JWT_SECRET_BYTES, Settings
 from launcher.children import Child, say
-from launcher.disk_reserve import DiskReserve
 from launcher.data_dir import PRIVATE_UMASK, DataDirBusy, DataDirLock, make_private
+from launcher.disk_reserve import DiskReserve
 from launcher.embedded_redis import EmbeddedRedis
 from launcher.secret_files import read_or_create
 from launcher.supervisor import CrashLoop, Service, Supervisor
@@ -54,7 +54,6 @@ def api_command() -> list[str]:
     return [sys.executable, "-m", "api"]
 
 
-
 def celery_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
 
@@ -82,8 +81,10 @@ def external_redis(settings: Settings) -> str | None:
     if "redis_url" not in settings.model_fields_set or not settings.redis_url:
         return None
     if not answers(settings.redis_url, timeout=3):
-        raise LaunchError(f"FT_REDIS_URL={mask(settings.redis_url)} does not answer PING: start that Redis, "
-                          "fix the URL, or unset FT_REDIS_URL to get an embedded Redis")
+        raise LaunchError(
+            f"FT_REDIS_URL={mask(settings.redis_url)} does not answer PING: start that Redis, "
+            "fix the URL, or unset FT_REDIS_URL to get an embedded Redis"
+        )
     return settings.redis_url
 
 
@@ -132,8 +133,11 @@ def rotate_logs(logs_dir: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make run", description="Run the whole service in the foreground.")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show the children's output (always in FT_DATA_DIR/logs); or FT_VERBOSE=1")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show the children's output (always in FT_DATA_DIR/logs); or FT_VERBOSE=1",
+    )
     return parser.parse_args(argv)
 
 
@@ -163,11 +167,16 @@ class Launch:
             raise LaunchError(str(exc)) from None
         self.reserve = DiskReserve(embedded.dir)
         self.reserve.allocate()
-        return embedded.url, embedded, (
-            f"embedded redis-server {embedded.version()} ({embedded.chosen_by}) on {embedded.address}, "
-            f"data in {embedded.dir}\n"
-            f"          binary {embedded.binary}\n"
-            "          (FT_REDIS_SERVER=PATH runs another binary; FT_REDIS_URL=URL uses your own Redis)")
+        return (
+            embedded.url,
+            embedded,
+            (
+                f"embedded redis-server {embedded.version()} ({embedded.chosen_by}) on {embedded.address}, "
+                f"data in {embedded.dir}\n"
+                f"          binary {embedded.binary}\n"
+                "          (FT_REDIS_SERVER=PATH runs another binary; FT_REDIS_URL=URL uses your own Redis)"
+            ),
+        )
 
     def prepare(self) -> tuple[dict[str, str], EmbeddedRedis | None, str]:
         """Redis and secrets; prints the summary block. Returns the children's environment,
@@ -188,8 +197,13 @@ class Launch:
         for line in self.summary:
             say(line)
         env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
-        env.update(FT_REDIS_URL=redis_url, FT_JWT_SECRET=secret, FT_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+        env.update(
+            FT_REDIS_URL=redis_url,
+            FT_JWT_SECRET=secret,
+            FT_DATA_DIR=str(self.data_dir),
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        )
         return env, embedded, flower_auth
 
     def child(self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT) -> Callable[[], Child]:
@@ -204,9 +218,20 @@ class Launch:
             Service("worker", self.child("worker", celery_command("worker", "--loglevel=INFO"), env)),
             Service("beat", self.child("beat", celery_command("beat", "--loglevel=INFO"), env)),
             # The credentials go through the environment, so they do not show in `ps`.
-            Service("flower", self.child("flower", [sys.executable, "-m", "workers.flower", "--address=127.0.0.1",
-                                                    f"--port={self.settings.flower_port}"],
-                                         {**env, "FLOWER_BASIC_AUTH": flower_auth})),
+            Service(
+                "flower",
+                self.child(
+                    "flower",
+                    [
+                        sys.executable,
+                        "-m",
+                        "workers.flower",
+                        "--address=127.0.0.1",
+                        f"--port={self.settings.flower_port}",
+                    ],
+                    {**env, "FLOWER_BASIC_AUTH": flower_auth},
+                ),
+            ),
         ]
         return services
 
@@ -235,8 +260,10 @@ class Launch:
         for service in services:
             if service.child is None:
                 service.run()
-        say(f"starting {', '.join(s.name for s in services)} ..."
-            + ("" if self.verbose else f" (their output: {self.logs_dir}/NAME.log; --verbose shows it here)"))
+        say(
+            f"starting {', '.join(s.name for s in services)} ..."
+            + ("" if self.verbose else f" (their output: {self.logs_dir}/NAME.log; --verbose shows it here)")
+        )
         self.supervise(started)
         say(f"{self.stopper.signame} received; stopping")
         return 0

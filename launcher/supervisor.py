@@ -70,11 +70,11 @@ class Supervisor:
             raise CrashLoop(
                 f"{service.name} keeps dying ({service.quick_deaths} times in a row, each within "
                 f"{STABLE_AFTER:.0f} s of its start; last: {reason}); giving up. "
-                f"Last lines of {child.log_path}:\n" + "\n".join(f"    {line}" for line in tail))
+                f"Last lines of {child.log_path}:\n" + "\n".join(f"    {line}" for line in tail)
+            )
         delay = max(FIRST_DELAY, restart_delay(service.quick_deaths))
         service.restart_at = now + delay
-        say(f"{service.name} died ({reason}) after {lived:.1f} s; restarting in {delay:g} s"
-            f" (log: {child.log_path})")
+        say(f"{service.name} died ({reason}) after {lived:.1f} s; restarting in {delay:g} s (log: {child.log_path})")
         if child.popen.returncode > 0 and tail:
             say(f"    last line: {tail[-1]}")
 

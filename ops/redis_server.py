@@ -70,12 +70,18 @@ def start_redis(
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         binary or find_redis_server(),
-        "--bind", host,
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--daemonize", "no",
-        "--protected-mode", "yes",
-        "--logfile", str(data_dir / "redis.log"),
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--logfile",
+        str(data_dir / "redis.log"),
     ]
     if persistent:
         args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "3600 1 300 100 60 10000"]

@@ -98,8 +98,9 @@ def settings(tmp_path, redis_server) -> Settings:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, redis_server) -> Stack:
     # Every test logs in from 127.0.0.1: the per-address login limit is tested on its own stack.
-    with running_stack(tmp_path_factory.mktemp("stack"), redis_server.url,
-                       FT_LOGIN_MAX_FAILURES_PER_ADDRESS="100000") as stack:
+    with running_stack(
+        tmp_path_factory.mktemp("stack"), redis_server.url, FT_LOGIN_MAX_FAILURES_PER_ADDRESS="100000"
+    ) as stack:
         yield stack
 
 
@@ -125,6 +126,11 @@ def cli_env(stack, tmp_path) -> dict[str, str]:
     token cache."""
     name, password = stack.add_user()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
-    env.update(FT_USERNAME=name, FT_PASSWORD=password, FT_CLIENT_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.update(
+        FT_USERNAME=name,
+        FT_PASSWORD=password,
+        FT_CLIENT_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
     return env

@@ -25,8 +25,9 @@ MiB = 1024 * 1024
 # --- raw HTTP ------------------------------------------------------------------------------
 
 
-def raw_chunk_request(url: str, token: str, file_id: str, payload: bytes, start: int, total: int,
-                      content_length: int | None = None) -> tuple[bytes, bytes]:
+def raw_chunk_request(
+    url: str, token: str, file_id: str, payload: bytes, start: int, total: int, content_length: int | None = None
+) -> tuple[bytes, bytes]:
     """The head and body of `POST /upload/{file_id}` for one chunk, as bytes on the wire."""
     end = start + len(payload) - 1
     body = chunk_body(payload, start)
@@ -43,8 +44,9 @@ def raw_chunk_request(url: str, token: str, file_id: str, payload: bytes, start:
     return head, body
 
 
-def open_partial_chunk(url: str, token: str, file_id: str, payload: bytes, start: int, total: int,
-                       send_body_bytes: int) -> socket.socket:
+def open_partial_chunk(
+    url: str, token: str, file_id: str, payload: bytes, start: int, total: int, send_body_bytes: int
+) -> socket.socket:
     """Send the head of a chunk and only the first `send_body_bytes` of its body; leave it open."""
     head, body = raw_chunk_request(url, token, file_id, payload, start, total)
     parts = urlsplit(url)
@@ -82,13 +84,17 @@ def status(client: httpx.Client, stack, token: str, file_id: str) -> httpx.Respo
     return client.get(f"{stack.url}/status/{file_id}", headers=bearer(token))
 
 
-def post_chunk(client: httpx.Client, url: str, token: str, file_id: str, payload: bytes, start: int, total: int,
-               **headers: str) -> httpx.Response:
+def post_chunk(
+    client: httpx.Client, url: str, token: str, file_id: str, payload: bytes, start: int, total: int, **headers: str
+) -> httpx.Response:
     end = start + len(payload) - 1
-    hdrs = {**bearer(token), "Content-Range": f"bytes {start}-{end}/{total}", "Content-Type": "application/octet-stream"}
+    hdrs = {
+        **bearer(token),
+        "Content-Range": f"bytes {start}-{end}/{total}",
+        "Content-Type": "application/octet-stream",
+    }
     hdrs.update({k.replace("_", "-"): v for k, v in headers.items()})
-    return client.post(f"{url}/upload/{file_id}", content=chunk_body(payload, start),
-                       headers=hdrs)
+    return client.post(f"{url}/upload/{file_id}", content=chunk_body(payload, start), headers=hdrs)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -158,16 +164,40 @@ class Processes:
     def beat(self, stack, name: str, **env: str) -> Proc:
         return self.start(
             # --schedule only matters if RedBeat were not used: keep any such file out of the repo.
-            [PYTHON, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel=DEBUG",
-             f"--schedule={stack.data_dir / f'beat-{name}.db'}"],
-            stack, f"beat-{name}.log", **env,
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "beat",
+                "--loglevel=DEBUG",
+                f"--schedule={stack.data_dir / f'beat-{name}.db'}",
+            ],
+            stack,
+            f"beat-{name}.log",
+            **env,
         )
 
     def worker(self, stack, name: str, **env: str) -> Proc:
         proc = self.start(
-            [PYTHON, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=INFO", "--concurrency=1",
-             "--pool=prefork", f"--hostname={name}@%h", "--without-mingle", "--without-gossip"],
-            stack, f"worker-{name}.log", **env,
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--loglevel=INFO",
+                "--concurrency=1",
+                "--pool=prefork",
+                f"--hostname={name}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            stack,
+            f"worker-{name}.log",
+            **env,
         )
         return proc
 

@@ -33,8 +33,9 @@ Fault = Callable[[str, str, "str | None", int], "tuple[int, str | None] | None"]
 
 
 class FaultyProxy:
-    def __init__(self, target: str, fault: Fault | None = None,
-                 mutate: Callable[[str, str, bytes], bytes] | None = None) -> None:
+    def __init__(
+        self, target: str, fault: Fault | None = None, mutate: Callable[[str, str, bytes], bytes] | None = None
+    ) -> None:
         self.target = target
         self.fault = fault or (lambda *_: None)
         self.mutate = mutate or (lambda method, path, body: body)
@@ -49,7 +50,7 @@ class FaultyProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "FaultyProxy":
+    def __enter__(self) -> FaultyProxy:
         self._thread.start()
         return self
 
@@ -93,8 +94,9 @@ class FaultyProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 method, path, content_range = self.command, self.path, self.headers.get("Content-Range")
                 with proxy._lock:
-                    before = sum(1 for s in proxy.seen
-                                 if (s.method, s.path, s.content_range) == (method, path, content_range))
+                    before = sum(
+                        1 for s in proxy.seen if (s.method, s.path, s.content_range) == (method, path, content_range)
+                    )
                 fault = proxy.fault(method, path, content_range, before)
                 if fault is not None:
                     status, retry_after = fault

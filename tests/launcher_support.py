@@ -43,15 +43,24 @@ def alive(pid: int) -> bool:
 
 
 class Launcher:
-    def __init__(self, tmp: Path, name: str = "launcher", args: tuple[str, ...] = (), data_dir: Path | None = None,
-                 **env: str) -> None:
+    def __init__(
+        self, tmp: Path, name: str = "launcher", args: tuple[str, ...] = (), data_dir: Path | None = None, **env: str
+    ) -> None:
         self.data_dir = data_dir or tmp / "data"
         self.port, self.flower_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.flower = f"http://127.0.0.1:{self.flower_port}"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "FLOWER_"))}
-        base.update({"FT_DATA_DIR": str(self.data_dir), "FT_PORT": str(self.port),
-                     "FT_FLOWER_PORT": str(self.flower_port), "FT_MIN_FREE_BYTES": "0", "PYTHONUNBUFFERED": "1", **env})
+        base.update(
+            {
+                "FT_DATA_DIR": str(self.data_dir),
+                "FT_PORT": str(self.port),
+                "FT_FLOWER_PORT": str(self.flower_port),
+                "FT_MIN_FREE_BYTES": "0",
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            }
+        )
         self.proc = Proc([PYTHON, "-m", "launcher", *args], base, tmp / f"{name}.log").start()
 
     def healthy(self) -> bool:
@@ -65,8 +74,11 @@ class Launcher:
             return "ready in" in self.proc.log() and self.healthy()
 
         assert wait_until(ready, timeout=90, what="/health green") != "exited", self.proc.log()
-        wait_until(lambda: httpx.get(f"{self.flower}/", timeout=5).status_code == 401,
-                   timeout=30, what="Flower asking for auth")
+        wait_until(
+            lambda: httpx.get(f"{self.flower}/", timeout=5).status_code == 401,
+            timeout=30,
+            what="Flower asking for auth",
+        )
 
     def flower_auth(self, auth: tuple[str, str]) -> None:
         """Every Flower URL, /metrics and /healthcheck included, wants these credentials."""
@@ -86,8 +98,13 @@ class Launcher:
 
     def child_pid(self, name: str) -> int:
         """The pid of the launcher's direct child running `name` (api, worker, beat, flower, redis)."""
-        marks = {"api": b"\x00-m\x00api\x00", "worker": b"\x00worker\x00", "beat": b"\x00beat\x00",
-                 "flower": b"workers.flower", "redis": b"redis-server"}
+        marks = {
+            "api": b"\x00-m\x00api\x00",
+            "worker": b"\x00worker\x00",
+            "beat": b"\x00beat\x00",
+            "flower": b"workers.flower",
+            "redis": b"redis-server",
+        }
         for pid in process_tree(self.proc.pid) - {self.proc.pid}:
             info = _stat(pid)
             try:
@@ -113,6 +130,6 @@ class Launcher:
             self.proc.kill(signal.SIGTERM)
             try:
                 self.proc.popen.wait(40)
-            except Exception:  # noqa: BLE001 - last resort
+            except Exception:
                 self.proc.kill(signal.SIGKILL)
                 self.proc.popen.wait(10)

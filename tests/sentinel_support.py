@@ -42,9 +42,27 @@ class SentinelSet:
         port = free_port()
         directory = self.root / f"redis-{port}"
         directory.mkdir(parents=True)
-        args = [self.binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
-                "--daemonize", "no", "--save", "", "--appendonly", "no", "--logfile", str(directory / "redis.log"),
-                "--requirepass", PASSWORD, "--masterauth", PASSWORD]
+        args = [
+            self.binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(directory),
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(directory / "redis.log"),
+            "--requirepass",
+            PASSWORD,
+            "--masterauth",
+            PASSWORD,
+        ]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.servers[port] = Proc(args, {}, directory / "stdout.log").start()
@@ -62,9 +80,11 @@ class SentinelSet:
             f"sentinel auth-pass {MASTER_NAME} {PASSWORD}\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {MASTER_NAME} 1\n")
-        self.sentinels[port] = Proc([self.binary, str(config), "--sentinel", "--daemonize", "no"], {},
-                                    directory / "stdout.log").start()
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+        )
+        self.sentinels[port] = Proc(
+            [self.binary, str(config), "--sentinel", "--daemonize", "no"], {}, directory / "stdout.log"
+        ).start()
         return port
 
     def sentinel(self, port: int) -> redis.Redis:
@@ -90,12 +110,16 @@ class SentinelSet:
         def ready() -> bool:
             for port in self.sentinels:
                 master = self.sentinel(port).sentinel_master(MASTER_NAME)
-                if master["port"] != primary or master["num-other-sentinels"] < len(self.sentinels) - 1 \
-                        or master["num-slaves"] < len(self.servers) - 1:
+                if (
+                    master["port"] != primary
+                    or master["num-other-sentinels"] < len(self.sentinels) - 1
+                    or master["num-slaves"] < len(self.servers) - 1
+                ):
                     return False
             info = self.server(primary).info("replication")
             return info["connected_slaves"] == len(self.servers) - 1 and all(
-                info[f"slave{i}"]["state"] == "online" for i in range(info["connected_slaves"]))
+                info[f"slave{i}"]["state"] == "online" for i in range(info["connected_slaves"])
+            )
 
         wait_until(ready, timeout=timeout, interval=0.1, what="the sentinels to see the primary and its replica")
 
@@ -117,6 +141,7 @@ def running_sentinel_set(root: Path, replicas: int = 1, sentinels: int = 3) -> I
 
 def wait_promoted(cluster: SentinelSet, old_primary: int, timeout: float = 60.0) -> int:
     """The port of the new primary once the sentinels have promoted one and it takes writes."""
+
     def promoted():
         port = cluster.primary_port()
         return port if port != old_primary and cluster.server(port).info("replication")["role"] == "master" else None

@@ -34,8 +34,16 @@ PYTHON = sys.executable
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 # Debian's Chromium, driven by Playwright (whose own browser download cannot work here).
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def require_tool(name: str, module_level: bool = False) -> str:
@@ -60,7 +68,7 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval:
             result = predicate()
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+        except Exception as exc:
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_error!r}" if last_error else ""))
@@ -89,11 +97,17 @@ class Proc:
     log_path: Path
     popen: subprocess.Popen | None = field(default=None, init=False)
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
-            self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent(),
+            self.args,
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         log.close()
         return self
@@ -131,16 +145,30 @@ def start_nginx(root: Path, conf: str) -> Proc:
     """nginx in the foreground, everything it writes under `root` (created here)."""
     tmp = root / "tmp"
     tmp.mkdir(parents=True)
-    temp_paths = "".join(f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi",
-                                                                               "uwsgi", "scgi"))
+    temp_paths = "".join(
+        f"    {kind}_temp_path {tmp}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     access_log = "" if "access_log" in conf else "    access_log off;\n"  # a config's own log is kept
     conf = conf.replace("http {\n", "http {\n" + temp_paths + access_log, 1)
     (root / "nginx.conf").write_text(conf)
     globals_ = f"daemon off; pid {root}/nginx.pid;"
     if os.geteuid() == 0:  # workers would drop to nobody, who cannot read pytest's 0700 directories
         globals_ += f" user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
-    return Proc([require_tool("nginx"), "-p", str(root), "-e", str(root / "error.log"), "-c", str(root / "nginx.conf"),
-                 "-g", globals_], dict(os.environ), root / "nginx.out").start()
+    return Proc(
+        [
+            require_tool("nginx"),
+            "-p",
+            str(root),
+            "-e",
+            str(root / "error.log"),
+            "-c",
+            str(root / "nginx.conf"),
+            "-g",
+            globals_,
+        ],
+        dict(os.environ),
+        root / "nginx.out",
+    ).start()
 
 
 @contextmanager
@@ -165,11 +193,13 @@ def running_nginx(root: Path, conf: str, port: int, ready_path: str) -> Iterator
 def deploy_nginx_conf(port: int, upstream_port: int, files_dir: Path) -> str:
     """deploy/nginx.conf as shipped, but for ports, the files directory and the mime.types include."""
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
-    for old, new in ((r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{port};"),
-                     (r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{upstream_port};"),
-                     (r"alias /\S+/files/;", f"alias {files_dir}/;"),
-                     (r"worker_processes auto;", "worker_processes 1;"),
-                     (r"\n\s*include mime\.types;", "")):
+    for old, new in (
+        (r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{port};"),
+        (r"server 127\.0\.0\.1:8000;", f"server 127.0.0.1:{upstream_port};"),
+        (r"alias /\S+/files/;", f"alias {files_dir}/;"),
+        (r"worker_processes auto;", "worker_processes 1;"),
+        (r"\n\s*include mime\.types;", ""),
+    ):
         conf, n = re.subn(old, new, conf)
         assert n == 1, f"deploy/nginx.conf no longer has {old!r}"
     return conf
@@ -184,10 +214,12 @@ def balancer_nginx_conf(port: int, nodes: list[str], access_log: Path) -> str:
     servers = "".join(f"\n        server {node} {options};" for node in nodes)
     conf, n = example.subn("", conf)
     assert n == 3, "deploy/nginx-balancer.conf no longer lists three example nodes"
-    for old, new in ((r"upstream ft_api_nodes \{", "upstream ft_api_nodes {" + servers),
-                     (r"listen 8080;", f"listen 127.0.0.1:{port};"),
-                     (r"worker_processes auto;", "worker_processes 1;"),
-                     (r"access_log logs/balancer-access\.log", f"access_log {access_log}")):
+    for old, new in (
+        (r"upstream ft_api_nodes \{", "upstream ft_api_nodes {" + servers),
+        (r"listen 8080;", f"listen 127.0.0.1:{port};"),
+        (r"worker_processes auto;", "worker_processes 1;"),
+        (r"access_log logs/balancer-access\.log", f"access_log {access_log}"),
+    ):
         conf, n = re.subn(old, new, conf)
         assert n == 1, f"deploy/nginx-balancer.conf no longer has {old!r}"
     return conf
@@ -207,8 +239,17 @@ class ThreadedUvicorn:
     def __init__(self, app, lifespan: str = "off"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop",
-                                                    http="httptools", lifespan=lifespan, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                loop="uvloop",
+                http="httptools",
+                lifespan=lifespan,
+                log_level="warning",
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -221,8 +262,9 @@ class ThreadedUvicorn:
         self.thread.join(10)
 
 
-def start_api(data_dir: Path, redis_url: str, log_dir: Path, host: str = "127.0.0.1", port: int | None = None,
-              **extra_env: str) -> tuple[Proc, str]:
+def start_api(
+    data_dir: Path, redis_url: str, log_dir: Path, host: str = "127.0.0.1", port: int | None = None, **extra_env: str
+) -> tuple[Proc, str]:
     """`python -m api` on host:port (a free port unless given); returns once it answers."""
     port = free_port() if port is None else port
     env = service_env(data_dir, redis_url, FT_HOST=host, FT_PORT=str(port), FT_LOG_LEVEL="warning", **extra_env)
@@ -244,8 +286,20 @@ def start_api(data_dir: Path, redis_url: str, log_dir: Path, host: str = "127.0.
 
 def start_worker(data_dir: Path, redis_url: str, log_dir: Path, name: str = "w1", **extra_env: str) -> Proc:
     return Proc(
-        [PYTHON, "-m", "celery", "-A", "workers.celery_app", "worker", "--loglevel=INFO",
-         "--concurrency=1", "--pool=prefork", f"--hostname={name}@%h", "--without-mingle", "--without-gossip"],
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "--loglevel=INFO",
+            "--concurrency=1",
+            "--pool=prefork",
+            f"--hostname={name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
         service_env(data_dir, redis_url, **extra_env),
         log_dir / f"worker-{name}.log",
     ).start()
@@ -288,8 +342,11 @@ def running_stack(root: Path, redis_url: str, **env: str) -> Iterator[Stack]:
         stack.worker = start_worker(data_dir, redis_url, log_dir, **env)
         stack.api, stack.url = start_api(data_dir, redis_url, log_dir, **env)
         stack.users = UserStore(data_dir / "users.sqlite3")  # after the API has set the database up
-        wait_until(lambda: httpx.get(f"{stack.url}/health", timeout=2).json().get("workers", 0) >= 1,
-                   timeout=60, what="a worker heartbeat")
+        wait_until(
+            lambda: httpx.get(f"{stack.url}/health", timeout=2).json().get("workers", 0) >= 1,
+            timeout=60,
+            what="a worker heartbeat",
+        )
         yield stack
 
 
@@ -334,19 +391,32 @@ def chunk_body(payload: bytes, start: int, end: int | None = None, crc: int | No
     return wire_header(start, end, zlib.crc32(payload) if crc is None else crc) + payload
 
 
-def send_chunk(client: httpx.Client, url: str, token: str, file_id: str, data: bytes, start: int, end: int,
-               total: int | None = None, **headers: str) -> httpx.Response:
+def send_chunk(
+    client: httpx.Client,
+    url: str,
+    token: str,
+    file_id: str,
+    data: bytes,
+    start: int,
+    end: int,
+    total: int | None = None,
+    **headers: str,
+) -> httpx.Response:
     """POST the bytes data[start:end+1] of a file as one chunk."""
     total = len(data) if total is None else total
     payload = data[start : end + 1]
-    hdrs = {**bearer(token), "Content-Range": f"bytes {start}-{end}/{total}",
-            "Content-Type": "application/octet-stream"}
+    hdrs = {
+        **bearer(token),
+        "Content-Range": f"bytes {start}-{end}/{total}",
+        "Content-Type": "application/octet-stream",
+    }
     hdrs.update({k.replace("_", "-"): v for k, v in headers.items()})
     return client.post(f"{url}/upload/{file_id}", content=chunk_body(payload, start, end), headers=hdrs)
 
 
-def wait_for_state(client: httpx.Client, url: str, token: str, file_id: str, states=("complete", "failed"),
-                   timeout: float = 60.0) -> dict:
+def wait_for_state(
+    client: httpx.Client, url: str, token: str, file_id: str, states=("complete", "failed"), timeout: float = 60.0
+) -> dict:
     def done():
         body = client.get(f"{url}/status/{file_id}", headers=bearer(token)).json()
         return body if body.get("state") in states else None
@@ -398,8 +468,18 @@ def run_on_redis(redis_url: str, make_env: Callable):
     return runner
 
 
-async def store_chunk(repo, storage, file_id: str, owner: str, start: int, end: int, total: int, now: float,
-                      payload: bytes | None = None, file_name: str | None = None) -> None:
+async def store_chunk(
+    repo,
+    storage,
+    file_id: str,
+    owner: str,
+    start: int,
+    end: int,
+    total: int,
+    now: float,
+    payload: bytes | None = None,
+    file_name: str | None = None,
+) -> None:
     """A chunk as the upload service stores it: claim, bytes at their offset, commit."""
     import zlib
 

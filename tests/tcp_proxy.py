@@ -20,15 +20,16 @@ class TcpProxy:
     `cut_after` bytes have passed through it (both ways together), or after `cut_up_after`
     bytes from the client to the server."""
 
-    def __init__(self, target_url: str, rate: float | None = None, cut_after: int | None = None,
-                 cut_up_after: int | None = None) -> None:
+    def __init__(
+        self, target_url: str, rate: float | None = None, cut_after: int | None = None, cut_up_after: int | None = None
+    ) -> None:
         parts = urlsplit(target_url)
         self.target = (parts.hostname, parts.port)
         self.rate = rate
         self.cut_after = cut_after
         self.cut_up_after = cut_up_after
-        self.up = 0       # client -> server
-        self.down = 0     # server -> client
+        self.up = 0  # client -> server
+        self.down = 0  # server -> client
         self.cuts = 0
         self.connections = 0
         self.port: int | None = None
@@ -43,7 +44,7 @@ class TcpProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         assert self._ready.wait(10), "proxy did not start"
@@ -52,6 +53,7 @@ class TcpProxy:
     def __exit__(self, *exc) -> None:
         """Stop, aborting every open connection (as a dead proxy would leave them)."""
         if self._loop is not None:
+
             def shutdown() -> None:
                 for writer in list(self._writers):
                     writer.transport.abort()
@@ -131,8 +133,10 @@ class TcpProxy:
             except (ConnectionError, OSError):
                 pass
 
-        tasks = [asyncio.ensure_future(pump(client_reader, server_writer, "up")),
-                 asyncio.ensure_future(pump(server_reader, client_writer, "down"))]
+        tasks = [
+            asyncio.ensure_future(pump(client_reader, server_writer, "up")),
+            asyncio.ensure_future(pump(server_reader, client_writer, "down")),
+        ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:

@@ -34,8 +34,9 @@ def js_config(stack, token: str, path: Path, **options) -> dict:
 
 def run_js(config: dict, timeout: float = 180) -> list[dict]:
     """Run tus-js-client to the end; its events, or a failure with its output."""
-    done = subprocess.run([node_or_skip(), str(TUS_JS), json.dumps(config)], cwd=JS_DIR, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [node_or_skip(), str(TUS_JS), json.dumps(config)], cwd=JS_DIR, capture_output=True, text=True, timeout=timeout
+    )
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 0, f"tus-js-client failed: {done.stdout}\n{done.stderr}"
     return events
@@ -44,8 +45,13 @@ def run_js(config: dict, timeout: float = 180) -> list[dict]:
 def start_js(config: dict, log: Path) -> subprocess.Popen:
     """tus-js-client in the background (its own process group); the caller stops it."""
     with open(log, "wb") as out:
-        return subprocess.Popen([node_or_skip(), str(TUS_JS), json.dumps(config)], cwd=JS_DIR, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [node_or_skip(), str(TUS_JS), json.dumps(config)],
+            cwd=JS_DIR,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def upload_id(url: str) -> str:

@@ -27,8 +27,9 @@ class SteadyRedBeatScheduler(RedBeatScheduler):
                 acquire_distributed_beat_lock(sender=SimpleNamespace(scheduler=self))
             return super().tick(*args, **kwargs)
         except LockError:
-            logger.warning("beat: lost the schedule lock (Redis was away longer than %ss); taking it again",
-                           self.lock_timeout)
+            logger.warning(
+                "beat: lost the schedule lock (Redis was away longer than %ss); taking it again", self.lock_timeout
+            )
             self.lock = None
             return 0.0
         except (redis.ConnectionError, redis.TimeoutError) as exc:

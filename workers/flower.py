@@ -25,8 +25,10 @@ def require_auth_everywhere() -> None:
 
 def main(argv: list[str]) -> int:
     if not os.environ.get("FLOWER_BASIC_AUTH") and not any(a.startswith("--basic-auth") for a in argv):
-        print("workers.flower: refusing to start Flower without basic auth: set FLOWER_BASIC_AUTH=user:password",
-              file=sys.stderr)
+        print(
+            "workers.flower: refusing to start Flower without basic auth: set FLOWER_BASIC_AUTH=user:password",
+            file=sys.stderr,
+        )
         return 2
     require_auth_everywhere()
     sys.argv = ["celery", "-A", "workers.celery_app", "flower", *argv]

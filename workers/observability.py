@@ -51,9 +51,22 @@ def _task_finished(task_id=None, task=None, args=None, retval=None, state=None, 
     result = retval.get("result") if isinstance(retval, dict) else None
     file_id = args[0] if task.name == ASSEMBLE and args else None
     try:
-        log.info("%s %s %s", task.name, state, result or "", extra={"ft": {
-            "task": task.name, "task_id": task_id, "state": state, "file_id": file_id, "result": result,
-            "duration_ms": round(seconds * 1000, 1)}})
+        log.info(
+            "%s %s %s",
+            task.name,
+            state,
+            result or "",
+            extra={
+                "ft": {
+                    "task": task.name,
+                    "task_id": task_id,
+                    "state": state,
+                    "file_id": file_id,
+                    "result": result,
+                    "duration_ms": round(seconds * 1000, 1),
+                }
+            },
+        )
         if task.name == ASSEMBLE and state == "SUCCESS" and result is not None:
             _record_assembly(seconds, result)
     finally:

@@ -10,10 +10,10 @@ import asyncio
 from dataclasses import asdict
 
 from core import assembly, maintenance
-from core.files_list import ensure_files_index
 from core.config import Settings
-from core.redis_clients import async_client
+from core.files_list import ensure_files_index
 from core.jobs import ASSEMBLE, CLEANUP, PERSIST
+from core.redis_clients import async_client
 from core.state import UploadRepository
 from core.storage import Storage
 from core.uploads import UploadService

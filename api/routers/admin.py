@@ -53,13 +53,14 @@ longer than `FT_CLEANUP_WAIT` seconds: read the result later at `GET /tasks/{tas
     response_model=CleanupReportModel,
     responses={
         200: {"description": "the removed uploads and the bytes freed"},
-        202: {"model": TaskAcceptedModel,
-              "description": "still running after the wait; read it at /tasks/{task_id}"},
-        **documented_errors({
-            400: "invalid_request: older_than is not 0..10^9 seconds",
-            403: "forbidden: for admins only",
-            502: "task_failed: the cleanup task raised",
-        }),
+        202: {"model": TaskAcceptedModel, "description": "still running after the wait; read it at /tasks/{task_id}"},
+        **documented_errors(
+            {
+                400: "invalid_request: older_than is not 0..10^9 seconds",
+                403: "forbidden: for admins only",
+                502: "task_failed: the cleanup task raised",
+            }
+        ),
     },
 )
 async def run_cleanup(
@@ -83,7 +84,7 @@ async def run_cleanup(
     "/tasks/{task_id}",
     summary="Admins: the result of a cleanup that answered 202",
     description="`state` is `pending`, `started`, `success` (with `result`, as `POST /cleanup` answers it) "
-                "or `failure` (with `error`). Ids this API never handed out → 404.",
+    "or `failure` (with `error`). Ids this API never handed out → 404.",
     response_model=TaskResultModel,
     response_model_exclude_unset=True,
     responses=documented_errors({403: "forbidden: for admins only", 404: "not_found: no task with that id"}),

@@ -32,9 +32,7 @@ async def _read_credentials(request: Request) -> Credentials:
             return Credentials(username=form.get("username", ""), password=form.get("password", ""))
         return Credentials.model_validate_json(await request.body())
     except (ValidationError, ValueError, UnicodeDecodeError, AssertionError):
-        raise InvalidRequest(
-            'send JSON {"username": ..., "password": ...} or an OAuth2 password form'
-        ) from None
+        raise InvalidRequest('send JSON {"username": ..., "password": ...} or an OAuth2 password form') from None
 
 
 @router.post(
@@ -67,7 +65,7 @@ attempts for a user or from an address → 429 `too_many_attempts` with `Retry-A
             400: "invalid_request: neither JSON credentials nor an OAuth2 password form",
             401: "invalid_credentials",
             429: "too_many_attempts: too many failed logins for this user from this address, or from "
-                 "this address in all; or too many logins being checked at once (see Retry-After)",
+            "this address in all; or too many logins being checked at once (see Retry-After)",
         },
         authenticated=False,
     ),

@@ -42,20 +42,27 @@ DOWNLOAD_ROUTE = {
     "response_class": RangeFileResponse,
     "status_code": 200,
     "responses": {
-        200: {"description": "the whole file", "content": {"application/octet-stream": _BYTES},
-              "headers": _FILE_HEADERS},
-        206: {"description": "one range (with Content-Range), or multipart/byteranges for several",
-              "content": {"application/octet-stream": _BYTES, "multipart/byteranges": _BYTES},
-              "headers": {**_FILE_HEADERS, "Content-Range": {**_STRING, "description": "for a single range"}}},
+        200: {
+            "description": "the whole file",
+            "content": {"application/octet-stream": _BYTES},
+            "headers": _FILE_HEADERS,
+        },
+        206: {
+            "description": "one range (with Content-Range), or multipart/byteranges for several",
+            "content": {"application/octet-stream": _BYTES, "multipart/byteranges": _BYTES},
+            "headers": {**_FILE_HEADERS, "Content-Range": {**_STRING, "description": "for a single range"}},
+        },
         304: {"description": "not modified (If-None-Match / If-Modified-Since)", "headers": _VALIDATORS},
-        **documented_errors({
-            400: "invalid_file_id",
-            403: "invalid_link: a signed link that expired, was altered, or is for another file",
-            404: "not_found: no such file, or another user's",
-            409: "not_complete",
-            412: "precondition_failed (If-Match / If-Unmodified-Since)",
-            416: "range_not_satisfiable, with Content-Range: bytes */SIZE",
-        }),
+        **documented_errors(
+            {
+                400: "invalid_file_id",
+                403: "invalid_link: a signed link that expired, was altered, or is for another file",
+                404: "not_found: no such file, or another user's",
+                409: "not_complete",
+                412: "precondition_failed (If-Match / If-Unmodified-Since)",
+                416: "range_not_satisfiable, with Content-Range: bytes */SIZE",
+            }
+        ),
     },
     "openapi_extra": {"parameters": _CONDITIONALS},
 }
@@ -84,10 +91,15 @@ Example: `curl -H "Authorization: Bearer $TOKEN" -H 'Range: bytes=0-1023' localh
 
 
 @router.get("/download/{file_id}", summary="Download a file", description=DOWNLOAD_DESCRIPTION, **DOWNLOAD_ROUTE)
-@router.head("/download/{file_id}", summary="Download (headers only)", description=DOWNLOAD_DESCRIPTION,
-             **DOWNLOAD_ROUTE)
+@router.head(
+    "/download/{file_id}", summary="Download (headers only)", description=DOWNLOAD_DESCRIPTION, **DOWNLOAD_ROUTE
+)
 async def download(
-    file_id: FileId, request: Request, token: BearerToken, uploads: UploadServiceDep, links: LinksDep,
+    file_id: FileId,
+    request: Request,
+    token: BearerToken,
+    uploads: UploadServiceDep,
+    links: LinksDep,
     settings: SettingsDep,
     expires: Annotated[str | None, _LINK_EXPIRES] = None,
     sig: Annotated[str | None, _LINK_SIGNATURE] = None,
@@ -98,6 +110,12 @@ async def download(
         found = await uploads.completed_file(await user_for_token(request, token), file_id)
     accel_uri = f"{settings.accel_prefix}/{file_id}/data" if settings.accel_redirect else None
     return RangeFileResponse(
-        found.path, found.size, found.sha256, found.completed_at, found.file_name,
-        read_size=settings.download_read_size, accel_uri=accel_uri, max_ranges=settings.max_ranges,
+        found.path,
+        found.size,
+        found.sha256,
+        found.completed_at,
+        found.file_name,
+        read_size=settings.download_read_size,
+        accel_uri=accel_uri,
+        max_ranges=settings.max_ranges,
     )

@@ -93,21 +93,26 @@ def _whose(user: User, users: UserStore, owner: str | None, everybody: bool) -> 
     description=_LIST_DESCRIPTION,
     response_model=FilesPageModel,
     response_model_exclude_unset=True,  # `owner` only in admins' views
-    responses=documented_errors({
-        400: "invalid_request: limit is not 1-1000, or the cursor is not one this server handed out",
-        403: "forbidden: owner= or all= from a user who is not an admin",
-        404: "not_found: owner= names no user",
-    }),
+    responses=documented_errors(
+        {
+            400: "invalid_request: limit is not 1-1000, or the cursor is not one this server handed out",
+            403: "forbidden: owner= or all= from a user who is not an admin",
+            404: "not_found: owner= names no user",
+        }
+    ),
 )
 async def list_files(
     user: CurrentUser,
     users: UserStoreDep,
     uploads: UploadServiceDep,
-    limit: Annotated[int, Query(ge=1, le=files_list.MAX_LIMIT, description="items per page")] = files_list.DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=512, pattern="^[A-Za-z0-9_-]+$",
-                                        description="`next` of the previous page")] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=files_list.MAX_LIMIT, description="items per page")
+    ] = files_list.DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, Query(max_length=512, pattern="^[A-Za-z0-9_-]+$", description="`next` of the previous page")
+    ] = None,
     owner: Annotated[str | None, Query(max_length=128, description="admins: this user's files")] = None,
-    all: Annotated[bool, Query(description="admins: everybody's files")] = False,  # noqa: A002 - the contract's name
+    all: Annotated[bool, Query(description="admins: everybody's files")] = False,
 ) -> dict:
     owner_id = _whose(user, users, owner, all)
     page = await files_list.list_files(uploads, owner_id, limit, cursor)
@@ -121,7 +126,11 @@ async def list_files(
 
 # The collection with a trailing slash (tus clients' endpoint) lists too; documented once.
 router.add_api_route(
-    "/files/", list_files, methods=["GET"], response_model=FilesPageModel, response_model_exclude_unset=True,
+    "/files/",
+    list_files,
+    methods=["GET"],
+    response_model=FilesPageModel,
+    response_model_exclude_unset=True,
     include_in_schema=False,
 )
 
@@ -142,11 +151,13 @@ Example: `curl -X POST -H "Authorization: Bearer $TOKEN" localhost:8000/files/bi
 "expires_in": 300}`, then `curl -O -J "localhost:8000$URL"`.
 """,
     response_model=SignedLinkModel,
-    responses=documented_errors({
-        400: "invalid_file_id",
-        404: "not_found: no such file, or another user's",
-        409: "not_complete: only complete files can be downloaded",
-    }),
+    responses=documented_errors(
+        {
+            400: "invalid_file_id",
+            404: "not_found: no such file, or another user's",
+            409: "not_complete: only complete files can be downloaded",
+        }
+    ),
 )
 async def create_link(file_id: FileId, user: CurrentUser, links: LinksDep) -> dict:
     link = await links.mint(user, file_id)
@@ -159,6 +170,6 @@ router.add_api_route(
     methods=["GET"],
     summary="Download a file (as GET /download/{file_id})",
     description="The same answer as `GET /download/{file_id}`, on the tus upload's own URL (as tusd does).\n"
-                + downloads.DOWNLOAD_DESCRIPTION,
+    + downloads.DOWNLOAD_DESCRIPTION,
     **downloads.DOWNLOAD_ROUTE,
 )

@@ -29,8 +29,8 @@ class UnhealthyModel(HealthModel):
 @router.get(
     "/health",
     summary="Is the service up?",
-    description="No token needed. 200 `{\"redis\": \"ok\", \"workers\": N}` while Redis answers and at least one "
-                "Celery worker is alive; otherwise 503 with `code: unavailable` and what is missing.",
+    description='No token needed. 200 `{"redis": "ok", "workers": N}` while Redis answers and at least one '
+    "Celery worker is alive; otherwise 503 with `code: unavailable` and what is missing.",
     response_model=HealthModel,
     responses={503: {"model": UnhealthyModel, "description": "unavailable: Redis unreachable or no worker alive"}},
 )

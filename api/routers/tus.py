@@ -28,8 +28,8 @@ from api.deps import CurrentUser
 from api.errors import documented_errors
 from api.routers.uploads import FileId
 from core.config import Settings
-from core.file_ids import validate_file_id
 from core.errors import InvalidTusHeader, UnsupportedMediaType, UnsupportedTusVersion
+from core.file_ids import validate_file_id
 from core.tus import (
     CHECKSUM_ALGORITHMS,
     EXTENSIONS,
@@ -46,9 +46,22 @@ from core.tus import (
 TUS_CONTENT_TYPE = "application/offset+octet-stream"
 DRAFT_CONTENT_TYPE = "application/partial-upload"  # draft-05 (interop version 6)
 DRAFT_VERSIONS = {"3", "4", "5", "6"}
-TUS_HEADERS = ("Upload-Offset", "Location", "Upload-Length", "Upload-Expires", "Upload-Metadata",
-               "Upload-Defer-Length", "Upload-Concat", "Upload-Complete", "Upload-Draft-Interop-Version",
-               "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm")
+TUS_HEADERS = (
+    "Upload-Offset",
+    "Location",
+    "Upload-Length",
+    "Upload-Expires",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Complete",
+    "Upload-Draft-Interop-Version",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+)
 
 
 router = APIRouter(tags=["tus"])
@@ -71,7 +84,8 @@ class Protocol:
         if self.draft is not None:
             if self.draft.strip() not in DRAFT_VERSIONS:
                 raise UnsupportedTusVersion(
-                    f"Upload-Draft-Interop-Version {self.draft!r} is not one of {', '.join(sorted(DRAFT_VERSIONS))}")
+                    f"Upload-Draft-Interop-Version {self.draft!r} is not one of {', '.join(sorted(DRAFT_VERSIONS))}"
+                )
         elif request.method != "OPTIONS" and headers.get("tus-resumable", "").strip() != TUS_VERSION:
             raise UnsupportedTusVersion(f"this server speaks tus {TUS_VERSION}: send Tus-Resumable: {TUS_VERSION}")
 
@@ -178,29 +192,44 @@ def _capabilities(settings: Settings) -> dict[str, str]:
     }
 
 
-_ERRORS = documented_errors({
-    400: "invalid_tus_header, unsupported_checksum_algorithm, invalid_concatenation",
-    404: "not_found: no such upload, or another user's",
-    409: "offset_mismatch, already_complete, upload_failed, assembling",
-    412: "unsupported_tus_version (with Tus-Version)",
-    413: "file_too_large, upload_length_exceeded",
-    415: "unsupported_media_type: a tus PATCH needs application/offset+octet-stream",
-    460: "checksum_mismatch: the body does not match Upload-Checksum; nothing of it was kept",
-    507: "insufficient_storage",
-})
+_ERRORS = documented_errors(
+    {
+        400: "invalid_tus_header, unsupported_checksum_algorithm, invalid_concatenation",
+        404: "not_found: no such upload, or another user's",
+        409: "offset_mismatch, already_complete, upload_failed, assembling",
+        412: "unsupported_tus_version (with Tus-Version)",
+        413: "file_too_large, upload_length_exceeded",
+        415: "unsupported_media_type: a tus PATCH needs application/offset+octet-stream",
+        460: "checksum_mismatch: the body does not match Upload-Checksum; nothing of it was kept",
+        507: "insufficient_storage",
+    }
+)
 
 
 def _header(name: str, description: str, required: bool = True, **schema) -> dict:
-    return {"name": name, "in": "header", "required": required, "description": description,
-            "schema": {"type": "string", **schema}}
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string", **schema},
+    }
 
 
-_TUS_RESUMABLE = _header("Tus-Resumable", "tus requests: 1.0.0 (else 412). IETF draft requests send "
-                         "Upload-Draft-Interop-Version (5 or 6) instead", enum=[TUS_VERSION])
-_OFFSET = _header("Upload-Offset", "where this body starts: the upload's current offset (else 409)",
-                  pattern="^[0-9]{1,15}$")
-_CHECKSUM = _header("Upload-Checksum", "`algorithm base64digest` of this body (sha1, md5, crc32, sha256, sha512);"
-                    " a mismatch answers 460 and keeps nothing", required=False)
+_TUS_RESUMABLE = _header(
+    "Tus-Resumable",
+    "tus requests: 1.0.0 (else 412). IETF draft requests send Upload-Draft-Interop-Version (5 or 6) instead",
+    enum=[TUS_VERSION],
+)
+_OFFSET = _header(
+    "Upload-Offset", "where this body starts: the upload's current offset (else 409)", pattern="^[0-9]{1,15}$"
+)
+_CHECKSUM = _header(
+    "Upload-Checksum",
+    "`algorithm base64digest` of this body (sha1, md5, crc32, sha256, sha512);"
+    " a mismatch answers 460 and keeps nothing",
+    required=False,
+)
 
 
 def _documented(*parameters: dict) -> dict:
@@ -219,12 +248,26 @@ async def capabilities(request: Request, user: CurrentUser) -> Response:
     return Response(status_code=204, headers=_capabilities(request.app.state.settings))
 
 
-@router.post("/files", status_code=201, response_class=Response, responses=_ERRORS, openapi_extra=_documented(
-    _TUS_RESUMABLE,
-    _header("Upload-Length", "the file's size in bytes (or Upload-Defer-Length: 1)", required=False, pattern="^[0-9]{1,13}$"),
-    _header("Upload-Defer-Length", "1: the size is sent later, with a PATCH", required=False, enum=["1"]),
-    _header("Upload-Metadata", "`key base64value` pairs, comma-separated; `filename` names the file", required=False),
-    _header("Upload-Concat", "`partial`, or `final;URL URL ...` to join finished partial uploads", required=False)))
+@router.post(
+    "/files",
+    status_code=201,
+    response_class=Response,
+    responses=_ERRORS,
+    openapi_extra=_documented(
+        _TUS_RESUMABLE,
+        _header(
+            "Upload-Length",
+            "the file's size in bytes (or Upload-Defer-Length: 1)",
+            required=False,
+            pattern="^[0-9]{1,13}$",
+        ),
+        _header("Upload-Defer-Length", "1: the size is sent later, with a PATCH", required=False, enum=["1"]),
+        _header(
+            "Upload-Metadata", "`key base64value` pairs, comma-separated; `filename` names the file", required=False
+        ),
+        _header("Upload-Concat", "`partial`, or `final;URL URL ...` to join finished partial uploads", required=False),
+    ),
+)
 @router.post("/files/", status_code=201, response_class=Response, include_in_schema=False)
 async def create_upload(request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
     """Create an upload (tus creation, creation-defer-length, creation-with-upload and
@@ -253,8 +296,9 @@ async def create_upload(request: Request, user: CurrentUser, tus: TusServiceDep)
     upload = await tus.create(user, new)
     if with_body or (protocol.is_draft and protocol.complete(request)):
         upload = await tus.append(user, upload.file_id, _append_request(request, protocol, 0), _body(request))
-    return Response(status_code=201, headers={"Location": _location(request, upload.file_id),
-                                              **_upload_headers(upload, protocol)})
+    return Response(
+        status_code=201, headers={"Location": _location(request, upload.file_id), **_upload_headers(upload, protocol)}
+    )
 
 
 @router.head("/files/{file_id}", response_class=Response, responses=_ERRORS, openapi_extra=_documented(_TUS_RESUMABLE))
@@ -271,8 +315,13 @@ async def upload_offset(file_id: FileId, request: Request, user: CurrentUser, tu
     return Response(status_code=204 if protocol.is_draft else 200, headers=headers)
 
 
-@router.patch("/files/{file_id}", status_code=204, response_class=Response, responses=_ERRORS,
-              openapi_extra=_documented(_TUS_RESUMABLE, _OFFSET, _CHECKSUM))
+@router.patch(
+    "/files/{file_id}",
+    status_code=204,
+    response_class=Response,
+    responses=_ERRORS,
+    openapi_extra=_documented(_TUS_RESUMABLE, _OFFSET, _CHECKSUM),
+)
 async def append_to_upload(file_id: FileId, request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
     """Append the body (application/offset+octet-stream) at Upload-Offset. A body cut off
     keeps every byte that arrived."""
@@ -286,8 +335,13 @@ async def append_to_upload(file_id: FileId, request: Request, user: CurrentUser,
     return Response(status_code=204, headers=_upload_headers(upload, protocol))
 
 
-@router.delete("/files/{file_id}", status_code=204, response_class=Response, responses=_ERRORS,
-               openapi_extra=_documented(_TUS_RESUMABLE))
+@router.delete(
+    "/files/{file_id}",
+    status_code=204,
+    response_class=Response,
+    responses=_ERRORS,
+    openapi_extra=_documented(_TUS_RESUMABLE),
+)
 async def terminate_upload(file_id: FileId, request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
     """tus termination, the draft's cancellation: the upload and its bytes are gone (then 404)."""
     validate_file_id(file_id)

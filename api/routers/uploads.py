@@ -22,10 +22,13 @@ async def get_upload_service(request: Request) -> UploadService:
 UploadServiceDep = Annotated[UploadService, Depends(get_upload_service)]
 
 # The schema tells clients what a file_id may be; core/file_ids.py enforces it (400 invalid_file_id).
-FileId = Annotated[str, Path(
-    description="1-128 characters of [A-Za-z0-9._-], not starting with '.'",
-    json_schema_extra={"pattern": f"^{FILE_ID_PATTERN}$", "minLength": 1, "maxLength": 128},
-)]
+FileId = Annotated[
+    str,
+    Path(
+        description="1-128 characters of [A-Za-z0-9._-], not starting with '.'",
+        json_schema_extra={"pattern": f"^{FILE_ID_PATTERN}$", "minLength": 1, "maxLength": 128},
+    ),
+]
 State = Literal["uploading", "assembling", "complete", "failed"]
 
 
@@ -47,7 +50,8 @@ class StatusModel(BaseModel):
     # OpenAPI tools (schemathesis 4 among them).
     missing_ranges: list[Annotated[list[int], Field(min_length=2, max_length=2)]]
     missing_ranges_truncated: bool = Field(
-        False, description="true when there are more gaps than the first 1000 listed in missing_ranges")
+        False, description="true when there are more gaps than the first 1000 listed in missing_ranges"
+    )
     file_name: str | None
     created_at: str | None
     updated_at: str | None
@@ -96,16 +100,18 @@ worker verifies every chunk's CRC-32 and the SHA-256, then the file is `complete
 with an `error`).
 """
 
-_ERRORS = documented_errors({
-    400: "invalid_file_id, invalid_content_range, invalid_chunk_header, length_mismatch, checksum_mismatch, "
-         "invalid_file_name, invalid_sha256",
-    404: "not_found: no such upload, or another user's",
-    409: "overlap, total_mismatch, already_complete, upload_failed, too_many_chunks",
-    413: "chunk_too_large, file_too_large, quota_exceeded (a new upload would pass the user's declared-bytes quota)",
-    429: "too_many_uploads (the user's open uploads are at FT_MAX_OPEN_UPLOADS), "
-         "rate_limited (uploads created faster than FT_UPLOAD_CREATE_RATE per minute)",
-    507: "insufficient_storage",
-})
+_ERRORS = documented_errors(
+    {
+        400: "invalid_file_id, invalid_content_range, invalid_chunk_header, length_mismatch, checksum_mismatch, "
+        "invalid_file_name, invalid_sha256",
+        404: "not_found: no such upload, or another user's",
+        409: "overlap, total_mismatch, already_complete, upload_failed, too_many_chunks",
+        413: "chunk_too_large, file_too_large, quota_exceeded (a new upload would pass the user's declared-bytes quota)",
+        429: "too_many_uploads (the user's open uploads are at FT_MAX_OPEN_UPLOADS), "
+        "rate_limited (uploads created faster than FT_UPLOAD_CREATE_RATE per minute)",
+        507: "insufficient_storage",
+    }
+)
 
 
 @router.post(
@@ -116,14 +122,27 @@ _ERRORS = documented_errors({
     responses=_ERRORS,
     openapi_extra={
         "parameters": [
-            {"name": "Content-Range", "in": "header", "required": True,
-             "schema": {"type": "string", "pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"},
-             "description": "bytes START-END/TOTAL (END inclusive)"},
-            {"name": "X-File-Name", "in": "header", "required": False, "schema": {"type": "string"},
-             "description": "the original name, percent-encoded UTF-8 (at most 1024 bytes, no control characters)"},
-            {"name": "X-File-SHA256", "in": "header", "required": False,
-             "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"},
-             "description": "hex SHA-256 of the whole file"},
+            {
+                "name": "Content-Range",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"},
+                "description": "bytes START-END/TOTAL (END inclusive)",
+            },
+            {
+                "name": "X-File-Name",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "the original name, percent-encoded UTF-8 (at most 1024 bytes, no control characters)",
+            },
+            {
+                "name": "X-File-SHA256",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"},
+                "description": "hex SHA-256 of the whole file",
+            },
         ],
         "requestBody": {
             "required": True,
@@ -132,7 +151,9 @@ _ERRORS = documented_errors({
         },
     },
 )
-async def upload_chunk(file_id: FileId, request: Request, user: CurrentUser, uploads: UploadServiceDep) -> ChunkReceiptModel:
+async def upload_chunk(
+    file_id: FileId, request: Request, user: CurrentUser, uploads: UploadServiceDep
+) -> ChunkReceiptModel:
     headers = request.headers
     chunk = ChunkRequest(
         content_range=headers.get("content-range"),
@@ -168,15 +189,17 @@ async def upload_status(file_id: FileId, user: CurrentUser, uploads: UploadServi
     "/upload/{file_id}",
     summary="Cancel an upload or delete a file",
     description="The owner (or an admin) cancels an upload, removing its received bytes, or deletes a "
-                "complete file: 204, and the id answers 404 from then on. Refused with 409 `assembling` "
-                "while a worker assembles the file. (Beyond CONTRACT v1.)",
+    "complete file: 204, and the id answers 404 from then on. Refused with 409 `assembling` "
+    "while a worker assembles the file. (Beyond CONTRACT v1.)",
     status_code=204,
     response_class=Response,
-    responses=documented_errors({
-        400: "invalid_file_id",
-        404: "not_found: no such upload, or another user's",
-        409: "assembling: the file is being assembled; retry when it is complete or failed",
-    }),
+    responses=documented_errors(
+        {
+            400: "invalid_file_id",
+            404: "not_found: no such upload, or another user's",
+            409: "assembling: the file is being assembled; retry when it is complete or failed",
+        }
+    ),
 )
 async def delete_upload(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep) -> Response:
     await uploads.delete(user, file_id)

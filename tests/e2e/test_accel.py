@@ -11,8 +11,16 @@ import httpx
 import pytest
 
 from ops.redis_server import free_port
-from tests.support import (bearer, deploy_nginx_conf, new_id, own_stack, require_tool, running_nginx, send_chunk,
-                           wait_for_state)
+from tests.support import (
+    bearer,
+    deploy_nginx_conf,
+    new_id,
+    own_stack,
+    require_tool,
+    running_nginx,
+    send_chunk,
+    wait_for_state,
+)
 
 require_tool("nginx", module_level=True)
 SIZE = 700_001
@@ -25,8 +33,12 @@ class Accel:
         self.data = os.urandom(SIZE)
         self.file_id = new_id("accel")
         with httpx.Client(timeout=60) as c:
-            assert send_chunk(c, stack.url, self.owner, self.file_id, self.data, 0, SIZE - 1,
-                              X_File_Name="r%C3%A9sum%C3%A9.pdf").status_code == 200
+            assert (
+                send_chunk(
+                    c, stack.url, self.owner, self.file_id, self.data, 0, SIZE - 1, X_File_Name="r%C3%A9sum%C3%A9.pdf"
+                ).status_code
+                == 200
+            )
             self.sha256 = wait_for_state(c, stack.url, self.owner, self.file_id)["sha256"]
 
 
@@ -96,7 +108,21 @@ def test_nginx_serves_nothing_the_api_did_not_authorise(accel):
 def test_curl_resumes_through_nginx(accel, tmp_path):
     curl = require_tool("curl")
     out = tmp_path / "half.bin"
-    out.write_bytes(accel.data[:SIZE // 2])
-    subprocess.run([curl, "-sS", "-f", "-C", "-", "-H", f"Authorization: Bearer {accel.owner}", "-o", str(out),
-                    f"{accel.url}/download/{accel.file_id}"], check=True, timeout=60)
+    out.write_bytes(accel.data[: SIZE // 2])
+    subprocess.run(
+        [
+            curl,
+            "-sS",
+            "-f",
+            "-C",
+            "-",
+            "-H",
+            f"Authorization: Bearer {accel.owner}",
+            "-o",
+            str(out),
+            f"{accel.url}/download/{accel.file_id}",
+        ],
+        check=True,
+        timeout=60,
+    )
     assert hashlib.sha256(out.read_bytes()).hexdigest() == accel.sha256

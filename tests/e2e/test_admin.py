@@ -58,8 +58,11 @@ def test_slow_cleanup_answers_202_and_the_task_can_be_read(make_stack):
     assert r.status_code == 202
     task_id = r.json()["task_id"]
     body = wait_until(
-        lambda: (b := httpx.get(f"{stack.url}/tasks/{task_id}", headers=bearer(admin)).json())["state"] == "success" and b,
-        timeout=30, what="the cleanup task to finish",
+        lambda: (
+            (b := httpx.get(f"{stack.url}/tasks/{task_id}", headers=bearer(admin)).json())["state"] == "success" and b
+        ),
+        timeout=30,
+        what="the cleanup task to finish",
     )
     assert body["result"]["removed"] == [] and "freed_bytes" in body["result"]
 

@@ -101,7 +101,9 @@ def _claims(stack, name: str, role: str = "user", **over) -> dict:
 
 def test_expired_token(stack):
     name, _ = stack.add_user()
-    token = jwt.encode(_claims(stack, name, iat=int(time.time()) - 100, exp=int(time.time()) - 10), JWT_SECRET, algorithm="HS256")
+    token = jwt.encode(
+        _claims(stack, name, iat=int(time.time()) - 100, exp=int(time.time()) - 10), JWT_SECRET, algorithm="HS256"
+    )
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
 
 
@@ -145,8 +147,11 @@ def test_removed_user_token_stops_working(stack):
     assert httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)).status_code != 401
     stack.users.remove(name)
     # The API reuses a user lookup for FT_USER_CACHE_TTL (2 s): refused within that bound.
-    wait_until(lambda: httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)).status_code == 401,
-               timeout=10, what="the removed user's token to be refused")
+    wait_until(
+        lambda: httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)).status_code == 401,
+        timeout=10,
+        what="the removed user's token to be refused",
+    )
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))
 
 
@@ -158,8 +163,11 @@ def test_token_issued_after_a_reset_works_at_once(stack):
     stack.users.set(name, "a new password", "user")
     new = login(stack.url, name, "a new password")
     assert httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(new)).status_code == 404
-    wait_until(lambda: httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(old)).status_code == 401,
-               timeout=10, what="the token from before the reset to be refused")
+    wait_until(
+        lambda: httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(old)).status_code == 401,
+        timeout=10,
+        what="the token from before the reset to be refused",
+    )
 
 
 def test_password_reset_revokes_older_tokens(stack):
@@ -171,7 +179,9 @@ def test_password_reset_revokes_older_tokens(stack):
 
 def test_repeated_failures_for_one_user_are_throttled(stack):
     name, password = stack.add_user()
-    statuses = [httpx.post(f"{stack.url}/token", json={"username": name, "password": "bad"}).status_code for _ in range(6)]
+    statuses = [
+        httpx.post(f"{stack.url}/token", json={"username": name, "password": "bad"}).status_code for _ in range(6)
+    ]
     assert statuses[:5] == [401] * 5
     assert statuses[5] == 429
     blocked = httpx.post(f"{stack.url}/token", json={"username": name, "password": password})

@@ -26,8 +26,6 @@ from tests.support import new_id, wait_for_state, wait_until
 FAST = {"FT_PERSIST_INTERVAL": "1", "FT_PERSIST_AFTER": "1"}
 
 
-
-
 def persist_runs(*workers) -> list[tuple[str, str]]:
     """(task id, result text) of every finished uploads.persist run in these workers' logs."""
     runs = []
@@ -55,14 +53,20 @@ def test_beat_persists_idle_uploads_and_removes_stale_ones(make_stack, processes
 
     beat = processes.beat(stack, "a", **env)
     # Nobody triggers anything: beat sends `persist`, the worker writes the manifest.
-    body = wait_until(lambda: (b := status(client, stack, token, partial).json())["persisted_at"] and b,
-                      timeout=60, what="beat's persist to record the idle upload")
+    body = wait_until(
+        lambda: (b := status(client, stack, token, partial).json())["persisted_at"] and b,
+        timeout=60,
+        what="beat's persist to record the idle upload",
+    )
     manifest = stack.data_dir / "staging" / partial / "manifest.json"
     assert manifest.exists() and body["received_bytes"] == 100_000
     assert "Sending due task persist (uploads.persist)" in beat.log()
     # ... and later beat's `cleanup` removes it, once idle for FT_STALE_AFTER, bytes and manifest too.
-    wait_until(lambda: status(client, stack, token, partial).status_code == 404, timeout=60,
-               what="beat's cleanup to remove the stale upload")
+    wait_until(
+        lambda: status(client, stack, token, partial).status_code == 404,
+        timeout=60,
+        what="beat's cleanup to remove the stale upload",
+    )
     assert time.time() - committed_at >= 15
     assert not (stack.data_dir / "staging" / partial).exists()
     assert "Sending due task cleanup (uploads.cleanup)" in beat.log()
@@ -104,15 +108,21 @@ def test_two_beats_never_run_a_job_twice(make_stack, processes, client):
                 assert post_chunk(client, stack.url, token, file_id, data[:10_000], 0, len(data)).status_code == 200
                 skipped_before = sum("skipped" in res for _, res in persist_runs(*workers))
                 await asyncio.to_thread(
-                    wait_until, lambda: sum("skipped" in res for _, res in persist_runs(*workers)) >= skipped_before + 3,
-                    timeout=30, what="3 persist runs refused by the lock")
+                    wait_until,
+                    lambda: sum("skipped" in res for _, res in persist_runs(*workers)) >= skipped_before + 3,
+                    timeout=30,
+                    what="3 persist runs refused by the lock",
+                )
                 assert status(client, stack, token, file_id).json()["persisted_at"] is None
         finally:
             await r.aclose()
 
     asyncio.run(hold_the_lock())
-    wait_until(lambda: status(client, stack, token, file_id).json()["persisted_at"], timeout=20,
-               what="the upload to be persisted once the lock is free")
+    wait_until(
+        lambda: status(client, stack, token, file_id).json()["persisted_at"],
+        timeout=20,
+        what="the upload to be persisted once the lock is free",
+    )
 
     # (No check of run intervals rebuilt from the two workers' log timestamps: they have 1 ms
     # resolution and are written after each run, late on a loaded machine, so such a check could
@@ -150,8 +160,16 @@ def test_flower_requires_basic_auth(stack, processes, how):
         assert httpx.get(f"{url}{path}", auth=("ops", "s3cret-pass"), timeout=10).status_code == 200, path
     # Flower really talks to our broker: it lists the stack's worker.
     workers = wait_until(
-        lambda: (r := httpx.get(f"{url}/api/workers", params={"refresh": 1}, auth=("ops", "s3cret-pass"), timeout=15))
-        .status_code == 200 and any(name.startswith("w1@") for name in r.json()) and r.json(),
-        timeout=30, interval=0.5, what="Flower to list the worker",
+        lambda: (
+            (
+                r := httpx.get(f"{url}/api/workers", params={"refresh": 1}, auth=("ops", "s3cret-pass"), timeout=15)
+            ).status_code
+            == 200
+            and any(name.startswith("w1@") for name in r.json())
+            and r.json()
+        ),
+        timeout=30,
+        interval=0.5,
+        what="Flower to list the worker",
     )
     assert any(name.startswith("w1@") for name in workers)

@@ -22,8 +22,8 @@ import pytest
 
 from client import ApiError, Client, LocalFileChanged
 from client.progress import Reporter
+from tests.support import PYTHON, ROOT, Proc, bearer, login, new_id, send_chunk, wait_for_state, wait_until
 from tests.tcp_proxy import TcpProxy
-from tests.support import PYTHON, Proc, ROOT, bearer, login, new_id, send_chunk, wait_for_state, wait_until
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -44,8 +44,14 @@ def cache_dir(tmp_path) -> Path:
 def env(stack, user, cache_dir) -> dict[str, str]:
     name, password = user
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
-    env.update(FT_URL=stack.url, FT_USERNAME=name, FT_PASSWORD=password, FT_CLIENT_CACHE_DIR=str(cache_dir),
-               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.update(
+        FT_URL=stack.url,
+        FT_USERNAME=name,
+        FT_PASSWORD=password,
+        FT_CLIENT_CACHE_DIR=str(cache_dir),
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -56,8 +62,15 @@ def sdk(stack, user, cache_dir):
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 180, **overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "client", *args], env={**env, **overrides}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [PYTHON, "-m", "client", *args],
+        env={**env, **overrides},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def start_cli(env: dict[str, str], log: Path, *args: str, **overrides: str) -> Proc:
@@ -68,7 +81,6 @@ def write_random(path: Path, size: int) -> bytes:
     data = os.urandom(size)
     path.write_bytes(data)
     return data
-
 
 
 def age(path: Path, seconds: float = 60) -> None:
@@ -168,8 +180,11 @@ def test_upload_resumes_after_sigkill_without_resending(stack, env, user, tmp_pa
     with TcpProxy(stack.url, rate=1 * MiB) as slow:
         proc = start_cli(env, tmp_path / "first.log", *args, FT_URL=slow.url)
         try:
-            wait_until(lambda: received_bytes(stack, token, file_id) >= 1 * MiB, timeout=60,
-                       what="the first run to store 1 MiB")
+            wait_until(
+                lambda: received_bytes(stack, token, file_id) >= 1 * MiB,
+                timeout=60,
+                what="the first run to store 1 MiB",
+            )
         finally:
             proc.kill(signal.SIGKILL)
             proc.popen.wait(10)
@@ -199,8 +214,11 @@ def test_download_resumes_after_sigkill(stack, env, sdk, tmp_path):
     with TcpProxy(stack.url, rate=1 * MiB) as slow:
         proc = start_cli(env, tmp_path / "first.log", "download", file_id, "-o", str(out), FT_URL=slow.url)
         try:
-            wait_until(lambda: part.exists() and part.stat().st_size >= 1 * MiB, timeout=60,
-                       what="the first run to write 1 MiB")
+            wait_until(
+                lambda: part.exists() and part.stat().st_size >= 1 * MiB,
+                timeout=60,
+                what="the first run to write 1 MiB",
+            )
         finally:
             proc.kill(signal.SIGKILL)
             proc.popen.wait(10)
@@ -224,8 +242,9 @@ def test_download_starts_over_when_the_partial_file_is_of_another_version(stack,
     file_id = sdk.upload(src, chunk_size=512 * KiB).file_id
     out = tmp_path / "v-out.bin"
     (tmp_path / "v-out.bin.part").write_bytes(b"x" * 1000)
-    (tmp_path / "v-out.bin.part.json").write_text(json.dumps(
-        {"url": sdk.url, "file_id": file_id, "etag": '"' + "0" * 64 + '"', "size": len(data)}))
+    (tmp_path / "v-out.bin.part.json").write_text(
+        json.dumps({"url": sdk.url, "file_id": file_id, "etag": '"' + "0" * 64 + '"', "size": len(data)})
+    )
     result = sdk.download(file_id, out)
     assert result.resumed_from == 1000 and result.bytes_received == len(data)  # If-Range did not match: 200
     assert out.read_bytes() == data
@@ -237,8 +256,9 @@ def test_upload_completes_through_connection_cuts(stack, env, tmp_path):
     data = write_random(src, 6 * MiB + 1234)
     fid = new_id()
     with TcpProxy(stack.url, cut_after=1 * MiB) as proxy:
-        up = run_cli(env, "upload", str(src), "--file-id", fid, "--chunk-size", "256KiB", "--parallel", "2",
-                     FT_URL=proxy.url)
+        up = run_cli(
+            env, "upload", str(src), "--file-id", fid, "--chunk-size", "256KiB", "--parallel", "2", FT_URL=proxy.url
+        )
     assert up.returncode == 0, up.stderr
     assert proxy.cuts >= 5
     assert stored(stack, fid) == data
@@ -433,8 +453,7 @@ def test_token_expiring_mid_upload_is_renewed(make_stack, tmp_path):
         assert run_cli(env, "login", FT_URL=slow.url).returncode == 0
         [cached] = list((cache / "tokens").iterdir())
         first = json.loads(cached.read_text())["access_token"]
-        up = run_cli(env, "upload", str(src), "--chunk-size", "128KiB", "--file-id", (fid := new_id()),
-                     FT_URL=slow.url)
+        up = run_cli(env, "upload", str(src), "--chunk-size", "128KiB", "--file-id", (fid := new_id()), FT_URL=slow.url)
     assert up.returncode == 0, up.stderr
     assert stored(short, fid) == data
     assert json.loads(cached.read_text())["access_token"] != first
@@ -463,22 +482,38 @@ def test_cli_names_the_file_id_at_once_and_how_to_resume_after_ctrl_c(stack, env
     with TcpProxy(stack.url, rate=1 * MiB) as slow:
         proc = start_cli(env, log, "upload", str(src), "--chunk-size", "256KiB", FT_URL=slow.url)
         try:
-            started = wait_until(lambda: re.search(r"uploading .* as (\S+)\n", log.read_text()), timeout=30,
-                                 what="the file id on the first line")
+            started = wait_until(
+                lambda: re.search(r"uploading .* as (\S+)\n", log.read_text()),
+                timeout=30,
+                what="the file id on the first line",
+            )
             file_id = started.group(1)
-            wait_until(lambda: received_bytes(stack, token, file_id) >= 1 * MiB, timeout=60,
-                       what="the first run to store 1 MiB")
+            wait_until(
+                lambda: received_bytes(stack, token, file_id) >= 1 * MiB,
+                timeout=60,
+                what="the first run to store 1 MiB",
+            )
             proc.kill(signal.SIGINT)
             assert proc.popen.wait(20) == 130
         finally:
             proc.stop()
     output = log.read_text()
     assert output.splitlines()[0] == f"uploading {src} as {file_id}"
-    hint = re.search(rf"interrupted; upload {re.escape(file_id)} resumes where it stopped: (.*--file-id "
-                     rf"{re.escape(file_id)})$", output.rstrip())
+    hint = re.search(
+        rf"interrupted; upload {re.escape(file_id)} resumes where it stopped: (.*--file-id "
+        rf"{re.escape(file_id)})$",
+        output.rstrip(),
+    )
     assert hint, output
-    again = subprocess.run(["bash", "-c", hint.group(1)], env=env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=180, stdin=subprocess.DEVNULL)
+    again = subprocess.run(
+        ["bash", "-c", hint.group(1)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
     assert again.returncode == 0, again.stderr
     assert server_had(again.stdout) >= 1 * MiB
     assert stored(stack, file_id) == data
@@ -487,8 +522,14 @@ def test_cli_names_the_file_id_at_once_and_how_to_resume_after_ctrl_c(stack, env
 def run_on_terminal(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[int, str]:
     """Run the CLI with stdout and stderr on a pseudo-terminal (as a user sees it): exit status, output."""
     master, slave = os.openpty()
-    proc = subprocess.Popen([PYTHON, "-m", "client", *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, env={**env, "TERM": "xterm-256color", "COLUMNS": "120"})
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "client", *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env={**env, "TERM": "xterm-256color", "COLUMNS": "120"},
+    )
     os.close(slave)
     chunks = []
     try:

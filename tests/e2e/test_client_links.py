@@ -39,14 +39,23 @@ def env(cli_env) -> dict[str, str]:
 
 
 def upload(env: dict[str, str], url: str, path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "client", "--url", url, "upload", str(path), *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [PYTHON, "-m", "client", "--url", url, "upload", str(path), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
-@pytest.mark.parametrize("cut_every, size", [(1 * MiB, 6 * MiB + 777), (8 * MiB, 24 * MiB + 5)],
-                         ids=["cut-every-1MiB", "cut-every-8MiB"])
-def test_default_upload_gets_through_a_link_that_drops_every_few_mib(stack, env, cutting_proxy, tmp_path,
-                                                                      cut_every, size):
+@pytest.mark.parametrize(
+    "cut_every, size", [(1 * MiB, 6 * MiB + 777), (8 * MiB, 24 * MiB + 5)], ids=["cut-every-1MiB", "cut-every-8MiB"]
+)
+def test_default_upload_gets_through_a_link_that_drops_every_few_mib(
+    stack, env, cutting_proxy, tmp_path, cut_every, size
+):
     """With the default 8 MiB chunks: the first chunk is cut before the upload exists (404 from
     /status must mean "start", not "not found"), and chunks must shrink below the cut length."""
     src = tmp_path / "dropping.bin"
@@ -72,7 +81,9 @@ def refusing_front(stack):
 
 
 def test_cli_waits_as_long_as_retry_after_says_on_503_and_429(stack, env, refusing_front, tmp_path):
-    front = refusing_front({"POST /token": (1, 503, "1"), "POST /upload/": (3, 503, "1"), "GET /download/": (2, 429, "1")})
+    front = refusing_front(
+        {"POST /token": (1, 503, "1"), "POST /upload/": (3, 503, "1"), "GET /download/": (2, 429, "1")}
+    )
     src = tmp_path / "patient.bin"
     data = os.urandom(300 * 1024 + 3)
     src.write_bytes(data)
@@ -84,8 +95,15 @@ def test_cli_waits_as_long_as_retry_after_says_on_503_and_429(stack, env, refusi
     assert front.gaps("POST", "/token")[0] >= 1.0  # logging in waits as well
 
     out = tmp_path / "patient-copy.bin"
-    down = subprocess.run([PYTHON, "-m", "client", "--url", front.url, "download", file_id, "-o", str(out)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    down = subprocess.run(
+        [PYTHON, "-m", "client", "--url", front.url, "download", file_id, "-o", str(out)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert down.returncode == 0, down.stderr
     assert out.read_bytes() == data
     assert all(gap >= 1.0 for gap in front.gaps("GET", "/download/")[:2]), front.gaps("GET", "/download/")
@@ -102,5 +120,5 @@ def test_library_caps_a_long_retry_after(stack, refusing_front, tmp_path):
         result = client.upload(src, new_id(), wait_timeout=60)
     assert result.size == len(data)
     gaps = front.gaps("GET", "/status/")
-    assert 0.3 <= gaps[0] and 0.3 <= gaps[1], gaps
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.3, gaps
     assert [seen.status for seen in front.of("GET", "/status/")][:3] == [503, 503, 404]

@@ -11,8 +11,6 @@ import hashlib
 import os
 import subprocess
 
-import pytest
-
 from tests.faulty_proxy import FaultyProxy
 from tests.support import PYTHON, ROOT, new_id
 
@@ -20,8 +18,15 @@ KiB = 1024
 
 
 def client_cli(env: dict[str, str], url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "client", "--url", url, "--quiet", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [PYTHON, "-m", "client", "--url", url, "--quiet", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def upload_direct(stack, env, tmp_path, size: int) -> tuple[str, bytes]:

@@ -26,8 +26,9 @@ MiB = 1024 * 1024
 def tmpfs(mount_point: Path, size: str):
     """A file system of `size` at `mount_point` (root only; the test is skipped elsewhere)."""
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -89,8 +90,9 @@ def test_disk_filling_mid_chunk_is_507_and_changes_nothing(small_disk, small_sta
         # Start the next chunk: it passes the free-space check (FT_MIN_FREE_BYTES is 0 in
         # tests) and claims its range; then fill the disk, then send the rest of it.
         sock = open_partial_chunk(url, token, file_id, data[MiB : 3 * MiB], MiB, len(data), 12 + 64 * 1024)
-        wait_until(lambda: redis.Redis.from_url(redis_url).hlen(claims_key(file_id)) == 1,
-                   timeout=10, what="the chunk's claim")
+        wait_until(
+            lambda: redis.Redis.from_url(redis_url).hlen(claims_key(file_id)) == 1, timeout=10, what="the chunk's claim"
+        )
         filler = small_disk / "filler"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
         assert shutil.disk_usage(small_disk).free < 2 * MiB
@@ -138,8 +140,10 @@ def test_parallel_chunks_on_a_filling_disk_get_200_or_507_and_the_upload_resumes
     with ThreadPoolExecutor(len(starts)) as pool:
         answers = dict(zip(starts, pool.map(send, starts)))
     codes = sorted(r.status_code for r in answers.values())
-    print(f"\n[disk-full] 16 parallel 4 MiB chunks, {free_before} bytes free: answers {codes}, "
-          f"free after {shutil.disk_usage(disk_80m).free}")
+    print(
+        f"\n[disk-full] 16 parallel 4 MiB chunks, {free_before} bytes free: answers {codes}, "
+        f"free after {shutil.disk_usage(disk_80m).free}"
+    )
     assert set(codes) <= {200, 507}, [(s, r.status_code, r.text) for s, r in answers.items()]
     stored = [s for s, r in answers.items() if r.status_code == 200]
     refused = [s for s, r in answers.items() if r.status_code == 507]
@@ -154,7 +158,8 @@ def test_parallel_chunks_on_a_filling_disk_get_200_or_507_and_the_upload_resumes
         assert status["received_bytes"] == len(stored) * chunk
         missing = sorted(s for s in refused)
         assert [start for start, _ in status["missing_ranges"]] == [
-            s for s in missing if s == 0 or s - chunk not in missing]
+            s for s in missing if s == 0 or s - chunk not in missing
+        ]
         # Space returns: the refused chunks are sent again and the file completes, intact.
         filler.unlink()
         for start in refused:

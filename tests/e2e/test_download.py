@@ -24,8 +24,9 @@ def uploaded(stack):
     with httpx.Client(timeout=60) as client:
         for start in range(0, len(data), 2 * MiB):
             end = min(start + 2 * MiB, len(data)) - 1
-            r = send_chunk(client, stack.url, token, file_id, data, start, end,
-                           X_File_Name="na%C3%AFve%20report%22%3B.pdf")
+            r = send_chunk(
+                client, stack.url, token, file_id, data, start, end, X_File_Name="na%C3%AFve%20report%22%3B.pdf"
+            )
             assert r.status_code == 200
         assert wait_for_state(client, stack.url, token, file_id)["state"] == "complete"
     return file_id, data, token
@@ -92,9 +93,18 @@ def test_wget_resumes_a_half_download(stack, uploaded, tmp_path):
     target = tmp_path / "out.bin"
     target.write_bytes(data[: len(data) // 2])
     subprocess.run(
-        [_need("wget"), "-q", "-c", "--header", f"Authorization: Bearer {token}", "-O", str(target),
-         f"{stack.url}/download/{file_id}"],
-        check=True, timeout=60,
+        [
+            _need("wget"),
+            "-q",
+            "-c",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "-O",
+            str(target),
+            f"{stack.url}/download/{file_id}",
+        ],
+        check=True,
+        timeout=60,
     )
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
 
@@ -104,9 +114,20 @@ def test_curl_resumes_a_half_download(stack, uploaded, tmp_path):
     target = tmp_path / "out.bin"
     target.write_bytes(data[: len(data) // 3])
     subprocess.run(
-        [_need("curl"), "-sS", "-f", "-C", "-", "-H", f"Authorization: Bearer {token}", "-o", str(target),
-         f"{stack.url}/download/{file_id}"],
-        check=True, timeout=60,
+        [
+            _need("curl"),
+            "-sS",
+            "-f",
+            "-C",
+            "-",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "-o",
+            str(target),
+            f"{stack.url}/download/{file_id}",
+        ],
+        check=True,
+        timeout=60,
     )
     assert target.read_bytes() == data
 
@@ -114,9 +135,21 @@ def test_curl_resumes_a_half_download(stack, uploaded, tmp_path):
 def test_aria2c_splits_into_parallel_ranges(stack, uploaded, tmp_path):
     file_id, data, token = uploaded
     subprocess.run(
-        [_need("aria2c"), "-q", "-x8", "-s8", "--min-split-size=1M", "--allow-overwrite=true",
-         f"--header=Authorization: Bearer {token}", "-d", str(tmp_path), "-o", "out.bin",
-         f"{stack.url}/download/{file_id}"],
-        check=True, timeout=60,
+        [
+            _need("aria2c"),
+            "-q",
+            "-x8",
+            "-s8",
+            "--min-split-size=1M",
+            "--allow-overwrite=true",
+            f"--header=Authorization: Bearer {token}",
+            "-d",
+            str(tmp_path),
+            "-o",
+            "out.bin",
+            f"{stack.url}/download/{file_id}",
+        ],
+        check=True,
+        timeout=60,
     )
     assert (tmp_path / "out.bin").read_bytes() == data

@@ -134,9 +134,11 @@ def test_floods_of_uploads_and_fragments_meet_the_default_limits(make_stack, cli
     assert len(body["missing_ranges"]) == 1000 and body["missing_ranges_truncated"] is True
 
     with capsys.disabled():
-        print(f"\n[fair use] 1100 creations by one user from 16 clients in {flood_seconds:.1f} s: {dict(codes)}; "
-              f"1100 one-byte chunks into one upload: {dict(Counter(r.status_code for r in fragments))}; "
-              f"/status then {size} bytes, median {statistics.median(timings) * 1000:.1f} ms")
+        print(
+            f"\n[fair use] 1100 creations by one user from 16 clients in {flood_seconds:.1f} s: {dict(codes)}; "
+            f"1100 one-byte chunks into one upload: {dict(Counter(r.status_code for r in fragments))}; "
+            f"/status then {size} bytes, median {statistics.median(timings) * 1000:.1f} ms"
+        )
 
 
 def test_a_redis_refusing_writes_is_503_not_500(tmp_path, client):

@@ -30,8 +30,6 @@ from tests.faults import (
 from tests.support import JWT_SECRET, bearer, new_id, start_worker, wait_for_state, wait_until
 
 
-
-
 def progress(body: dict) -> tuple:
     return body["state"], body["received_bytes"], body["next_expected_byte"], body["missing_ranges"]
 
@@ -54,7 +52,9 @@ def test_dropped_connection_loses_that_chunk_only(stack, client, cut, abortive):
     before = status(client, stack, token, file_id).json()
 
     payload = data[third : 2 * third]
-    sent = {"inside-chunk-header": 6, "mid-payload": 12 + len(payload) // 2, "all-but-one-byte": 12 + len(payload) - 1}[cut]
+    sent = {"inside-chunk-header": 6, "mid-payload": 12 + len(payload) // 2, "all-but-one-byte": 12 + len(payload) - 1}[
+        cut
+    ]
     sock = open_partial_chunk(stack.url, token, file_id, payload, third, len(data), sent)
     r = stack_redis(stack)
     if cut != "inside-chunk-header":
@@ -86,8 +86,11 @@ def test_dropped_first_chunk_leaves_no_upload_behind(stack, client):
     assert status(client, stack, token, file_id).json()["received_bytes"] == 0
     drop(sock, abortive=True)
     # ... and once it is dropped, nothing of it is kept.
-    wait_until(lambda: status(client, stack, token, file_id).status_code == 404, timeout=10,
-               what="the provisional upload to be dropped")
+    wait_until(
+        lambda: status(client, stack, token, file_id).status_code == 404,
+        timeout=10,
+        what="the provisional upload to be dropped",
+    )
     assert post_chunk(client, stack.url, token, file_id, data, 0, len(data)).status_code == 200
     assert wait_for_state(client, stack.url, token, file_id)["state"] == "complete"
     assert final_path(stack, file_id).read_bytes() == data
@@ -165,8 +168,12 @@ def test_stalled_chunk_that_lost_its_claim_never_overwrites_the_new_owner(make_s
         wait_until(lambda: r.hlen(claims_key(file_id)) == 1, timeout=10, what="the stalled chunk's claim")
         # Once its lease is over, someone else claims and stores the range.
         ok = wait_until(
-            lambda: (resp := post_chunk(client, stack.url, token, file_id, data, 0, len(data))).status_code == 200 and resp,
-            timeout=10, interval=0.2, what="the range to be free again",
+            lambda: (
+                (resp := post_chunk(client, stack.url, token, file_id, data, 0, len(data))).status_code == 200 and resp
+            ),
+            timeout=10,
+            interval=0.2,
+            what="the range to be free again",
         )
         assert ok.json()["state"] == "assembling"
         _, full = raw_chunk_request(stack.url, token, file_id, garbage, 0, len(data))
@@ -211,8 +218,7 @@ def _assert_complete_and_clean(client, stack, token, file_id: str, big: BigFile,
 def _kill_when_assembling(stack, file_id: str, kill) -> None:
     """Call `kill()` as soon as a worker holds the file's assembly lease (it is then verifying)."""
     r = stack_redis(stack)
-    wait_until(lambda: r.exists(assembly_lock_key(file_id)), timeout=30, interval=0.005,
-               what="the assembly to start")
+    wait_until(lambda: r.exists(assembly_lock_key(file_id)), timeout=30, interval=0.005, what="the assembly to start")
     kill()
 
 
@@ -242,7 +248,7 @@ def test_worker_killed_whole_during_assembly(make_stack, client):
     # It was the new worker's start-up sweep that found the orphan and assembled it.
     log = stack.worker.log()
     assert f"'requeued': ['{file_id}']" in log
-    assert ("succeeded" in [e for _, e in task_events(log, "uploads.assemble")])
+    assert "succeeded" in [e for _, e in task_events(log, "uploads.assemble")]
 
 
 def test_pool_child_killed_during_assembly_is_redelivered(make_stack, client):
@@ -292,8 +298,17 @@ def test_redis_loss_restores_persisted_uploads_and_complete_files(make_stack, cl
     q = 512 * 1024
     sha = hashlib.sha256(data).hexdigest()
     for s, e in [(0, q - 1), (2 * q, 3 * q - 1), (4 * q, len(data) - 1)]:
-        r = post_chunk(client, stack.url, token, file_id, data[s : e + 1], s, len(data),
-                       X_File_Name="d%C3%A9j%C3%A0.bin", X_File_SHA256=sha)
+        r = post_chunk(
+            client,
+            stack.url,
+            token,
+            file_id,
+            data[s : e + 1],
+            s,
+            len(data),
+            X_File_Name="d%C3%A9j%C3%A0.bin",
+            X_File_SHA256=sha,
+        )
         assert r.status_code == 200, r.text
     report = _run_persist(stack)
     assert file_id in report["persisted"], report
@@ -306,15 +321,25 @@ def test_redis_loss_restores_persisted_uploads_and_complete_files(make_stack, cl
     stack_redis(stack).flushdb()  # the stack's own database: everything Redis knew is gone
 
     whole_after = status(client, stack, token, whole_id).json()
-    assert {k: whole_after[k] for k in ("state", "total_bytes", "sha256", "created_at", "missing_ranges")} == \
-        {k: whole_before[k] for k in ("state", "total_bytes", "sha256", "created_at", "missing_ranges")}
+    assert {k: whole_after[k] for k in ("state", "total_bytes", "sha256", "created_at", "missing_ranges")} == {
+        k: whole_before[k] for k in ("state", "total_bytes", "sha256", "created_at", "missing_ranges")
+    }
     assert client.get(f"{stack.url}/download/{whole_id}", headers=bearer(token)).content == whole
 
     restored = status(client, stack, token, file_id)
     assert restored.status_code == 200, restored.text
     after = restored.json()
-    for name in ("state", "total_bytes", "received_bytes", "next_expected_byte", "missing_ranges", "file_name",
-                 "created_at", "updated_at", "persisted_at"):
+    for name in (
+        "state",
+        "total_bytes",
+        "received_bytes",
+        "next_expected_byte",
+        "missing_ranges",
+        "file_name",
+        "created_at",
+        "updated_at",
+        "persisted_at",
+    ):
         assert after[name] == persisted[name], name
     assert after["missing_ranges"] == [[q, 2 * q - 1], [3 * q, 4 * q - 1]]
     assert after["file_name"] == "déjà.bin"
@@ -341,8 +366,16 @@ def test_redis_loss_keeps_complete_files(stack, client):
     r = stack_redis(stack)
     r.delete(f"ft:up:{file_id}", f"ft:up:{file_id}:chunks", f"ft:up:{file_id}:claims")
     after = status(client, stack, token, file_id).json()
-    for name in ("state", "total_bytes", "received_bytes", "next_expected_byte", "missing_ranges", "file_name",
-                 "created_at", "sha256"):
+    for name in (
+        "state",
+        "total_bytes",
+        "received_bytes",
+        "next_expected_byte",
+        "missing_ranges",
+        "file_name",
+        "created_at",
+        "sha256",
+    ):
         assert after[name] == before[name], name
     got = client.get(f"{stack.url}/download/{file_id}", headers=bearer(token))
     assert got.status_code == 200 and got.content == data

@@ -29,15 +29,14 @@ from tests.faults import MiB, claims_key, drop, open_partial_chunk, post_chunk, 
 from tests.support import JWT_SECRET, login, new_id, start_api, start_worker, stop_all, wait_for_state, wait_until
 
 
-
-
 def report(what: str, **figures) -> None:
     """Figures for docs/RELIABILITY.md; shown with `pytest -s`."""
     print(f"\n[faults-more] {what}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-def assert_complete_and_clean(client, url: str, token: str, data_dir: Path, redis_url: str, file_id: str,
-                              data: bytes, timeout: float = 60) -> dict:
+def assert_complete_and_clean(
+    client, url: str, token: str, data_dir: Path, redis_url: str, file_id: str, data: bytes, timeout: float = 60
+) -> dict:
     """Complete, byte-identical by SHA-256, and nothing of the upload left in flight."""
     done = wait_for_state(client, url, token, file_id, timeout=timeout)
     sha = hashlib.sha256(data).hexdigest()
@@ -133,8 +132,14 @@ def test_api_sigkilled_mid_chunk_then_restarted(make_stack, client):
 
     assert post_chunk(client, stack.url, token, file_id, data[2 * chunk :], 2 * chunk, len(data)).status_code == 200
     assert_complete_and_clean(client, stack.url, token, stack.data_dir, stack.redis_url, file_id, data)
-    report("API SIGKILL mid-chunk", api_restart_s=round(restarted_in, 2), range_accepted_after_kill_s=round(recovered_in, 2),
-           refused_409=refused, resent_bytes=chunk, sent_before_kill=chunk // 4)
+    report(
+        "API SIGKILL mid-chunk",
+        api_restart_s=round(restarted_in, 2),
+        range_accepted_after_kill_s=round(recovered_in, 2),
+        refused_409=refused,
+        resent_bytes=chunk,
+        sent_before_kill=chunk // 4,
+    )
 
 
 # --- 2. redis-server restarted: everything it knew is gone ---------------------------------------
@@ -155,7 +160,7 @@ class OwnStack:
         self.redis_proc = self.worker = self.api = None
         self.users = UserStore(self.data_dir / "users.sqlite3")
 
-    def start(self) -> "OwnStack":
+    def start(self) -> OwnStack:
         self.redis_proc = start_redis(self.port, self.redis_dir, persistent=False)
         self.worker = start_worker(self.data_dir, self.redis_url, self.log_dir, **self.env)
         self.api, self.url = start_api(self.data_dir, self.redis_url, self.log_dir, **self.env)
@@ -207,8 +212,17 @@ def test_redis_restarted_for_real_with_a_persisted_idle_upload(own_stack, client
     file_id = new_id("redisrestart")
     stored = [(0, block), (block, 2 * block), (5 * block, 6 * block)]
     for lo, hi in stored:
-        r = post_chunk(client, s.url, token, file_id, data[lo:hi], lo, len(data),
-                       X_File_Name="r%C3%A9sum%C3%A9.bin", X_File_SHA256=sha)
+        r = post_chunk(
+            client,
+            s.url,
+            token,
+            file_id,
+            data[lo:hi],
+            lo,
+            len(data),
+            X_File_Name="r%C3%A9sum%C3%A9.bin",
+            X_File_SHA256=sha,
+        )
         assert r.status_code == 200, r.text
 
     # The persist job, as beat would run it (FT_PERSIST_AFTER=0: every upload is idle enough).
@@ -218,8 +232,11 @@ def test_redis_restarted_for_real_with_a_persisted_idle_upload(own_stack, client
     finally:
         app.close()
     assert file_id in result["persisted"], result
-    persisted = wait_until(lambda: (b := status(client, s, token, file_id).json())["persisted_at"] and b,
-                           timeout=10, what="persisted_at in the status")
+    persisted = wait_until(
+        lambda: (b := status(client, s, token, file_id).json())["persisted_at"] and b,
+        timeout=10,
+        what="persisted_at in the status",
+    )
     assert (s.data_dir / "staging" / file_id / "manifest.json").exists()
 
     # Redis goes away: the API says so, without a 500.
@@ -238,16 +255,29 @@ def test_redis_restarted_for_real_with_a_persisted_idle_upload(own_stack, client
     try:
         assert not probe.exists(upload_key(file_id))  # nothing survived in Redis
         # The worker reconnects on its own (heartbeat thread; Celery's broker connection retry).
-        wait_until(lambda: (h := s.health()).status_code == 200 and h.json()["workers"] >= 1,
-                   timeout=30, interval=0.2, what="/health to be 200 with a live worker again")
+        wait_until(
+            lambda: (h := s.health()).status_code == 200 and h.json()["workers"] >= 1,
+            timeout=30,
+            interval=0.2,
+            what="/health to be 200 with a live worker again",
+        )
         healthy_after = time.monotonic() - restarted_at
 
         # The first request for the upload restores it from its manifest.
         restored = status(client, s, token, file_id)
         assert restored.status_code == 200, restored.text
         after = restored.json()
-        for field in ("state", "total_bytes", "received_bytes", "next_expected_byte", "missing_ranges",
-                      "file_name", "created_at", "updated_at", "persisted_at"):
+        for field in (
+            "state",
+            "total_bytes",
+            "received_bytes",
+            "next_expected_byte",
+            "missing_ranges",
+            "file_name",
+            "created_at",
+            "updated_at",
+            "persisted_at",
+        ):
             assert after[field] == persisted[field], field
         assert after["missing_ranges"] == [[2 * block, 5 * block - 1], [6 * block, len(data) - 1]]
         assert after["file_name"] == "résumé.bin"
@@ -272,9 +302,14 @@ def test_redis_restarted_for_real_with_a_persisted_idle_upload(own_stack, client
     assert s.worker.alive() and s.api.alive()
     assert "Traceback" not in s.api.log(), s.api.log()[-3000:]
     assert "DeprecationWarning" not in s.worker.log(), s.worker.log()[-3000:]  # e.g. Celery's on connection loss
-    report("redis restart", down_s=round(restarted_at - down_at, 2), health_200_after_s=round(healthy_after, 2),
-           complete_after_restart_s=round(completed_after, 2), resent_bytes=resent,
-           kept_bytes=3 * block)
+    report(
+        "redis restart",
+        down_s=round(restarted_at - down_at, 2),
+        health_200_after_s=round(healthy_after, 2),
+        complete_after_restart_s=round(completed_after, 2),
+        resent_bytes=resent,
+        kept_bytes=3 * block,
+    )
 
 
 # --- 3. the disk runs short of space ----------------------------------------------------------
@@ -305,14 +340,18 @@ def test_disk_pressure_then_space_returns(make_stack, client, tmp_path):
         accepted += chunk
     assert refused is not None, (
         f"no 507 in {len(data)} bytes with FT_MIN_FREE_BYTES={threshold} (free was {free}): "
-        "something else freed space on this disk meanwhile")
+        "something else freed space on this disk meanwhile"
+    )
     assert r.json()["code"] == "insufficient_storage", r.text
     # The refused chunk changed nothing: same answer as before it (404 if it was the first).
     after = status(client, stack, token, file_id)
     assert after.status_code == before.status_code
     if before.status_code == 200:
-        assert progress(after.json()) == progress(before.json()) == \
-            ("uploading", accepted, accepted, [[accepted, len(data) - 1]])
+        assert (
+            progress(after.json())
+            == progress(before.json())
+            == ("uploading", accepted, accepted, [[accepted, len(data) - 1]])
+        )
         assert staged.stat().st_blocks * 512 < accepted + chunk  # none of its bytes were written
     else:
         assert before.status_code == 404 and not staged.exists()
@@ -329,5 +368,11 @@ def test_disk_pressure_then_space_returns(make_stack, client, tmp_path):
         r = post_chunk(client, stack.url, token, file_id, data[start : start + chunk], start, len(data))
         assert r.status_code == 200, r.text
     assert_complete_and_clean(client, stack.url, token, stack.data_dir, stack.redis_url, file_id, data)
-    report("disk pressure", free_at_start=free, threshold=threshold, accepted_before_507=accepted,
-           free_when_refused=still_free, resent_bytes=len(data) - accepted)
+    report(
+        "disk pressure",
+        free_at_start=free,
+        threshold=threshold,
+        accepted_before_507=accepted,
+        free_when_refused=still_free,
+        resent_bytes=len(data) - accepted,
+    )

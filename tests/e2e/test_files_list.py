@@ -49,8 +49,16 @@ def test_items_newest_first_with_the_contract_fields(stack, client):
     assert body["next"] is None
     assert [item["file_id"] for item in body["items"]] == [partial, done]
     newest, older = body["items"]
-    assert set(older) == {"file_id", "file_name", "state", "total_bytes", "received_bytes",
-                          "created_at", "updated_at", "sha256"}
+    assert set(older) == {
+        "file_id",
+        "file_name",
+        "state",
+        "total_bytes",
+        "received_bytes",
+        "created_at",
+        "updated_at",
+        "sha256",
+    }
     assert older["file_name"] == "naïve.bin" and older["state"] == "complete"
     assert older["total_bytes"] == older["received_bytes"] == 5000
     assert older["sha256"] == hashlib.sha256(data).hexdigest()
@@ -114,10 +122,18 @@ def test_admins_list_one_owner_or_everybody_with_owner_names(stack, client):
     assert r.status_code == 404 and r.json()["code"] == "not_found"
 
 
-@pytest.mark.parametrize("params", [
-    {"limit": 0}, {"limit": 1001}, {"limit": "ten"}, {"cursor": "not-a-cursor!"},
-    {"cursor": "bm9wZQ"}, {"cursor": "x" * 600}, {"all": "maybe"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": "ten"},
+        {"cursor": "not-a-cursor!"},
+        {"cursor": "bm9wZQ"},
+        {"cursor": "x" * 600},
+        {"all": "maybe"},
+    ],
+)
 def test_bad_limit_or_cursor_is_a_400_json_error(stack, client, params):
     r = client.get(f"{stack.url}/files", params=params, headers=bearer(stack.token()))
     assert r.status_code == 400

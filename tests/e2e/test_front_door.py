@@ -61,8 +61,12 @@ def padded_head(total: int) -> bytes:
 
 # --- the head cap counts head bytes only --------------------------------------------------------
 
-@pytest.mark.parametrize("size, piece", [(100 * KiB, None), (70 * KiB, 32 * KiB), (64 * KiB + 1, 1 * KiB)],
-                         ids=["100KiB-one-write", "70KiB-in-32KiB-pieces", "64KiB+1-in-1KiB-pieces"])
+
+@pytest.mark.parametrize(
+    "size, piece",
+    [(100 * KiB, None), (70 * KiB, 32 * KiB), (64 * KiB + 1, 1 * KiB)],
+    ids=["100KiB-one-write", "70KiB-in-32KiB-pieces", "64KiB+1-in-1KiB-pieces"],
+)
 def test_a_head_over_64_kib_is_refused_however_it_arrives(api, size, piece):
     url = api()
     request = padded_head(size)
@@ -98,6 +102,7 @@ def test_a_head_of_exactly_64_kib_is_served_and_its_body_is_not_counted(api):
 
 # --- slow and idle clients ---------------------------------------------------------------------
 
+
 def test_a_head_that_trickles_is_cut_after_the_header_timeout(api):
     url = api(FT_HEADER_TIMEOUT="1")
     with connect(url) as sock:
@@ -127,7 +132,7 @@ def test_a_connection_that_sends_nothing_is_closed(api):
         kept.settimeout(5)
         silent.settimeout(5)
         assert closed_by_server(silent)  # never sent a byte: closed after the header timeout
-        assert closed_by_server(kept)    # idle after its answer: closed after the keep-alive timeout
+        assert closed_by_server(kept)  # idle after its answer: closed after the keep-alive timeout
 
 
 # --- saturation: 503 overloaded with Retry-After -----------------------------------------------
@@ -138,9 +143,12 @@ ADMIN = {"FT_ADMIN_USERNAME": "door", "FT_ADMIN_PASSWORD": "front-door-password"
 def hold_a_request(url: str, token: str) -> socket.socket:
     """A request the API is busy with: a chunk whose body has not all arrived."""
     sock = connect(url)
-    sock.sendall(f"POST /upload/{new_id('held')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-                 "Content-Type: application/octet-stream\r\nContent-Range: bytes 0-999/1000\r\n"
-                 "Content-Length: 1012\r\n\r\n".encode() + chunk_body(b"\0" * 1000, 0)[:100])
+    sock.sendall(
+        f"POST /upload/{new_id('held')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Range: bytes 0-999/1000\r\n"
+        "Content-Length: 1012\r\n\r\n".encode()
+        + chunk_body(b"\0" * 1000, 0)[:100]
+    )
     return sock
 
 
@@ -150,11 +158,14 @@ def test_requests_over_the_inflight_limit_get_503_with_retry_after(api):
     held = [hold_a_request(url, token) for _ in range(2)]
     try:
         with connect(url) as sock:
+
             def overloaded():
                 sock.sendall(get("/openapi.json"))
                 return read_answer(sock)
-            status, headers, body = wait_until(lambda: (a := overloaded())[0] == 503 and a, timeout=10,
-                                               what="a 503 while two requests are held")
+
+            status, headers, body = wait_until(
+                lambda: (a := overloaded())[0] == 503 and a, timeout=10, what="a 503 while two requests are held"
+            )
             assert headers["retry-after"] == "3"
             assert headers["content-type"] == "application/json"
             assert json.loads(body)["code"] == "overloaded"
@@ -172,9 +183,11 @@ def test_a_request_on_a_connection_over_the_limit_gets_503_and_a_close(api):
     idle = [connect(url) for _ in range(3)]
     try:
         with connect(url) as sock:
+
             def answer():
                 sock.sendall(get("/openapi.json"))
                 return read_answer(sock)
+
             status, headers, body = answer()
             assert status == 503, body
             assert json.loads(body)["code"] == "overloaded"
@@ -182,9 +195,11 @@ def test_a_request_on_a_connection_over_the_limit_gets_503_and_a_close(api):
             assert closed_by_server(sock)
         idle.pop().close()
         with connect(url) as sock:
+
             def served():
                 sock.sendall(get("/openapi.json"))
                 return read_answer(sock)[0] == 200
+
             assert wait_until(served, timeout=5, what="a request once a connection was freed")
     finally:
         for sock in idle:
@@ -193,6 +208,7 @@ def test_a_request_on_a_connection_over_the_limit_gets_503_and_a_close(api):
 
 # --- a chunk body that stalls or trickles lets go of its range -----------------------------------
 
+
 @pytest.mark.parametrize("how", ["stops", "trickles"])
 def test_a_stalled_chunk_is_dropped_and_its_range_released(api, how):
     url = api(FT_BODY_IDLE_TIMEOUT="2", FT_BODY_MIN_RATE="2048", **ADMIN)
@@ -200,9 +216,11 @@ def test_a_stalled_chunk_is_dropped_and_its_range_released(api, how):
     file_id = new_id("stall")
     payload = bytes(range(256)) * 64  # 16 KiB
     body = chunk_body(payload, 0)
-    head = (f"POST /upload/{file_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/octet-stream\r\nContent-Range: bytes 0-{len(payload) - 1}/{len(payload) * 2}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /upload/{file_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Range: bytes 0-{len(payload) - 1}/{len(payload) * 2}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with connect(url) as slow, httpx.Client(base_url=url, headers=bearer(token), timeout=10) as other:
         slow.sendall(head + body[:1000])
         # While the slow chunk holds bytes 0-..., the same range from another client is refused.
@@ -212,6 +230,7 @@ def test_a_stalled_chunk_is_dropped_and_its_range_released(api, how):
         slow.settimeout(10)
         sent = 1000
         if how == "trickles":  # 100 bytes every 0.1 s: ~1 KB/s, never idle for 2 s
+
             def trickle_answer():
                 nonlocal sent
                 slow.sendall(body[sent : sent + 100])
@@ -221,6 +240,7 @@ def test_a_stalled_chunk_is_dropped_and_its_range_released(api, how):
                     return slow.recv(65536)
                 except TimeoutError:
                     return None
+
             first = wait_until(trickle_answer, timeout=10, interval=0, what="the trickle to be cut")
             slow.settimeout(10)
             rest = b""

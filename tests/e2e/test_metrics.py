@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import bearer, chunk_body, login, new_id, send_chunk, wait_for_state, wait_until
+from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state, wait_until
 
 Samples = dict[tuple[str, frozenset], float]
 
@@ -19,8 +19,11 @@ def scrape(url: str, token: str) -> Samples:
     r = httpx.get(f"{url}/metrics", headers=bearer(token), timeout=10)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -56,8 +59,11 @@ def test_metrics_move_with_uploads_downloads_and_failed_logins(stack):
         assert send_chunk(c, stack.url, user, file_id, data, 0, 99_999).status_code == 200  # a retransmit
         assert send_chunk(c, stack.url, user, file_id, data, 50_000, 149_999).status_code == 409  # overlap
         bad = chunk_body(data[100_000:200_000], 100_000, crc=12345)
-        r = c.post(f"{stack.url}/upload/{file_id}", content=bad, headers={
-            **bearer(user), "Content-Range": f"bytes 100000-199999/{len(data)}"})
+        r = c.post(
+            f"{stack.url}/upload/{file_id}",
+            content=bad,
+            headers={**bearer(user), "Content-Range": f"bytes 100000-199999/{len(data)}"},
+        )
         assert r.status_code == 400 and r.json()["code"] == "checksum_mismatch"
         assert send_chunk(c, stack.url, user, file_id, data, 100_000, 199_999).status_code == 200
         assert send_chunk(c, stack.url, user, file_id, data, 200_000, 299_999).status_code == 200
@@ -70,9 +76,14 @@ def test_metrics_move_with_uploads_downloads_and_failed_logins(stack):
     assert httpx.post(f"{stack.url}/token", json={"username": "nobody", "password": "wrong"}).status_code == 401
 
     # The worker adds the assembly's duration just after it marked the file complete.
-    after = wait_until(lambda: (s := scrape(stack.url, admin)) and moved(
-        before, s, "ft_assembly_duration_seconds_count", outcome="complete") >= 1 and s,
-        what="the assembly's duration in /metrics")
+    after = wait_until(
+        lambda: (
+            (s := scrape(stack.url, admin))
+            and moved(before, s, "ft_assembly_duration_seconds_count", outcome="complete") >= 1
+            and s
+        ),
+        what="the assembly's duration in /metrics",
+    )
     assert moved(before, after, "ft_chunks_total", result="stored") == 3
     assert moved(before, after, "ft_chunks_total", result="retransmit") == 1
     assert moved(before, after, "ft_chunks_total", result="overlap") == 1
@@ -80,8 +91,9 @@ def test_metrics_move_with_uploads_downloads_and_failed_logins(stack):
     upload = "/upload/{file_id}"
     assert moved(before, after, "ft_http_requests_total", method="POST", route=upload, status="200") == 4
     assert moved(before, after, "ft_http_requests_total", method="POST", route=upload, status="409") == 1
-    assert moved(before, after, "ft_http_request_duration_seconds_count", method="POST", route=upload,
-                 status="200") == 4
+    assert (
+        moved(before, after, "ft_http_request_duration_seconds_count", method="POST", route=upload, status="200") == 4
+    )
     assert moved(before, after, "ft_received_bytes_total", route=upload) >= len(data)
     assert moved(before, after, "ft_served_bytes_total", route="/download/{file_id}") == len(data) + 1000
     assert moved(before, after, "ft_login_failures_total", reason="invalid_credentials") == 1
@@ -128,24 +140,41 @@ def test_one_request_id_follows_an_upload_from_first_chunk_to_complete(make_stac
         wait_for_state(c, stack.url, user, file_id, states=("complete",))
         generated = c.get(f"{stack.url}/status/{file_id}", headers=bearer(user)).headers["x-request-id"]
         assert generated and generated != trace
-        insane = c.get(f"{stack.url}/status/{file_id}", headers={**bearer(user), "X-Request-ID": "a b\"c"})
-        assert insane.headers["x-request-id"] != "a b\"c"
-        created = c.post(f"{stack.url}/files", headers={**bearer(user), "Tus-Resumable": "1.0.0", "Upload-Length": "10"})
+        insane = c.get(f"{stack.url}/status/{file_id}", headers={**bearer(user), "X-Request-ID": 'a b"c'})
+        assert insane.headers["x-request-id"] != 'a b"c'
+        created = c.post(
+            f"{stack.url}/files", headers={**bearer(user), "Tus-Resumable": "1.0.0", "Upload-Length": "10"}
+        )
         assert created.status_code == 201
         tus_id = created.headers["location"].rstrip("/").rpartition("/")[2]
-        patched = c.post(f"{stack.url}/files/{tus_id}", content=b"0123456789", headers={
-            **bearer(user), "Tus-Resumable": "1.0.0", "X-HTTP-Method-Override": "PATCH", "Upload-Offset": "0",
-            "Content-Type": "application/offset+octet-stream"})
+        patched = c.post(
+            f"{stack.url}/files/{tus_id}",
+            content=b"0123456789",
+            headers={
+                **bearer(user),
+                "Tus-Resumable": "1.0.0",
+                "X-HTTP-Method-Override": "PATCH",
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
         assert patched.status_code == 204, patched.text
 
     api_log = next(stack.log_dir.glob("api-*.log"))
     # A request's line is written as its answer ends: the client may read the answer first.
-    wait_until(lambda: any(line.get("request_id") == patched.headers["x-request-id"] for line in _json_lines(api_log)),
-               what="the API's log line of the last request")
+    wait_until(
+        lambda: any(line.get("request_id") == patched.headers["x-request-id"] for line in _json_lines(api_log)),
+        what="the API's log line of the last request",
+    )
     chunk_lines = [line for line in _json_lines(api_log) if line.get("request_id") == trace]
     assert len(chunk_lines) == 2
-    assert all(line["route"] == "/upload/{file_id}" and line["file_id"] == file_id and line["status"] == 200
-               and line["bytes_in"] == 100_012 for line in chunk_lines)
+    assert all(
+        line["route"] == "/upload/{file_id}"
+        and line["file_id"] == file_id
+        and line["status"] == 200
+        and line["bytes_in"] == 100_012
+        for line in chunk_lines
+    )
     creation = [line for line in _json_lines(api_log) if line.get("request_id") == created.headers["x-request-id"]]
     assert [(line["route"], line["file_id"]) for line in creation] == [("/files", tus_id)]
     [patch] = [line for line in _json_lines(api_log) if line.get("request_id") == patched.headers["x-request-id"]]
@@ -153,8 +182,14 @@ def test_one_request_id_follows_an_upload_from_first_chunk_to_complete(make_stac
     worker_log = stack.log_dir / "worker-w1.log"
 
     def assembly_line() -> dict | None:
-        return next((line for line in _json_lines(worker_log)
-                     if line.get("task") == "uploads.assemble" and line.get("file_id") == file_id), None)
+        return next(
+            (
+                line
+                for line in _json_lines(worker_log)
+                if line.get("task") == "uploads.assemble" and line.get("file_id") == file_id
+            ),
+            None,
+        )
 
     line = wait_until(assembly_line, what="the worker's log line of the assembly")
     assert line["request_id"] == trace and line["result"] == "complete" and line["state"] == "SUCCESS"

@@ -36,8 +36,15 @@ def run_block(block: str, url: str, workdir: Path) -> subprocess.CompletedProces
     (workdir / "tmp").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
     env["TMPDIR"] = str(workdir / "tmp")
-    return subprocess.run(["bash"], input=block.replace(README_URL, url), env=env, cwd=workdir,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["bash"],
+        input=block.replace(README_URL, url),
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_readme_marks_its_curl_example_runnable():
@@ -67,16 +74,18 @@ def test_readme_block_runs_as_pasted(readme_stack, tmp_path, index):
         assert hello == "hello"
         assert json.loads(cleanup) == {"removed": [], "freed_bytes": 0}
     if "/metrics" in BLOCKS[index]:
-        assert any(line.startswith('ft_http_requests_total{method="POST",route="/token",status="200"}')
-                   for line in lines), result.stdout
+        assert any(
+            line.startswith('ft_http_requests_total{method="POST",route="/token",status="200"}') for line in lines
+        ), result.stdout
     assert [p.name for p in (tmp_path / "shell").rglob("*")] == ["tmp"]  # it cleaned up after itself
 
 
 def test_readme_block_fails_loudly_on_a_wrong_password(readme_stack, tmp_path):
     [block] = [b for b in BLOCKS if "/upload/" in b]
     name, password = credentials(block)
-    result = run_block(block.replace(f'"password":"{password}"', '"password":"not the password"'),
-                       readme_stack.url, tmp_path / "shell")
+    result = run_block(
+        block.replace(f'"password":"{password}"', '"password":"not the password"'), readme_stack.url, tmp_path / "shell"
+    )
     assert result.returncode != 0
     assert "login failed" in result.stderr and "invalid_credentials" in result.stderr
     assert "/upload/" not in result.stdout and result.stdout == ""  # it stopped at the login

@@ -70,16 +70,34 @@ def _config(token: str, operations: list[dict], dictionaries: dict[str, list[str
     return "\n".join(lines) + "\n"
 
 
-def run_schemathesis(stack, tmp_path, token: str, operations: list[dict], *filters: str,
-                     dictionaries: dict[str, list[str]] | None = None) -> subprocess.CompletedProcess:
+def run_schemathesis(
+    stack, tmp_path, token: str, operations: list[dict], *filters: str, dictionaries: dict[str, list[str]] | None = None
+) -> subprocess.CompletedProcess:
     config = tmp_path / "schemathesis.toml"
     config.write_text(_config(token, operations, dictionaries))
     report = tmp_path / "report"
     args = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color",
-        "run", f"{stack.url}/openapi.json", "--max-examples", str(MAX_EXAMPLES),
-        "--seed", str(SEED), "--request-timeout", "30", "--workers", "2",
-        "--report", "junit", "--report-dir", str(report), *filters,
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "--no-color",
+        "run",
+        f"{stack.url}/openapi.json",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--request-timeout",
+        "30",
+        "--workers",
+        "2",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(report),
+        *filters,
     ]
     return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
 
@@ -107,8 +125,7 @@ def known_ids(stack):
     suffix = uuid.uuid4().hex[:8]
     complete, partial, foreign = f"fz-done-{suffix}", f"fz-part-{suffix}", f"fz-foreign-{suffix}"
     with httpx.Client(timeout=30) as client:
-        r = send_chunk(client, stack.url, token, complete, data, 0, len(data) - 1,
-                       X_File_Name="fuzz%20%22me%22%3B.bin")
+        r = send_chunk(client, stack.url, token, complete, data, 0, len(data) - 1, X_File_Name="fuzz%20%22me%22%3B.bin")
         assert r.status_code == 200, r.text
         assert send_chunk(client, stack.url, token, partial, data, 0, 999).status_code == 200
         assert send_chunk(client, stack.url, foreign_token, foreign, data, 0, 99, total=100).status_code == 200
@@ -121,33 +138,63 @@ def test_user_operations_conform_and_never_fail(stack, tmp_path, known_ids):
     token, ids, data = known_ids
     since = len(stack.api.log())
     operations = [
-        {"include-path-regex": "^/(status|download|files)/",
-         "parameters": {"path.file_id": {"dictionary": "file_ids", "probability": 0.5}}},
-        {"include-path": "/upload/{file_id}", "include-method": "POST",
-         "checks": {"positive_data_acceptance": {"enabled": False}}},
+        {
+            "include-path-regex": "^/(status|download|files)/",
+            "parameters": {"path.file_id": {"dictionary": "file_ids", "probability": 0.5}},
+        },
+        {
+            "include-path": "/upload/{file_id}",
+            "include-method": "POST",
+            "checks": {"positive_data_acceptance": {"enabled": False}},
+        },
         # Downloads; /files/{file_id} is a download (GET) and tus (HEAD, PATCH, DELETE), whose
         # schema-valid requests may get 400, 413, 415 or 460 (see the tus entry below).
-        {"include-path-regex": "^/(download|files)/\\{file_id\\}$",
-         "checks": {"positive_data_acceptance": {
-             "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "412", "413", "415", "416",
-                                   "460"]}}},
+        {
+            "include-path-regex": "^/(download|files)/\\{file_id\\}$",
+            "checks": {
+                "positive_data_acceptance": {
+                    "expected-statuses": [
+                        "2xx",
+                        "3xx",
+                        "400",
+                        "401",
+                        "403",
+                        "404",
+                        "409",
+                        "412",
+                        "413",
+                        "415",
+                        "416",
+                        "460",
+                    ]
+                }
+            },
+        },
         # tus answers a missing or wrong Tus-Resumable with 412 (its protocol says so), and a
         # schema cannot say that Upload-Length and Upload-Defer-Length exclude each other or
         # that a checksum must match the body, and the schema leaves the PATCH body out (OpenAPI
         # tools cannot send application/offset+octet-stream): schema-valid requests may get 400,
         # 413, 415 or 460.
-        {"include-path-regex": "^/files",
-         "checks": {"negative_data_rejection": {"expected-statuses": [*REJECTIONS, "412", "413"]},
-                    "missing_required_header": {"expected-statuses": ["400", "401", "412"]},
-                    "positive_data_acceptance": {"expected-statuses": [
-                        "2xx", "3xx", "400", "401", "403", "404", "409", "413", "415", "460"]}}},
+        {
+            "include-path-regex": "^/files",
+            "checks": {
+                "negative_data_rejection": {"expected-statuses": [*REJECTIONS, "412", "413"]},
+                "missing_required_header": {"expected-statuses": ["400", "401", "412"]},
+                "positive_data_acceptance": {
+                    "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "415", "460"]
+                },
+            },
+        },
         # A cursor is opaque: a well-formed string this server never handed out is refused (400).
-        {"include-path": "/files", "include-method": "GET",
-         "checks": {"positive_data_acceptance": {
-             "expected-statuses": ["2xx", "400", "401", "403", "404"]}}},
+        {
+            "include-path": "/files",
+            "include-method": "GET",
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404"]}},
+        },
     ]
-    result = run_schemathesis(stack, tmp_path, token, operations, "--exclude-tag", "admin",
-                              dictionaries={"file_ids": ids})
+    result = run_schemathesis(
+        stack, tmp_path, token, operations, "--exclude-tag", "admin", dictionaries={"file_ids": ids}
+    )
     assert result.returncode == 0, _failures(result)
     _assert_api_healthy(stack, since)
     # DELETE is fuzzed too, but never reached the other user's file.

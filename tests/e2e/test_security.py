@@ -33,8 +33,19 @@ import pytest
 from core.file_ids import FILE_ID_PATTERN
 from core.users import new_user_id
 from ops.redis_server import free_port
-from tests.support import (JWT_SECRET, bearer, chunk_body, new_id, read_answer, require_tool, send_chunk, start_api,
-                           wait_for_state, wait_until, wire_header)
+from tests.support import (
+    JWT_SECRET,
+    bearer,
+    chunk_body,
+    new_id,
+    read_answer,
+    require_tool,
+    send_chunk,
+    start_api,
+    wait_for_state,
+    wait_until,
+    wire_header,
+)
 
 MiB = 1024 * 1024
 
@@ -81,11 +92,14 @@ def raw_http(url: str, request: bytes, timeout: float = 15.0, chunk_size: int = 
         return RawResponse(*read_answer(sock))
 
 
-def upload_head(url: str, token: str, file_id: str, content_range: str, *, content_length: int | None,
-                extra: str = "") -> bytes:
-    head = (f"POST /upload/{file_id} HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Range: {content_range}\r\n{extra}")
+def upload_head(
+    url: str, token: str, file_id: str, content_range: str, *, content_length: int | None, extra: str = ""
+) -> bytes:
+    head = (
+        f"POST /upload/{file_id} HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Range: {content_range}\r\n{extra}"
+    )
     if content_length is not None:
         head += f"Content-Length: {content_length}\r\n"
     return (head + "\r\n").encode("latin-1")
@@ -93,8 +107,9 @@ def upload_head(url: str, token: str, file_id: str, content_range: str, *, conte
 
 def chunked(body: bytes, piece: int = 64 * 1024) -> bytes:
     """`Transfer-Encoding: chunked` framing."""
-    out = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + piece]), body[i : i + piece])
-                   for i in range(0, len(body), piece))
+    out = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + piece]), body[i : i + piece]) for i in range(0, len(body), piece)
+    )
     return out + b"0\r\n\r\n"
 
 
@@ -157,16 +172,23 @@ def rsa_key(tmp_path_factory) -> tuple[Path, bytes]:
     openssl = require_tool("openssl")
     directory = tmp_path_factory.mktemp("rsa")
     private = directory / "key.pem"
-    subprocess.run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(private)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(private)],
+        check=True,
+        capture_output=True,
+    )
     public = subprocess.run([openssl, "pkey", "-in", str(private), "-pubout"], check=True, capture_output=True).stdout
     return private, public
 
 
 def _rs256_token(private_key: Path, claims: dict) -> str:
     signing_input = f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64(claims)}"
-    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(private_key)],
-                               input=signing_input.encode(), check=True, capture_output=True).stdout
+    signature = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-sign", str(private_key)],
+        input=signing_input.encode(),
+        check=True,
+        capture_output=True,
+    ).stdout
     return f"{signing_input}.{_b64(signature)}"
 
 
@@ -189,8 +211,16 @@ def test_public_key_as_hmac_secret_is_refused(stack, rsa_key, alg):
 
 @pytest.mark.parametrize(
     "case",
-    ["nbf_in_the_future", "iat_far_in_the_future", "sub_not_a_string", "unknown_role",
-     "empty_signature", "kid_to_dev_null_with_empty_key", "embedded_jwk", "never_existed"],
+    [
+        "nbf_in_the_future",
+        "iat_far_in_the_future",
+        "sub_not_a_string",
+        "unknown_role",
+        "empty_signature",
+        "kid_to_dev_null_with_empty_key",
+        "embedded_jwk",
+        "never_existed",
+    ],
 )
 def test_forged_or_odd_tokens_are_refused(stack, case):
     name, _ = stack.add_user()
@@ -211,7 +241,9 @@ def test_forged_or_odd_tokens_are_refused(stack, case):
         case "empty_signature":
             token = signed(_claims(stack, name)).rsplit(".", 1)[0] + "."
         case "kid_to_dev_null_with_empty_key":
-            token = _hmac_token({"alg": "HS256", "typ": "JWT", "kid": "../../../../dev/null"}, _claims(stack, name, "admin"), b"")
+            token = _hmac_token(
+                {"alg": "HS256", "typ": "JWT", "kid": "../../../../dev/null"}, _claims(stack, name, "admin"), b""
+            )
         case "embedded_jwk":
             key = b"attacker-chosen-key-0123456789abcdef"
             jwk = {"kty": "oct", "k": _b64(key)}
@@ -256,10 +288,36 @@ def test_role_claim_does_not_outrank_the_user_store(stack):
 # --- file_id: traversal and odd characters --------------------------------------------------------
 
 HOSTILE_IDS = [
-    "..", ".", "...", "%2e%2e", ".%2e", "%2e%2e%2f%2e%2e%2fsentinel.txt", "..%2Fsentinel.txt",
-    "..%2F..%2Fsentinel.txt", "a%2Fb", "%2F", "..%5C..%5Csentinel.txt", "a%5Cb", "%252e%252e",
-    "%00", "a%00b", "sentinel.txt%00.bin", "a%0D%0Ab", "a%20b", "a;b", "~root", "$HOME", "a*",
-    "a" * 129, "a" * 20000, "%C3%BC", "%E2%80%AE", "%EF%BC%8E%EF%BC%8E", ".env", ".git", ".htaccess",
+    "..",
+    ".",
+    "...",
+    "%2e%2e",
+    ".%2e",
+    "%2e%2e%2f%2e%2e%2fsentinel.txt",
+    "..%2Fsentinel.txt",
+    "..%2F..%2Fsentinel.txt",
+    "a%2Fb",
+    "%2F",
+    "..%5C..%5Csentinel.txt",
+    "a%5Cb",
+    "%252e%252e",
+    "%00",
+    "a%00b",
+    "sentinel.txt%00.bin",
+    "a%0D%0Ab",
+    "a%20b",
+    "a;b",
+    "~root",
+    "$HOME",
+    "a*",
+    "a" * 129,
+    "a" * 20000,
+    "%C3%BC",
+    "%E2%80%AE",
+    "%EF%BC%8E%EF%BC%8E",
+    ".env",
+    ".git",
+    ".htaccess",
 ]
 # (method, path template, needs a chunk body)
 FILE_ENDPOINTS = [
@@ -302,7 +360,8 @@ def _attack_with_hostile_ids(stack, token: str, admin: str, root: Path) -> None:
     users_db = re.compile(r"data/users\.sqlite3(-wal|-shm|-journal)?")
     before = {k: v for k, v in _tree(root, skip).items() if not users_db.fullmatch(k)}
     stored_before = {p.name for p in (stack.data_dir / "files").iterdir()} | {
-        p.name for p in (stack.data_dir / "staging").iterdir()}
+        p.name for p in (stack.data_dir / "staging").iterdir()
+    }
 
     parts = urlsplit(stack.url)
     answers = []
@@ -330,7 +389,8 @@ def _attack_with_hostile_ids(stack, token: str, admin: str, root: Path) -> None:
     after = {k: v for k, v in _tree(root, skip).items() if not users_db.fullmatch(k)}
     assert after == before
     stored_after = {p.name for p in (stack.data_dir / "files").iterdir()} | {
-        p.name for p in (stack.data_dir / "staging").iterdir()}
+        p.name for p in (stack.data_dir / "staging").iterdir()
+    }
     assert stored_after == stored_before
     assert all(re.fullmatch(FILE_ID_PATTERN, name) for name in stored_after)
     # Ids that reach the handler are refused by the validator, not by luck: `..` itself is a 400.
@@ -340,10 +400,20 @@ def _attack_with_hostile_ids(stack, token: str, admin: str, root: Path) -> None:
 # --- X-File-Name into Content-Disposition ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw_name", [
-    "evil%0D%0ASet-Cookie%3A%20session%3Dstolen", "a%0Ab", "a%0Db", "a%00b", "a%09b", "a%7Fb",
-    "%FF%FE", "%C3", "x" * 1100,
-])
+@pytest.mark.parametrize(
+    "raw_name",
+    [
+        "evil%0D%0ASet-Cookie%3A%20session%3Dstolen",
+        "a%0Ab",
+        "a%0Db",
+        "a%00b",
+        "a%09b",
+        "a%7Fb",
+        "%FF%FE",
+        "%C3",
+        "x" * 1100,
+    ],
+)
 def test_file_names_with_control_characters_or_bad_encoding_are_refused(stack, raw_name):
     token = stack.token()
     file_id = f"name-{uuid.uuid4().hex[:8]}"
@@ -353,11 +423,22 @@ def test_file_names_with_control_characters_or_bad_encoding_are_refused(stack, r
         assert client.get(f"{stack.url}/status/{file_id}", headers=bearer(token)).status_code == 404
 
 
-@pytest.mark.parametrize("name", [
-    'evil"; filename="evil.sh', "a;b;c", 'quote"in"side', "back\\slash", "../../etc/passwd",
-    "C:\\Windows\\system32\\cmd.exe", "%2e%2e%2f", "\u202egnp.exe", "名前 with spaces.txt",
-    "percent%20literal", "=?utf-8?q?encoded?=",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        'evil"; filename="evil.sh',
+        "a;b;c",
+        'quote"in"side',
+        "back\\slash",
+        "../../etc/passwd",
+        "C:\\Windows\\system32\\cmd.exe",
+        "%2e%2e%2f",
+        "\u202egnp.exe",
+        "名前 with spaces.txt",
+        "percent%20literal",
+        "=?utf-8?q?encoded?=",
+    ],
+)
 def test_hostile_file_names_are_safely_encoded_in_content_disposition(stack, name):
     token = stack.token()
     file_id = f"name-{uuid.uuid4().hex[:8]}"
@@ -370,7 +451,9 @@ def test_hostile_file_names_are_safely_encoded_in_content_disposition(stack, nam
         response = client.get(f"{stack.url}/download/{file_id}", headers=bearer(token))
     assert response.status_code == 200 and response.content == data
     disposition = response.headers["content-disposition"]
-    match = re.fullmatch(r'attachment; filename="([^"\\]*)"; filename\*=UTF-8\'\'([A-Za-z0-9!#$&+.^_`|~%-]*)', disposition)
+    match = re.fullmatch(
+        r'attachment; filename="([^"\\]*)"; filename\*=UTF-8\'\'([A-Za-z0-9!#$&+.^_`|~%-]*)', disposition
+    )
     assert match, disposition
     fallback, encoded = match.groups()
     assert unquote(encoded, errors="strict") == name
@@ -426,7 +509,6 @@ def test_framing_errors_answer_json(stack):
         assert json.loads(answer.body)["code"] == "bad_request"
 
 
-
 def assert_refused(answer: RawResponse, code: str) -> None:
     assert answer.status == 400, answer
     assert answer.headers["content-type"] == "application/json", answer
@@ -458,8 +540,12 @@ def test_bodies_that_do_not_match_their_framing(stack):
     # The same, with a header that also claims the longer range (and a CRC over all of it).
     fid = new_id("longer-hdr")
     longer = payload + b"x" * 500
-    answer = raw_http(url, upload_head(url, token, fid, cr, content_length=12 + len(longer))
-                      + wire_header(0, 999, zlib.crc32(longer)) + longer)
+    answer = raw_http(
+        url,
+        upload_head(url, token, fid, cr, content_length=12 + len(longer))
+        + wire_header(0, 999, zlib.crc32(longer))
+        + longer,
+    )
     refused["longer, header agrees with Content-Range"] = answer
     assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
@@ -479,18 +565,24 @@ def test_bodies_that_do_not_match_their_framing(stack):
     assert status_of(fid) == 404
 
     # Content-Length absurd or not a number.
-    for label, value in (("Content-Length 2^63", str(2**63)), ("Content-Length -1", "-1"), ("Content-Length abc", "abc")):
+    for label, value in (
+        ("Content-Length 2^63", str(2**63)),
+        ("Content-Length -1", "-1"),
+        ("Content-Length abc", "abc"),
+    ):
         fid = new_id("cl-odd")
-        answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None,
-                                           extra=f"Content-Length: {value}\r\n") + body)
+        answer = raw_http(
+            url, upload_head(url, token, fid, cr, content_length=None, extra=f"Content-Length: {value}\r\n") + body
+        )
         refused[label] = answer
         assert_refused(answer, "length_mismatch" if value == str(2**63) else "bad_request")
         assert status_of(fid) == 404
 
     # Both Content-Length and Transfer-Encoding (a smuggling shape): refused.
     fid = new_id("cl-te")
-    answer = raw_http(url, upload_head(url, token, fid, cr, content_length=5, extra="Transfer-Encoding: chunked\r\n")
-                      + chunked(body))
+    answer = raw_http(
+        url, upload_head(url, token, fid, cr, content_length=5, extra="Transfer-Encoding: chunked\r\n") + chunked(body)
+    )
     refused["Content-Length and chunked"] = answer
     assert_refused(answer, "bad_request")
     assert status_of(fid) == 404
@@ -506,8 +598,11 @@ def test_bodies_that_do_not_match_their_framing(stack):
     assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
     fid = new_id("te-short")
-    answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te)
-                      + chunked(wire_header(0, 999, zlib.crc32(payload)) + payload[:600]))
+    answer = raw_http(
+        url,
+        upload_head(url, token, fid, cr, content_length=None, extra=te)
+        + chunked(wire_header(0, 999, zlib.crc32(payload)) + payload[:600]),
+    )
     refused["chunked, shorter"] = answer
     assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
@@ -515,8 +610,9 @@ def test_bodies_that_do_not_match_their_framing(stack):
     # 64 MiB of chunked body for a 1000-byte range: cut off early, nothing written past the range.
     fid = new_id("te-flood")
     flood = body + b"\0" * (64 * MiB)
-    answer = raw_http(url, upload_head(url, token, fid, cr, content_length=None, extra=te) + chunked(flood, MiB),
-                      timeout=60)
+    answer = raw_http(
+        url, upload_head(url, token, fid, cr, content_length=None, extra=te) + chunked(flood, MiB), timeout=60
+    )
     refused["chunked, 64 MiB flood"] = answer
     assert_refused(answer, "length_mismatch")
     assert status_of(fid) == 404
@@ -544,6 +640,7 @@ def test_client_dropping_mid_chunk_loses_only_that_chunk_and_logs_no_traceback(s
             sock.shutdown(socket.SHUT_WR)
             sock.recv(100)  # the server closes; nothing to answer to
         sock.close()
+
     def released():
         status = httpx.get(f"{stack.url}/status/{fid}", headers=bearer(token)).json()
         return status if status["missing_ranges"] == [[1000, 1999]] else None
@@ -552,8 +649,12 @@ def test_client_dropping_mid_chunk_loses_only_that_chunk_and_logs_no_traceback(s
     assert status["received_bytes"] == 1000
     with httpx.Client(timeout=30) as client:
         # Resumable: the same range is accepted again (once the server has noticed the drop).
-        wait_until(lambda: send_chunk(client, stack.url, token, fid, data, 1000, 1999).status_code == 200,
-                   timeout=15, interval=0.2, what="the dropped range to be accepted again")
+        wait_until(
+            lambda: send_chunk(client, stack.url, token, fid, data, 1000, 1999).status_code == 200,
+            timeout=15,
+            interval=0.2,
+            what="the dropped range to be accepted again",
+        )
         assert wait_for_state(client, stack.url, token, fid)["state"] == "complete"
     assert (stack.data_dir / "files" / fid / "data").read_bytes() == data
     assert_no_tracebacks(stack, since)
@@ -576,8 +677,12 @@ def test_throttled_login_says_when_to_retry_and_works_after_the_window(make_stac
     assert 1 <= retry_after <= window
     # The right password goes through again once the window has passed (a deadline, not a sleep;
     # how soon is not asserted: that would be a wall-clock figure).
-    ok = wait_until(lambda: (r := httpx.post(url, json={"username": name, "password": password})).status_code == 200 and r,
-                    timeout=retry_after + 60, interval=0.2, what="login to work again after the window")
+    ok = wait_until(
+        lambda: (r := httpx.post(url, json={"username": name, "password": password})).status_code == 200 and r,
+        timeout=retry_after + 60,
+        interval=0.2,
+        what="login to work again after the window",
+    )
     assert httpx.get(f"{private.url}/status/x", headers=bearer(ok.json()["access_token"])).status_code == 404
 
 

@@ -25,8 +25,17 @@ import pytest
 
 from core import intervals
 from tests.sentinel_support import running_sentinel_set, wait_promoted
-from tests.support import (PYTHON, Proc, bearer, new_id, running_stack, send_chunk, service_env, wait_for_state,
-                           wait_until)
+from tests.support import (
+    PYTHON,
+    Proc,
+    bearer,
+    new_id,
+    running_stack,
+    send_chunk,
+    service_env,
+    wait_for_state,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +54,7 @@ class Uploader:
     url: str
     token: str
     data: bytes
-    clock: "Clock"
+    clock: Clock
     file_id: str = field(default_factory=lambda: new_id("failover"))
     acked: list[tuple[int, int]] = field(default_factory=list)  # ranges answered 200, inclusive
     lost_bytes: int = 0  # acknowledged, then missing from /status after the failover
@@ -67,7 +76,7 @@ class Uploader:
                     if failed is None and not todo:
                         time.sleep(0.1)  # all received, not yet assembling: ask again shortly
                     todo = self.missing(client, failed)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.error = exc
 
     def send(self, client: httpx.Client, todo: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -78,8 +87,9 @@ class Uploader:
                 end = min(start + CHUNK_BYTES, last + 1) - 1
                 sent = time.monotonic()
                 try:
-                    response = send_chunk(client, self.url, self.token, self.file_id, self.data, start, end,
-                                          X_File_SHA256=sha)
+                    response = send_chunk(
+                        client, self.url, self.token, self.file_id, self.data, start, end, X_File_SHA256=sha
+                    )
                 except httpx.TransportError:
                     return start, end
                 if response.status_code != 200:
@@ -164,20 +174,30 @@ def watch_health(url: str, clock: Clock, stop: threading.Event, seen: dict) -> N
 
 
 def test_uploads_complete_byte_identical_across_a_primary_kill(tmp_path, client):
-    with running_sentinel_set(tmp_path / "redis") as cluster, \
-            running_stack(tmp_path / "stack", cluster.url, FT_CLAIM_LEASE=str(CLAIM_LEASE),
-                          FT_PERSIST_INTERVAL="5", FT_ASSEMBLY_LEASE="10") as stack:
-        beat = Proc([PYTHON, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel=INFO"],
-                    service_env(stack.data_dir, cluster.url, FT_PERSIST_INTERVAL="5", FT_ASSEMBLY_LEASE="10"),
-                    stack.log_dir / "beat.log").start()
+    with (
+        running_sentinel_set(tmp_path / "redis") as cluster,
+        running_stack(
+            tmp_path / "stack",
+            cluster.url,
+            FT_CLAIM_LEASE=str(CLAIM_LEASE),
+            FT_PERSIST_INTERVAL="5",
+            FT_ASSEMBLY_LEASE="10",
+        ) as stack,
+    ):
+        beat = Proc(
+            [PYTHON, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel=INFO"],
+            service_env(stack.data_dir, cluster.url, FT_PERSIST_INTERVAL="5", FT_ASSEMBLY_LEASE="10"),
+            stack.log_dir / "beat.log",
+        ).start()
         stop_health = threading.Event()
         try:
             clock, health = Clock(), {}
             token = stack.token()
             uploaders = [Uploader(stack.url, token, os.urandom(FILE_BYTES), clock) for _ in range(FILES)]
             threads = [threading.Thread(target=u.run, daemon=True) for u in uploaders]
-            health_thread = threading.Thread(target=watch_health, args=(stack.url, clock, stop_health, health),
-                                             daemon=True)
+            health_thread = threading.Thread(
+                target=watch_health, args=(stack.url, clock, stop_health, health), daemon=True
+            )
             health_thread.start()
             for thread in threads:
                 thread.start()
@@ -193,8 +213,12 @@ def test_uploads_complete_byte_identical_across_a_primary_kill(tmp_path, client)
             try:
                 cluster.server(old_primary).client_kill_filter(_type="replica")
                 acks_before, stopped_at = clock.acks, time.monotonic()
-                wait_until(lambda: clock.acks >= acks_before + FILES or time.monotonic() - stopped_at > REPLICA_STOP_MAX,
-                           timeout=5, interval=0.01, what="acks while the replica is stopped")
+                wait_until(
+                    lambda: clock.acks >= acks_before + FILES or time.monotonic() - stopped_at > REPLICA_STOP_MAX,
+                    timeout=5,
+                    interval=0.01,
+                    what="acks while the replica is stopped",
+                )
                 acked_unreplicated = clock.acks - acks_before
                 cluster.servers[old_primary].kill(signal.SIGKILL)
                 clock.killed_at = time.monotonic()
@@ -231,8 +255,9 @@ def test_uploads_complete_byte_identical_across_a_primary_kill(tmp_path, client)
                 "kill -> /health green (s)": round(health["green"] - clock.killed_at, 2),
                 # An upload whose chunk was in flight at the kill waits for that chunk's claim to
                 # lapse on the new primary (FT_CLAIM_LEASE) before its range can be sent again.
-                "kill -> each upload moving again (s)": [round(u.resumed_at - clock.killed_at, 2)
-                                                         for u in uploaders if u.resumed_at is not None],
+                "kill -> each upload moving again (s)": [
+                    round(u.resumed_at - clock.killed_at, 2) for u in uploaders if u.resumed_at is not None
+                ],
                 "resyncs per upload": [u.resyncs for u in uploaders],
                 "refusals": sorted(set().union(*(u.refusals for u in uploaders))),
                 "claims released once Redis was back": stack.api.log().count("retrying in the background"),

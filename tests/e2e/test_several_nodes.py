@@ -24,8 +24,20 @@ from tusclient import client as tus_client
 from client import Client
 from core.users import UserStore
 from ops.redis_server import free_port, start_redis
-from tests.support import (PYTHON, Proc, balancer_nginx_conf, bearer, chunk_body, login, require_tool, running_nginx,
-                           service_env, start_api, start_worker, wait_until)
+from tests.support import (
+    PYTHON,
+    Proc,
+    balancer_nginx_conf,
+    bearer,
+    chunk_body,
+    login,
+    require_tool,
+    running_nginx,
+    service_env,
+    start_api,
+    start_worker,
+    wait_until,
+)
 from tests.tus_support import upload_id
 
 pytestmark = pytest.mark.slow
@@ -78,9 +90,20 @@ def cluster(tmp_path):
         for name in ("w1", "w2"):
             workers.append(start_worker(data_dir, redis_url, log_dir, name, **NODE_ENV))
             owned.callback(workers[-1].stop)
-        beat = Proc([PYTHON, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel=INFO",
-                     f"--schedule={tmp_path / 'beat-schedule'}"], service_env(data_dir, redis_url, **NODE_ENV),
-                    log_dir / "beat.log").start()
+        beat = Proc(
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "beat",
+                "--loglevel=INFO",
+                f"--schedule={tmp_path / 'beat-schedule'}",
+            ],
+            service_env(data_dir, redis_url, **NODE_ENV),
+            log_dir / "beat.log",
+        ).start()
         owned.callback(beat.stop)
         node_port = free_port()
         nodes = {}
@@ -95,8 +118,11 @@ def cluster(tmp_path):
         access_log = tmp_path / "balancer-access.log"
         conf = balancer_nginx_conf(listen_port, list(nodes), access_log)
         url = owned.enter_context(running_nginx(tmp_path / "nginx", conf, listen_port, "/health"))
-        wait_until(lambda: httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 2, timeout=60,
-                   what="both workers' heartbeats")
+        wait_until(
+            lambda: httpx.get(f"{url}/health", timeout=2).json().get("workers", 0) >= 2,
+            timeout=60,
+            what="both workers' heartbeats",
+        )
         yield Cluster(url, data_dir, nodes, workers, access_log, user)
 
 
@@ -141,8 +167,12 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     big_id = uploader.upload_id(big)
     with ThreadPoolExecutor(1) as pool:
         upload = pool.submit(uploader.upload, big, chunk_size=8 * MiB, parallel=4, wait_timeout=240)
-        assembling = wait_until(lambda: upload.done() or process_with_open(cluster.workers, big_id), timeout=240,
-                                interval=0.02, what="a worker assembling the big file")
+        assembling = wait_until(
+            lambda: upload.done() or process_with_open(cluster.workers, big_id),
+            timeout=240,
+            interval=0.02,
+            what="a worker assembling the big file",
+        )
         assert isinstance(assembling, Proc), "the upload ended before a worker was seen assembling it"
         assembling.kill(signal.SIGKILL)  # the worker's whole process group, mid-assembly
         result = upload.result(timeout=300)
@@ -157,8 +187,9 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     # lease lapsed, and the other worker completed it.
     survivor = next(w for w in cluster.workers if w is not assembling)
     assert re.search(rf"requeued': \[[^]]*'{re.escape(big_id)}'", survivor.log() + assembling.log())
-    assert re.search(rf"uploads\.assemble\[.*succeeded.*'file_id': '{re.escape(big_id)}', 'result': 'complete'",
-                     survivor.log())
+    assert re.search(
+        rf"uploads\.assemble\[.*succeeded.*'file_id': '{re.escape(big_id)}', 'result': 'complete'", survivor.log()
+    )
 
     # 2. An API node dies mid-chunk; a chunk client and a tus client both finish through the others.
     token = cluster.token()
@@ -167,7 +198,8 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     tus_stream = open(tus_path, "rb")  # tuspy leaks a file it opens itself: this one is closed at teardown
     request.addfinalizer(tus_stream.close)
     tus_uploader = tus_client.TusClient(f"{cluster.url}/files/", headers=bearer(token)).uploader(
-        file_stream=tus_stream, chunk_size=MiB, retries=20, retry_delay=0.5)
+        file_stream=tus_stream, chunk_size=MiB, retries=20, retry_delay=0.5
+    )
     for _ in range(4):  # a few PATCHes before the kill, round robin over all three nodes
         tus_uploader.upload_chunk()
     tus_id = upload_id(tus_uploader.url)
@@ -184,11 +216,14 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
         yield body[: 4 * MiB]
         half_sent.set()
         release.wait(60)
-        yield body[4 * MiB:]
+        yield body[4 * MiB :]
 
     def cut_chunk():
-        headers = {**bearer(token), "Content-Range": f"bytes 0-{8 * MiB - 1}/{24 * MiB}",
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            **bearer(token),
+            "Content-Range": f"bytes 0-{8 * MiB - 1}/{24 * MiB}",
+            "Content-Type": "application/octet-stream",
+        }
         try:
             return httpx.post(f"{cluster.url}/upload/{cut_id}", content=half_then_wait(), headers=headers, timeout=60)
         except httpx.TransportError as exc:
@@ -197,8 +232,12 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     with ThreadPoolExecutor(1) as pool:
         cut_future = pool.submit(cut_chunk)
         wait_until(half_sent.is_set, timeout=30, what="half of the chunk sent")
-        victim = wait_until(lambda: process_with_open(list(cluster.nodes.values()), cut_id), timeout=30,
-                            interval=0.02, what="the node receiving the chunk to open its staging file")
+        victim = wait_until(
+            lambda: process_with_open(list(cluster.nodes.values()), cut_id),
+            timeout=30,
+            interval=0.02,
+            what="the node receiving the chunk to open its staging file",
+        )
         victim.kill(signal.SIGKILL)
         victim.popen.wait(10)
         release.set()
@@ -214,8 +253,15 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     tus_uploader.upload()
     assert resumed.sha256 == cut_sha == stored_sha256(cluster, cut_id)
     with httpx.Client(timeout=60) as c:
-        tus_status = wait_until(lambda: (s := c.get(f"{cluster.url}/status/{tus_id}", headers=bearer(token)).json())
-                                ["state"] in ("complete", "failed") and s, timeout=120, what="the tus upload")
+        tus_status = wait_until(
+            lambda: (
+                (s := c.get(f"{cluster.url}/status/{tus_id}", headers=bearer(token)).json())["state"]
+                in ("complete", "failed")
+                and s
+            ),
+            timeout=120,
+            what="the tus upload",
+        )
     assert tus_status["state"] == "complete" and tus_status["sha256"] == tus_sha == stored_sha256(cluster, tus_id)
 
     dead = next(address for address, proc in cluster.nodes.items() if proc is victim)
@@ -236,8 +282,9 @@ def test_nodes_count_the_client_address_nginx_forwards(cluster):
         return httpx.Client(base_url=cluster.url, timeout=30, transport=httpx.HTTPTransport(local_address=address))
 
     def fail_login(c: httpx.Client, headers: dict[str, str] | None = None) -> int:
-        return c.post("/token", json={"username": f"nobody-{os.urandom(4).hex()}", "password": "wrong"},
-                      headers=headers).status_code
+        return c.post(
+            "/token", json={"username": f"nobody-{os.urandom(4).hex()}", "password": "wrong"}, headers=headers
+        ).status_code
 
     with from_address("127.0.0.9") as guesser, from_address("127.0.0.10") as bystander:
         assert [fail_login(guesser) for _ in range(LOGIN_LIMIT)] == [401] * LOGIN_LIMIT
@@ -254,9 +301,16 @@ def test_nodes_count_the_client_address_nginx_forwards(cluster):
 def test_the_balancer_refuses_an_oversized_chunk_in_the_api_error_shape(cluster):
     """A body over client_max_body_size (FT_MAX_CHUNK_BYTES + header) stops at nginx, as JSON."""
     token = cluster.token()
-    answer = httpx.post(f"{cluster.url}/upload/too-big", content=bytes(66 * MiB), timeout=60, headers={
-        **bearer(token), "Content-Range": f"bytes 0-{66 * MiB - 13}/{66 * MiB}",
-        "Content-Type": "application/octet-stream"})
+    answer = httpx.post(
+        f"{cluster.url}/upload/too-big",
+        content=bytes(66 * MiB),
+        timeout=60,
+        headers={
+            **bearer(token),
+            "Content-Range": f"bytes 0-{66 * MiB - 13}/{66 * MiB}",
+            "Content-Type": "application/octet-stream",
+        },
+    )
     assert answer.status_code == 413 and answer.json()["code"] == "chunk_too_large", answer.text
     # nginx logs it once it has discarded the body, which may be after answering.
     logged = wait_until(lambda: cluster.requests_by_node(r"^POST /upload/too-big$"), what="the access log line")

@@ -69,20 +69,23 @@ def test_every_child_killed_and_redis_stalled_or_restarted(launcher, client):
     readies = count(launcher, "worker", " ready.")
     worker, killed = launcher.child_pid("worker"), time.monotonic()
     os.kill(worker, signal.SIGKILL)
-    figures["kill -9 worker"] = recovered("worker back (ready)", killed,
-                                          lambda: count(launcher, "worker", " ready.") > readies)
+    figures["kill -9 worker"] = recovered(
+        "worker back (ready)", killed, lambda: count(launcher, "worker", " ready.") > readies
+    )
 
     # Beat: the new one takes the schedule lock the dead one held.
     locks = count(launcher, "beat", "beat: Acquired lock")
     beat, killed = launcher.child_pid("beat"), time.monotonic()
     os.kill(beat, signal.SIGKILL)
-    figures["kill -9 beat"] = recovered("beat back (lock taken over)", killed,
-                                        lambda: count(launcher, "beat", "beat: Acquired lock") > locks)
+    figures["kill -9 beat"] = recovered(
+        "beat back (lock taken over)", killed, lambda: count(launcher, "beat", "beat: Acquired lock") > locks
+    )
 
     flower, killed = launcher.child_pid("flower"), time.monotonic()
     os.kill(flower, signal.SIGKILL)
-    figures["kill -9 flower"] = recovered("flower back (answers)", killed,
-                                          lambda: launcher.child_pid("flower") != flower and flower_up())
+    figures["kill -9 flower"] = recovered(
+        "flower back (answers)", killed, lambda: launcher.child_pid("flower") != flower and flower_up()
+    )
 
     # The embedded Redis, killed: restarted at the same address, its data from the append-only file.
     redis_pid, killed = launcher.child_pid("redis"), time.monotonic()
@@ -109,8 +112,7 @@ def test_every_child_killed_and_redis_stalled_or_restarted(launcher, client):
     wait_until(lambda: not alive(redis_pid), timeout=20, what="redis to exit")
     figures["Redis restarted"] = recovered("after a Redis restart (/health green)", time.monotonic(), health_green)
     assert (launcher.child_pid("worker"), launcher.child_pid("beat")) == (worker, beat)
-    wait_until(lambda: count(launcher, "beat", "Sending due task") > ticks, timeout=120,
-               what="beat to schedule again")
+    wait_until(lambda: count(launcher, "beat", "Sending due task") > ticks, timeout=120, what="beat to schedule again")
 
     # The upload survived all of it and completes.
     assert send_chunk(client, launcher.url, token, file_id, data, half, len(data) - 1).status_code == 200

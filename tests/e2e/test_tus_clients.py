@@ -30,8 +30,9 @@ def test_tuspy_uploads(stack, client, tmp_path, checksum):
     tus = tus_client.TusClient(f"{stack.url}/files/", headers=bearer(token))
     # tuspy opens a path and never closes it: hand it a stream this test closes.
     with open(path, "rb") as stream:
-        uploader = tus.uploader(file_stream=stream, chunk_size=MiB, metadata={"filename": "tuspy é.bin"},
-                                upload_checksum=checksum)
+        uploader = tus.uploader(
+            file_stream=stream, chunk_size=MiB, metadata={"filename": "tuspy é.bin"}, upload_checksum=checksum
+        )
         uploader.upload()
     assert uploader.offset == len(data)
     check_complete(client, stack, token, upload_id(uploader.url), data, "tuspy é.bin")

@@ -29,8 +29,9 @@ def start_slow_single_patch(stack, token, tmp_path, size: int, bytes_per_second:
     path = tmp_path / "big.bin"
     path.write_bytes(data)
     log = tmp_path / "node-cut.log"
-    proc = start_js(js_config(stack, token, path, filename="cut.bin", bytesPerSecond=bytes_per_second,
-                              retryDelays=[]), log)
+    proc = start_js(
+        js_config(stack, token, path, filename="cut.bin", bytesPerSecond=bytes_per_second, retryDelays=[]), log
+    )
     return data, path, log, proc
 
 
@@ -77,8 +78,11 @@ def test_api_killed_mid_patch_then_restarted(make_stack, client, tmp_path):
     data, path, log, proc = start_slow_single_patch(stack, token, tmp_path, 16 * MiB, 4 * MiB)
     try:
         url = wait_until(lambda: url_of(log), timeout=30, what="the upload URL")
-        seen = wait_until(lambda: offset(client, url, token) >= 3 * MiB and offset(client, url, token),
-                          timeout=60, what="3 MiB recorded")
+        seen = wait_until(
+            lambda: offset(client, url, token) >= 3 * MiB and offset(client, url, token),
+            timeout=60,
+            what="3 MiB recorded",
+        )
         stack.api.kill()
         stack.api.popen.wait(10)
     finally:
@@ -101,7 +105,7 @@ def test_redis_loss_restores_a_persisted_tus_upload(make_stack, client):
     metadata = "filename " + base64.b64encode("Ünïcode.bin".encode()).decode() + ",flag"
     r = create(client, stack, token, Upload_Defer_Length="1", Upload_Metadata=metadata)
     url = r.headers["Location"]
-    assert patch(client, url, token, 0, data[:100 * 1024]).status_code == 204
+    assert patch(client, url, token, 0, data[: 100 * 1024]).status_code == 204
     assert upload_id(url) in _run_persist(stack)["persisted"]
     before = client.head(url, headers={**bearer(token), **TUS}).headers
 
@@ -113,6 +117,6 @@ def test_redis_loss_restores_a_persisted_tus_upload(make_stack, client):
         assert after.headers[name] == before[name], name
     assert after.headers["Upload-Offset"] == str(100 * 1024)
     assert client.head(url, headers={**bearer(stack.token()), **TUS}).status_code == 404  # still the owner's
-    last = patch(client, url, token, 100 * 1024, data[100 * 1024:], Upload_Length=str(len(data)))
+    last = patch(client, url, token, 100 * 1024, data[100 * 1024 :], Upload_Length=str(len(data)))
     assert last.status_code == 204, last.text
     check_complete(client, stack, token, upload_id(url), data, "Ünïcode.bin")

@@ -15,8 +15,10 @@ def test_redis_down_is_503_unavailable(tmp_path, redis_server):
     api, url = start_api(tmp_path / "data", dead_redis, tmp_path)
     try:
         users = UserStore(tmp_path / "data" / "users.sqlite3")
-        user, admin = (issue_token(users.set(name, "pw", role), JWT_SECRET, 60)
-                       for name, role in (("u", "user"), ("boss", "admin")))
+        user, admin = (
+            issue_token(users.set(name, "pw", role), JWT_SECRET, 60)
+            for name, role in (("u", "user"), ("boss", "admin"))
+        )
         health = httpx.get(f"{url}/health", timeout=10)
         assert health.status_code == 503 and health.json()["redis"] != "ok"
         token_response = httpx.post(f"{url}/token", json={"username": "u", "password": "pw"}, timeout=10)
@@ -35,8 +37,15 @@ def test_redis_down_is_503_unavailable(tmp_path, redis_server):
             ("POST", "/cleanup", admin, {"params": {"older_than": 0}}),
             ("GET", "/tasks/00000000-0000-0000-0000-000000000000", admin, {}),
             ("POST", "/files/", user, {"headers": {**tus_headers, "Upload-Length": "3"}}),
-            ("PATCH", "/files/x", user, {"content": b"abc", "headers": {
-                **tus_headers, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}}),
+            (
+                "PATCH",
+                "/files/x",
+                user,
+                {
+                    "content": b"abc",
+                    "headers": {**tus_headers, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+                },
+            ),
             ("DELETE", "/files/x", user, {"headers": tus_headers}),
         ]:
             headers = {**bearer(token), **extra.pop("headers", {})}

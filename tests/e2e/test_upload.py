@@ -16,10 +16,8 @@ from tests.support import bearer, chunk_body, new_id, send_chunk, wait_for_state
 MiB = 1024 * 1024
 
 
-
 def chunks_of(size: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, size) - 1) for s in range(0, size, chunk)]
-
 
 
 @pytest.fixture
@@ -40,7 +38,9 @@ def test_upload_assembles_byte_identical(stack, client, token, order):
         random.Random(7).shuffle(ranges)
     sha = hashlib.sha256(data).hexdigest()
     for i, (s, e) in enumerate(ranges):
-        r = send_chunk(client, stack.url, token, file_id, data, s, e, X_File_SHA256=sha, X_File_Name="r%C3%A9sum%C3%A9.bin")
+        r = send_chunk(
+            client, stack.url, token, file_id, data, s, e, X_File_SHA256=sha, X_File_Name="r%C3%A9sum%C3%A9.bin"
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["file_id"] == file_id and body["total_bytes"] == len(data)
@@ -158,7 +158,17 @@ def test_invalid_file_id_dot_prefixed_is_400(stack, client, token):
 
 @pytest.mark.parametrize(
     "content_range",
-    [None, "", "bytes 0-9", "bytes 9-0/10", "bytes 0-10/10", "items 0-9/10", "bytes -1-9/10", "bytes 0-9/*", "bytes 0-0/0"],
+    [
+        None,
+        "",
+        "bytes 0-9",
+        "bytes 9-0/10",
+        "bytes 0-10/10",
+        "items 0-9/10",
+        "bytes -1-9/10",
+        "bytes 0-9/*",
+        "bytes 0-0/0",
+    ],
 )
 def test_invalid_content_range(stack, client, token, content_range):
     r = _post(client, stack, token, new_id(), chunk_body(b"0123456789", 0), content_range)
@@ -314,8 +324,10 @@ def test_raw_non_ascii_file_name_is_refused(stack, token):
 
     body = chunk_body(b"abc", 0)
     parts = urlsplit(stack.url)
-    head = (f"POST /upload/{new_id()} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Range: bytes 0-2/3\r\nContent-Length: {len(body)}\r\nConnection: close\r\n").encode()
+    head = (
+        f"POST /upload/{new_id()} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Range: bytes 0-2/3\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    ).encode()
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(head + b"X-File-Name: r\xe9sum\xe9\r\n\r\n" + body)
         answer = b""
@@ -330,8 +342,11 @@ def test_several_api_processes_share_one_upload(make_stack, client):
     here with FT_FSYNC_CHUNKS on as well (each chunk fdatasync'ed before it is acknowledged)."""
     multi = make_stack(FT_API_WORKERS="2", FT_FSYNC_CHUNKS="true")
     token = multi.token()
-    servers = wait_until(lambda: len(found := serving_processes(multi.api.pid)) == 2 and found,
-                         timeout=30, what="uvicorn's two serving processes")
+    servers = wait_until(
+        lambda: len(found := serving_processes(multi.api.pid)) == 2 and found,
+        timeout=30,
+        what="uvicorn's two serving processes",
+    )
     written_before = {pid: bytes_written(pid) for pid in servers}
     data = os.urandom(2 * MiB)
     file_id = new_id()

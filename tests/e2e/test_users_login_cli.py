@@ -16,8 +16,15 @@ def users_cli(stack, *args: str, password: str | None = None) -> subprocess.Comp
     env.update(FT_DATA_DIR=str(stack.data_dir), PYTHONPATH=str(ROOT))
     if password is not None:
         env["FT_PASSWORD"] = password
-    return subprocess.run([PYTHON, "-m", "api.users", *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [PYTHON, "-m", "api.users", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def listed(stack) -> dict[str, str]:
@@ -47,8 +54,11 @@ def test_add_list_promote_and_remove_a_user(stack):
     assert removed.returncode == 0 and f"removed {name}" in removed.stdout, removed
     assert name not in listed(stack)
     # Its tokens stop working, within the API's user cache (FT_USER_CACHE_TTL, 2 s).
-    gone = wait_until(lambda: (r := httpx.get(f"{stack.url}/status/nothing", headers=bearer(admin_token)))
-                      .status_code == 401 and r, timeout=15, what="the removed user's token to be refused")
+    gone = wait_until(
+        lambda: (r := httpx.get(f"{stack.url}/status/nothing", headers=bearer(admin_token))).status_code == 401 and r,
+        timeout=15,
+        what="the removed user's token to be refused",
+    )
     assert gone.json()["code"] == "not_authenticated"
     again = users_cli(stack, "remove", name)
     assert again.returncode == 1 and "no user" in again.stderr

@@ -14,7 +14,17 @@ import httpx
 import pytest
 
 from tests.faults import claims_key, stack_redis
-from tests.support import CHROMIUM, CHROMIUM_ARGS, require_tool, bearer, login, new_id, send_chunk, wait_for_state, wait_until
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    bearer,
+    login,
+    new_id,
+    require_tool,
+    send_chunk,
+    wait_for_state,
+    wait_until,
+)
 from tests.tus_support import offset, upload_id
 
 TIMEOUT_MS = 60_000
@@ -50,8 +60,11 @@ class Visit:
         self.tmp_path = tmp_path
 
     def foreign_requests(self) -> list[str]:
-        return [url for url in self.requests
-                if not url.startswith(("data:", "blob:")) and urlsplit(url).netloc != self.origin]
+        return [
+            url
+            for url in self.requests
+            if not url.startswith(("data:", "blob:")) and urlsplit(url).netloc != self.origin
+        ]
 
     def close(self) -> None:
         self.context.close()
@@ -96,7 +109,10 @@ def test_sign_in_list_download_delete_reload_and_sign_out(stack, client, visit):
     first_id = upload_complete(client, stack, token, first, "holiday%20photos.zip")
     second_id = upload_complete(client, stack, token, second, "notes.txt")
     partial_id = new_id("web-partial")
-    assert send_chunk(client, stack.url, token, partial_id, b"xy" * 5000, 0, 4999, X_File_Name="draft.iso").status_code == 200
+    assert (
+        send_chunk(client, stack.url, token, partial_id, b"xy" * 5000, 0, 4999, X_File_Name="draft.iso").status_code
+        == 200
+    )
 
     v = visit()
     page = v.page
@@ -249,7 +265,6 @@ def test_page_and_docs_send_strict_headers(stack):
     assert httpx.get(stack.url + "/redoc").status_code == 404
 
 
-
 # --- pause, resume, and resume after a reload ---------------------------------------------------
 MiB = 1024 * 1024
 BIG = 40 * MiB  # over Golden Retriever's 10 MiB: after a reload the user picks the file again
@@ -277,9 +292,11 @@ class TusTraffic:
 
     def wait(self, predicate, what: str, timeout: float = 60):
         """wait_until, letting Playwright deliver the browser's events between polls."""
+
         def pumped():
             self.page.evaluate("0")
             return predicate()
+
         return wait_until(pumped, timeout=timeout, what=what)
 
 
@@ -287,8 +304,10 @@ def throttle(v: Visit, bytes_per_second: int) -> None:
     """DevTools network emulation: the browser sends at most `bytes_per_second` (survives reloads)."""
     cdp = v.context.new_cdp_session(v.page)
     cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
-                                                  "uploadThroughput": bytes_per_second})
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": bytes_per_second},
+    )
 
 
 def start_upload(stack, visit, name: str, size: int = BIG, bytes_per_second: int = THROTTLE, v: Visit | None = None):
@@ -311,8 +330,11 @@ def start_upload(stack, visit, name: str, size: int = BIG, bytes_per_second: int
 
 def settled_offset(stack, client, token: str, url: str) -> int:
     """The server's offset once no PATCH is being written (a cut one records what arrived)."""
-    wait_until(lambda: stack_redis(stack).hlen(claims_key(upload_id(url))) == 0, timeout=30,
-               what="the cut PATCH to end on the server")
+    wait_until(
+        lambda: stack_redis(stack).hlen(claims_key(upload_id(url))) == 0,
+        timeout=30,
+        what="the cut PATCH to end on the server",
+    )
     return offset(client, url, token)
 
 
@@ -321,7 +343,8 @@ def check_uploaded(stack, client, token: str, url: str, data: bytes, name: str) 
     assert item["state"] == "complete", item
     items = client.get(f"{stack.url}/files", headers=bearer(token)).json()["items"]
     assert [(i["file_id"], i["file_name"], i["sha256"]) for i in items] == [
-        (upload_id(url), name, hashlib.sha256(data).hexdigest())]
+        (upload_id(url), name, hashlib.sha256(data).hexdigest())
+    ]
 
 
 def test_uppy_pauses_and_resumes_from_the_servers_offset(stack, client, visit):
@@ -381,8 +404,9 @@ def test_a_small_file_resumes_after_a_reload_by_itself(stack, client, visit):
     page = v.page
     url = traffic.created[0]
     # The server records this PATCH only when it ends: wait on the browser's own progress.
-    page.wait_for_function("() => Number(document.querySelector('.uppy-StatusBar-progress')"
-                           "?.getAttribute('aria-valuenow')) >= 30")
+    page.wait_for_function(
+        "() => Number(document.querySelector('.uppy-StatusBar-progress')?.getAttribute('aria-valuenow')) >= 30"
+    )
     page.reload()
     # No click: Uppy carries on by itself, from the server's offset (HEAD) of the same upload.
     traffic.wait(lambda: page.get_by_text("1 file uploaded").count(), "Uppy to finish", timeout=120)
@@ -398,8 +422,9 @@ def test_another_user_of_the_browser_gets_nothing_restored(stack, client, visit)
     a second user signing in, in another tab, while the first one uploads, gets none of it."""
     v, token, data, path, traffic, _ = start_upload(stack, visit, "left.bin", 6 * MiB, MiB // 2)
     url = traffic.created[0]
-    v.page.wait_for_function("() => Number(document.querySelector('.uppy-StatusBar-progress')"
-                             "?.getAttribute('aria-valuenow')) >= 10")
+    v.page.wait_for_function(
+        "() => Number(document.querySelector('.uppy-StatusBar-progress')?.getAttribute('aria-valuenow')) >= 10"
+    )
     other, other_password = stack.add_user()
     page = v.context.new_page()  # same browser profile, another tab
     sign_in(page, stack.url, other, other_password)

@@ -24,8 +24,7 @@ from tests.support import JWT_SECRET
 
 def fast_settings(data_dir: Path) -> Settings:
     """Settings of an in-process app: no Redis URL is ever dialled (fakeredis is handed in)."""
-    return Settings(data_dir=data_dir, redis_url="redis://fakeredis.invalid/0", jwt_secret=JWT_SECRET,
-                    min_free_bytes=0)
+    return Settings(data_dir=data_dir, redis_url="redis://fakeredis.invalid/0", jwt_secret=JWT_SECRET, min_free_bytes=0)
 
 
 class InProcessWorker:
@@ -55,7 +54,7 @@ class InProcessWorker:
         while (file_id := self._queue.get()) is not None:
             try:
                 asyncio.run(self._assemble(file_id))
-            except BaseException as exc:  # noqa: BLE001 - reported by close(), never lost
+            except BaseException as exc:
                 self.errors.append(exc)
 
     async def _assemble(self, file_id: str) -> None:
@@ -76,9 +75,10 @@ class InProcessWorker:
 
 
 @contextmanager
-def in_process_client(settings: Settings, server: fakeredis.FakeServer, worker: InProcessWorker) -> Iterator[TestClient]:
+def in_process_client(
+    settings: Settings, server: fakeredis.FakeServer, worker: InProcessWorker
+) -> Iterator[TestClient]:
     """`create_app(settings)` on the fake server, its lifespan run, as a TestClient."""
-    app = create_app(settings, make_redis=lambda _: fakeredis.FakeAsyncRedis(server=server),
-                     make_jobs=lambda _: worker)
+    app = create_app(settings, make_redis=lambda _: fakeredis.FakeAsyncRedis(server=server), make_jobs=lambda _: worker)
     with TestClient(app) as client:
         yield client

@@ -19,7 +19,9 @@ DATA = os.urandom(10_000)
 def stored(client, alice) -> str:
     """A complete 10,000-byte file of alice's, uploaded in two chunks."""
     for start, end in ((5000, 9999), (0, 4999)):
-        assert send_chunk(client, "", alice.token, "stored", DATA, start, end, X_File_Name="data.bin").status_code == 200
+        assert (
+            send_chunk(client, "", alice.token, "stored", DATA, start, end, X_File_Name="data.bin").status_code == 200
+        )
     assert wait_for_state(client, "", alice.token, "stored", timeout=20)["state"] == "complete"
     return "stored"
 
@@ -36,7 +38,7 @@ def test_whole_file_and_single_open_and_suffix_ranges(client, alice, stored):
         part = get(client, alice, stored, Range=f"bytes={spec}")
         assert part.status_code == 206, spec
         assert part.headers["content-range"] == f"bytes {start}-{end}/10000"
-        assert part.content == DATA[start:end + 1]
+        assert part.content == DATA[start : end + 1]
     head = client.head(f"/download/{stored}", headers=alice.headers)
     assert head.status_code == 200 and head.headers["content-length"] == "10000" and head.content == b""
 
@@ -50,7 +52,7 @@ def test_several_ranges_are_multipart_in_the_order_asked(client, alice, stored):
     for part, (start, end) in zip(parts, ((5000, 5009), (0, 9))):
         head, _, body = part.partition(b"\r\n\r\n")
         assert f"Content-Range: bytes {start}-{end}/10000".encode() in head
-        assert body.removesuffix(b"\r\n") == DATA[start:end + 1]
+        assert body.removesuffix(b"\r\n") == DATA[start : end + 1]
 
 
 @pytest.mark.parametrize("spec", ["bytes=10000-", "bytes=abc", "bytes=500-100", "bytes=-0"])
@@ -100,8 +102,9 @@ def test_files_list_pages_newest_first_and_only_ones_own(client, alice, bob, adm
     assert send_chunk(client, "", bob.token, "bobs", DATA, 0, 99).status_code == 200
     seen, cursor = [], None
     while True:
-        page = client.get("/files", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
-                          headers=alice.headers)
+        page = client.get(
+            "/files", params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=alice.headers
+        )
         assert page.status_code == 200, page.text
         body = page.json()
         assert len(body["items"]) <= 2 and all("owner" not in item for item in body["items"])

@@ -14,8 +14,11 @@ from api.errors import STATUS_BY_ERROR
 from core import errors
 from tests.fast.inprocess import InProcessWorker, fast_settings, in_process_client
 
-DOMAIN_ERRORS = [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
-                 if issubclass(cls, errors.TransferError) and cls.__module__ == errors.__name__]
+DOMAIN_ERRORS = [
+    cls
+    for _, cls in inspect.getmembers(errors, inspect.isclass)
+    if issubclass(cls, errors.TransferError) and cls.__module__ == errors.__name__
+]
 # Bases that are never raised themselves: they carry no code of their own.
 ABSTRACT = {errors.TransferError, errors.RetryLater}
 CONCRETE = [cls for cls in DOMAIN_ERRORS if cls not in ABSTRACT]
@@ -83,11 +86,14 @@ def test_each_error_answers_its_status_and_the_json_shape(raising_client, cls):
         assert answer.headers["tus-version"] == "1.0.0"
 
 
-@pytest.mark.parametrize(("method", "path", "status", "code"), [
-    ("GET", "/no-such-route", 404, "not_found"),
-    ("PUT", "/upload/x", 405, "method_not_allowed"),
-    ("GET", "/files?limit=abc", 400, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/no-such-route", 404, "not_found"),
+        ("PUT", "/upload/x", 405, "method_not_allowed"),
+        ("GET", "/files?limit=abc", 400, "invalid_request"),
+    ],
+)
 def test_framework_errors_answer_the_same_shape(client, alice, method, path, status, code):
     answer = client.request(method, path, headers=alice.headers)
     assert answer.status_code == status

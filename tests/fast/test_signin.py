@@ -45,14 +45,23 @@ def test_repeated_failures_are_429_with_retry_after_but_other_users_may_sign_in(
     assert login(client, bob.name, bob.password).status_code == 200
 
 
-@pytest.mark.parametrize("authorization", [
-    None, "Bearer", "Bearer not.a.token", "Basic YWxpY2U6cHc=",
-    "Bearer " + jwt.encode({"sub": "alice"}, "another-secret-0123456789abcdef0123456789", algorithm="HS256"),
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer",
+        "Bearer not.a.token",
+        "Basic YWxpY2U6cHc=",
+        "Bearer " + jwt.encode({"sub": "alice"}, "another-secret-0123456789abcdef0123456789", algorithm="HS256"),
+    ],
+)
 def test_no_valid_token_is_401_with_www_authenticate(client, authorization):
     headers = {"Authorization": authorization} if authorization else {}
-    for answer in (client.get("/files", headers=headers), client.get("/status/x", headers=headers),
-                   client.post("/upload/x", headers=headers, content=b"")):
+    for answer in (
+        client.get("/files", headers=headers),
+        client.get("/status/x", headers=headers),
+        client.post("/upload/x", headers=headers, content=b""),
+    ):
         assert answer.status_code == 401
         assert answer.json()["code"] == "not_authenticated" and answer.headers["www-authenticate"] == "Bearer"
 

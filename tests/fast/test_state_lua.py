@@ -49,12 +49,21 @@ def run(fake_server):
     return runner
 
 
-async def put(repo, file_id: str, start: int, end: int, total: int, owner: str = "alice", now: float = T0,
-              limits: UploadLimits = UploadLimits()):
+async def put(
+    repo,
+    file_id: str,
+    start: int,
+    end: int,
+    total: int,
+    owner: str = "alice",
+    now: float = T0,
+    limits: UploadLimits = UploadLimits(),
+):
     chunk = Chunk(start, end, (start * 31 + end) & 0xFFFFFFFF)
     token = f"t{start}-{end}"
-    claimed = await repo.claim(file_id, owner, False, start, end, total, chunk.crc32, token, LEASE, True, now=now,
-                               limits=limits)
+    claimed = await repo.claim(
+        file_id, owner, False, start, end, total, chunk.crc32, token, LEASE, True, now=now, limits=limits
+    )
     assert claimed.outcome == "claimed", claimed
     return await repo.commit(file_id, token, chunk, None, None, now=now)
 
@@ -95,7 +104,9 @@ def test_duplicate_overlap_in_flight_and_ownership(run):
 def test_a_lapsed_claim_lets_another_in_and_its_commit_is_lost(run):
     async def scenario(repo):
         assert (await repo.claim("f", "alice", False, 0, 9, 100, 1, "old", 1.0, True, now=T0)).outcome == "claimed"
-        assert (await repo.claim("f", "alice", False, 0, 9, 100, 2, "new", LEASE, True, now=T0 + 5)).outcome == "claimed"
+        assert (
+            await repo.claim("f", "alice", False, 0, 9, 100, 2, "new", LEASE, True, now=T0 + 5)
+        ).outcome == "claimed"
         assert (await repo.commit("f", "old", Chunk(0, 9, 1), None, None)).outcome == "lost"
         assert await repo.renew("f", "new", LEASE) and not await repo.renew("f", "old", LEASE)
         assert (await repo.commit("f", "new", Chunk(0, 9, 2), None, None)).received == 10
@@ -149,7 +160,10 @@ def test_the_creation_rate_is_a_bucket_refilled_over_a_minute(run):
     async def scenario(repo):
         limits = UploadLimits(creates_per_minute=2)
         assert [(await repo.open_upload(f"u{i}", "alice", 1, limits, now=T0)).outcome for i in range(3)] == [
-            "created", "created", "rate_limited"]
+            "created",
+            "created",
+            "rate_limited",
+        ]
         assert (await repo.open_upload("u3", "alice", 1, limits, now=T0)).extra == "30"  # seconds to wait
         assert (await repo.open_upload("u3", "alice", 1, limits, now=T0 + 30)).outcome == "created"
 
@@ -192,8 +206,17 @@ def test_owner_indexes_list_newest_first_and_forget_removes_from_both(run):
 
 
 def test_restore_decodes_its_fields_with_cjson_and_counts_the_upload_again(run, fake_redis):
-    fields = {"owner": "alice", "total": str(TiB), "state": "assembling", "received": str(TiB), "next": str(TiB),
-              "created_at": repr(T0), "updated_at": repr(T0 + 1), "assembling_since": repr(T0 + 1), "name": "x.bin"}
+    fields = {
+        "owner": "alice",
+        "total": str(TiB),
+        "state": "assembling",
+        "received": str(TiB),
+        "next": str(TiB),
+        "created_at": repr(T0),
+        "updated_at": repr(T0 + 1),
+        "assembling_since": repr(T0 + 1),
+        "name": "x.bin",
+    }
     chunks = [Chunk(0, TiB // 2 - 1, 1), Chunk(TiB // 2, TiB - 1, 2)]
 
     async def scenario(repo):
@@ -211,15 +234,23 @@ def test_restore_decodes_its_fields_with_cjson_and_counts_the_upload_again(run, 
 
 def test_create_with_extra_fields_and_a_deferred_length(run):
     async def scenario(repo):
-        created = await repo.create("t", "alice", 1000, {"tus_deferred": "1", "tus_metadata": "filename eC5iaW4="},
-                                    UploadLimits(), now=T0)
+        created = await repo.create(
+            "t", "alice", 1000, {"tus_deferred": "1", "tus_metadata": "filename eC5iaW4="}, UploadLimits(), now=T0
+        )
         assert (created.outcome, created.state) == ("created", "uploading")
         assert (await repo.get("t")).fields["tus_metadata"] == "filename eC5iaW4="
         assert (await repo.declare_length("t", 10)).outcome == "declared"
         assert (await repo.declare_length("t", 10)).outcome == "not_deferred"
         assert (await put(repo, "t", 0, 9, 10)).state == "assembling"
-        final = await repo.create("cat", "alice", 20, {"tus_concat": json.dumps(["p1", "p2"])}, UploadLimits(),
-                                  complete_chunks=[Chunk(0, 9, 1), Chunk(10, 19, 2)], now=T0)
+        final = await repo.create(
+            "cat",
+            "alice",
+            20,
+            {"tus_concat": json.dumps(["p1", "p2"])},
+            UploadLimits(),
+            complete_chunks=[Chunk(0, 9, 1), Chunk(10, 19, 2)],
+            now=T0,
+        )
         assert (final.outcome, final.state, final.received) == ("created", "assembling", 20)
 
     run(scenario)

@@ -16,16 +16,18 @@ PATCH = {**TUS, "Content-Type": "application/offset+octet-stream"}
 
 def create(client, account, length: int, name: str = "notes.txt") -> str:
     metadata = f"filename {base64.b64encode(name.encode()).decode()}"
-    answer = client.post("/files/", headers={**account.headers, **TUS, "Upload-Length": str(length),
-                                             "Upload-Metadata": metadata})
+    answer = client.post(
+        "/files/", headers={**account.headers, **TUS, "Upload-Length": str(length), "Upload-Metadata": metadata}
+    )
     assert answer.status_code == 201, answer.text
     assert answer.headers["tus-resumable"] == "1.0.0" and "upload-expires" in answer.headers
     return answer.headers["location"].rsplit("/", 1)[1]
 
 
 def patch(client, account, file_id: str, offset: int, body: bytes, **headers: str):
-    return client.patch(f"/files/{file_id}", content=body,
-                        headers={**account.headers, **PATCH, "Upload-Offset": str(offset), **headers})
+    return client.patch(
+        f"/files/{file_id}", content=body, headers={**account.headers, **PATCH, "Upload-Offset": str(offset), **headers}
+    )
 
 
 def test_options_tells_what_the_server_speaks(client, alice):
@@ -59,14 +61,21 @@ def test_patch_errors_keep_the_offset(client, alice, bob):
     assert patch(client, alice, file_id, 0, b"a" * 100).status_code == 204
     wrong_offset = patch(client, alice, file_id, 50, b"b" * 10)
     assert (wrong_offset.status_code, wrong_offset.json()["code"]) == (409, "offset_mismatch")
-    wrong_type = client.patch(f"/files/{file_id}", content=b"c", headers={
-        **alice.headers, **TUS, "Content-Type": "application/octet-stream", "Upload-Offset": "100"})
+    wrong_type = client.patch(
+        f"/files/{file_id}",
+        content=b"c",
+        headers={**alice.headers, **TUS, "Content-Type": "application/octet-stream", "Upload-Offset": "100"},
+    )
     assert wrong_type.status_code == 415
-    no_version = client.patch(f"/files/{file_id}", content=b"c", headers={
-        **alice.headers, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "100"})
+    no_version = client.patch(
+        f"/files/{file_id}",
+        content=b"c",
+        headers={**alice.headers, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "100"},
+    )
     assert no_version.status_code == 412 and no_version.headers["tus-version"] == "1.0.0"
-    bad_sum = patch(client, alice, file_id, 100, b"d" * 10,
-                    **{"Upload-Checksum": f"sha1 {base64.b64encode(b'x' * 20).decode()}"})
+    bad_sum = patch(
+        client, alice, file_id, 100, b"d" * 10, **{"Upload-Checksum": f"sha1 {base64.b64encode(b'x' * 20).decode()}"}
+    )
     assert (bad_sum.status_code, bad_sum.json()["code"]) == (460, "checksum_mismatch")
     too_long = patch(client, alice, file_id, 100, b"e" * 1000)
     assert too_long.status_code == 413

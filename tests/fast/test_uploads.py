@@ -17,17 +17,28 @@ URL = ""  # TestClient resolves paths against its own base URL
 
 
 def post_body(client, token: str, file_id: str, body: bytes, content_range: str, **headers: str):
-    return client.post(f"/upload/{file_id}", content=body,
-                       headers={**bearer(token), "Content-Range": content_range,
-                                "Content-Type": "application/octet-stream", **headers})
+    return client.post(
+        f"/upload/{file_id}",
+        content=body,
+        headers={
+            **bearer(token),
+            "Content-Range": content_range,
+            "Content-Type": "application/octet-stream",
+            **headers,
+        },
+    )
 
 
 def test_chunks_out_of_order_complete_the_file_and_it_downloads_identical(client, alice):
     data = os.urandom(300_000)
     digest = hashlib.sha256(data).hexdigest()
     pieces = [(100_000, 199_999), (0, 99_999), (200_000, 299_999)]
-    answers = [send_chunk(client, URL, alice.token, "fast-1", data, s, e, X_File_SHA256=digest,
-                          X_File_Name="r%C3%A9sum%C3%A9.bin") for s, e in pieces]
+    answers = [
+        send_chunk(
+            client, URL, alice.token, "fast-1", data, s, e, X_File_SHA256=digest, X_File_Name="r%C3%A9sum%C3%A9.bin"
+        )
+        for s, e in pieces
+    ]
     assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
     assert [a.json()["next_expected_byte"] for a in answers] == [0, 200_000, 300_000]
     assert [a.json()["received_bytes"] for a in answers] == [100_000, 200_000, 300_000]
@@ -65,15 +76,18 @@ def test_an_overlap_is_409_with_where_to_continue_and_changes_nothing(client, al
     assert client.get("/status/ov", headers=alice.headers).json()["received_bytes"] == 500
 
 
-@pytest.mark.parametrize(("make_body", "content_range", "code"), [
-    (lambda p: chunk_body(p, 0, crc=zlib.crc32(p) ^ 1), "bytes 0-99/1000", "checksum_mismatch"),
-    (lambda p: chunk_body(p[:90], 0, end=99), "bytes 0-99/1000", "length_mismatch"),
-    (lambda p: chunk_body(p + b"x", 0, end=99), "bytes 0-99/1000", "length_mismatch"),
-    (lambda p: chunk_body(p, 1), "bytes 0-99/1000", "invalid_chunk_header"),
-    (lambda p: b"short", "bytes 0-99/1000", "length_mismatch"),
-    (lambda p: chunk_body(p, 0), "bytes 0-99", "invalid_content_range"),
-    (lambda p: chunk_body(p, 0), "bytes 99-0/1000", "invalid_content_range"),
-])
+@pytest.mark.parametrize(
+    ("make_body", "content_range", "code"),
+    [
+        (lambda p: chunk_body(p, 0, crc=zlib.crc32(p) ^ 1), "bytes 0-99/1000", "checksum_mismatch"),
+        (lambda p: chunk_body(p[:90], 0, end=99), "bytes 0-99/1000", "length_mismatch"),
+        (lambda p: chunk_body(p + b"x", 0, end=99), "bytes 0-99/1000", "length_mismatch"),
+        (lambda p: chunk_body(p, 1), "bytes 0-99/1000", "invalid_chunk_header"),
+        (lambda p: b"short", "bytes 0-99/1000", "length_mismatch"),
+        (lambda p: chunk_body(p, 0), "bytes 0-99", "invalid_content_range"),
+        (lambda p: chunk_body(p, 0), "bytes 99-0/1000", "invalid_content_range"),
+    ],
+)
 def test_a_bad_chunk_is_400_and_nothing_of_it_is_kept(client, alice, make_body, content_range, code):
     payload = os.urandom(100)
     answer = post_body(client, alice.token, "bad", make_body(payload), content_range)
@@ -107,9 +121,11 @@ def test_limits_and_ids_are_checked_before_anything_is_stored(make_client, alice
 def test_another_users_upload_does_not_exist_for_them_but_does_for_an_admin(client, alice, bob, admin):
     data = os.urandom(100)
     assert send_chunk(client, URL, alice.token, "mine", data, 0, 49).status_code == 200
-    for answer in (client.get("/status/mine", headers=bob.headers),
-                   send_chunk(client, URL, bob.token, "mine", data, 50, 99),
-                   client.delete("/upload/mine", headers=bob.headers)):
+    for answer in (
+        client.get("/status/mine", headers=bob.headers),
+        send_chunk(client, URL, bob.token, "mine", data, 50, 99),
+        client.delete("/upload/mine", headers=bob.headers),
+    ):
         assert (answer.status_code, answer.json()["code"]) == (404, "not_found")
     assert client.get("/status/mine", headers=admin.headers).json()["received_bytes"] == 50
 

@@ -17,7 +17,7 @@ from kombu.exceptions import OperationalError
 from core import maintenance
 from core.chunk_header import encode_header
 from core.errors import InsufficientStorage
-from core.state import DISK_RESERVED_KEY, Chunk, NO_LIMITS, UploadLimits, UploadRepository, quota_key
+from core.state import DISK_RESERVED_KEY, NO_LIMITS, Chunk, UploadLimits, UploadRepository, quota_key
 from core.storage import Storage
 from core.uploads import MAX_MISSING_RANGES, ChunkRequest, UploadService
 from core.users import UserStore
@@ -129,12 +129,15 @@ def test_last_chunk_stored_but_broker_refusing_is_200_and_persist_queues_the_ass
     queued: list[str] = []
 
     def refusing_broker(file_id: str) -> None:
-        raise OperationalError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist")
+        raise OperationalError(
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"
+        )
 
     async def scenario(env: Env):
         receipt = await env.send(env.user(), "last", b"y" * 1000, 0, 1000)
-        report = await maintenance.persist(env.service, idle_for=300, assembly_grace=0,
-                                           enqueue=queued.append, now=time.time() + 1)
+        report = await maintenance.persist(
+            env.service, idle_for=300, assembly_grace=0, enqueue=queued.append, now=time.time() + 1
+        )
         return receipt, report
 
     receipt, report = run(scenario, enqueue=refusing_broker)
@@ -158,8 +161,15 @@ def test_open_upload_counts_uploads_and_declared_bytes_and_refuses_past_the_limi
 
     outcomes, counted, other, refused, created = run(scenario)
     # c (200 bytes) would pass 1000 declared bytes; c again at 100 fits; then the third upload is the last
-    assert outcomes == ["created", "created", "exists", "quota_exceeded", "created", "too_many_uploads",
-                        "too_many_uploads"]
+    assert outcomes == [
+        "created",
+        "created",
+        "exists",
+        "quota_exceeded",
+        "created",
+        "too_many_uploads",
+        "too_many_uploads",
+    ]
     assert counted == (3, 1000) and other == "created"
     assert refused is not None and refused.total == 100  # the second try created it
     assert created.owner == "alice" and created.state == "uploading" and created.fields["provisional"] == "0"
@@ -205,8 +215,12 @@ def test_creation_rate_is_a_bucket_refilled_over_a_minute(run, redis_db):
 def test_first_chunk_claim_creates_within_the_limits(run, redis_db):
     async def scenario(env: Env):
         repo = env.repo
-        first = await repo.claim("a", "alice", False, 0, 9, 10, 1, "t1", 60, True, limits=UploadLimits(max_open_uploads=1))
-        second = await repo.claim("b", "alice", False, 0, 9, 10, 1, "t2", 60, True, limits=UploadLimits(max_open_uploads=1))
+        first = await repo.claim(
+            "a", "alice", False, 0, 9, 10, 1, "t1", 60, True, limits=UploadLimits(max_open_uploads=1)
+        )
+        second = await repo.claim(
+            "b", "alice", False, 0, 9, 10, 1, "t2", 60, True, limits=UploadLimits(max_open_uploads=1)
+        )
         return first, second, await repo.get("b"), await repo.open_uploads_of("alice")
 
     first, second, absent, counted = run(scenario)
@@ -292,7 +306,9 @@ def test_status_lists_the_first_1000_gaps_and_says_there_are_more(run, redis_db)
         user, repo = env.user(), env.repo
         for i in range(1200):  # one-byte chunks at even offsets: 1200 gaps
             start = 2 * i + 1
-            assert (await repo.claim("g", user.owner_id, False, start, start, 2401, 7, f"t{i}", 60, True)).outcome == "claimed"
+            assert (
+                await repo.claim("g", user.owner_id, False, start, start, 2401, 7, f"t{i}", 60, True)
+            ).outcome == "claimed"
             await repo.commit("g", f"t{i}", Chunk(start, start, 7), None, None)
         many = await env.service.status(user, "g")
         await env.send(user, "h", b"x" * 10, 0, 20)
@@ -313,8 +329,9 @@ def test_chunks_in_flight_count_with_their_bytes(run, redis_db):
     async def scenario(env: Env):
         outcomes = []
         for i in range(4):  # four claims in flight at once, 100 bytes each
-            claimed = await env.repo.claim("p", "alice", False, 100 * i, 100 * i + 99, 1000, 7, f"t{i}", 60, True,
-                                           limits=limits)
+            claimed = await env.repo.claim(
+                "p", "alice", False, 100 * i, 100 * i + 99, 1000, 7, f"t{i}", 60, True, limits=limits
+            )
             outcomes.append(claimed.outcome)
         small = await env.repo.claim("p", "alice", False, 400, 400, 1000, 7, "t-small", 60, True, limits=limits)
         return outcomes, small.outcome
@@ -324,6 +341,7 @@ def test_chunks_in_flight_count_with_their_bytes(run, redis_db):
 
 def test_an_empty_upload_is_uncharged_too(run, redis_db, settings):
     """Its charge is 0 bytes: Redis refuses '-0' as an integer, so deleting it answered 500."""
+
     async def scenario(env: Env):
         repo = env.repo
         assert (await repo.open_upload("empty", "alice", 0, NO_LIMITS)).outcome == "created"
@@ -337,6 +355,7 @@ def test_an_empty_upload_is_uncharged_too(run, redis_db, settings):
 def test_a_claim_holds_its_disk_space_until_its_commit_or_release(run, redis_db):
     """The claim script places the chunk's disk hold in the same round trip; committing or
     releasing the chunk (or committing after its claim was lost) lets go of it."""
+
     async def scenario(env: Env):
         repo, now, seen = env.repo, time.time(), []
         await repo.reserve_disk("other", 100, 60, now=now)

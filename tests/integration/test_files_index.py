@@ -28,8 +28,9 @@ class Env:
         """An upload with its first byte stored: `uploading`, created at `now`."""
         await self.put(file_id, owner, 0, 0, total, now)
 
-    async def put(self, file_id: str, owner: str, start: int, end: int, total: int, now: float,
-                  payload: bytes | None = None) -> None:
+    async def put(
+        self, file_id: str, owner: str, start: int, end: int, total: int, now: float, payload: bytes | None = None
+    ) -> None:
         await store_chunk(self.repo, self.storage, file_id, owner, start, end, total, now, payload, f"{file_id}.bin")
 
     async def ids(self, owner: str | None, limit: int = 100, cursor: str | None = None) -> tuple[list[str], str | None]:
@@ -138,7 +139,9 @@ def test_the_list_comes_back_from_disk_after_redis_lost_everything(run, redis_db
         assert not await files_list.ensure_files_index(env.service), "rebuilt twice"
         page = await files_list.list_files(env.service, "alice", 10, None)
         assert [(u.file_id, u.state, u.owner) for u in page.items] == [
-            ("partial", "uploading", "alice"), ("done", "complete", "alice")]
+            ("partial", "uploading", "alice"),
+            ("done", "complete", "alice"),
+        ]
         assert page.items[1].sha256 == hashlib.sha256(payload).hexdigest()
         assert (await env.ids(None))[0] == ["partial", "done"]
 

@@ -37,7 +37,9 @@ class Env:
         payload = data if data is not None else os.urandom(end - start + 1)
         chunk = Chunk(start, end, zlib.crc32(payload))
         token = f"t{start}-{time.monotonic_ns()}"
-        claimed = await self.repo.claim(file_id, "alice", False, start, end, total, chunk.crc32, token, 60, True, now=now)
+        claimed = await self.repo.claim(
+            file_id, "alice", False, start, end, total, chunk.crc32, token, 60, True, now=now
+        )
         assert claimed.outcome == "claimed", claimed
         fd = self.storage.open_for_chunk(file_id, total)
         try:
@@ -170,7 +172,9 @@ def test_persist_writes_manifests_for_idle_uploads_only(run, settings, redis_db)
         await env.put("active", 0, 99, 1000, now=now - 10)
         await env.put("complete", 0, 99, 100, now=now - 900)
         assert await env.repo.transition("complete", "assembling", state="complete", sha256="00" * 32)
-        return await maintenance.persist(env.service, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now)
+        return await maintenance.persist(
+            env.service, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now
+        )
 
     report = run(scenario)
     assert report.persisted == ["idle"]
@@ -211,8 +215,9 @@ def test_persist_re_enqueues_assemblies_whose_lease_lapsed(run, settings, redis_
         await env.put("running", 0, 99, 100, now=now - 300)  # assembling, a live worker holds it
         await env.put("recent", 0, 99, 100, now=now - 5)  # just became assembling: give it time
         await env.repo.redis.set(assembly_lock_key("running"), "someone", px=60_000)
-        report = await maintenance.persist(env.service, idle_for=300, assembly_grace=60,
-                                           enqueue=env.enqueued.append, now=now)
+        report = await maintenance.persist(
+            env.service, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now
+        )
         return report, list(env.enqueued)
 
     report, enqueued = run(scenario)

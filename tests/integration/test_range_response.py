@@ -36,6 +36,7 @@ MiB = 1024 * 1024
 
 # --- servers ------------------------------------------------------------------------------
 
+
 def nginx_etag(st: os.stat_result) -> str:
     return f"{int(st.st_mtime):x}-{st.st_size:x}"
 
@@ -59,10 +60,14 @@ def make_app(root: Path, accel: bool):
             await send(message)
 
         response = RangeFileResponse(
-            path, st.st_size, nginx_etag(st), float(query.get("last_modified", [st.st_mtime])[0]),
+            path,
+            st.st_size,
+            nginx_etag(st),
+            float(query.get("last_modified", [st.st_mtime])[0]),
             query.get("name", [name])[0],
             read_size=int(query.get("read_size", [READ_SIZE])[0]),
-            accel_uri=f"/_ft_files/{name}/data" if accel else None)
+            accel_uri=f"/_ft_files/{name}/data" if accel else None,
+        )
         try:
             await response(scope, receive, counting_send)
         finally:
@@ -120,13 +125,14 @@ def accel(files):
 
 # --- comparing answers --------------------------------------------------------------------
 
+
 def multipart(body: bytes, boundary: str) -> list[tuple[str, bytes]]:
     """(Content-Range, bytes) per part, read by the lengths the parts announce: the framing
     must be exactly nginx's (CRLF, delimiter, Content-Type, Content-Range, CRLF CRLF, data)."""
     parts, pos = [], 0
     delimiter = f"\r\n--{boundary}".encode()
     while True:
-        assert body.startswith(delimiter, pos), body[pos:pos + 80]
+        assert body.startswith(delimiter, pos), body[pos : pos + 80]
         pos += len(delimiter)
         if body[pos:] == b"--\r\n":
             return parts
@@ -161,14 +167,48 @@ def essence(response: httpx.Response) -> dict:
 
 
 RANGES = [
-    "bytes=0-0", "bytes=0-", "bytes=-1", "bytes=-0", "bytes=199999-", "bytes=200000-", "bytes=-200001",
-    "bytes=0-0,-1", "bytes=500-100", "bytes=abc", "bytes=0-99999999", "bytes=0-1,200000-", "bytes=200000-,0-1",
-    "bytes=0-1,", "bytes=,0-1", "bytes=0-1,abc", "bytes=0 - 1", "bytes=0-1 , 3-4", "bytes=- 5", "bytes=5 -",
-    "bytes=0-\t1", "BYTES=0-1", "bytes =0-1", "items=0-1", "0-1", "bytes=00-01", "bytes=0-1,0-1",
-    "bytes=5-14,0-9", "bytes=0-99999,0-99999", "bytes=0-99999,0-100000", "bytes=0-,0-", "bytes=5-,6-",
-    "bytes=99999999999999999999-", "bytes=0-9223372036854775807", "bytes=0-9223372036854775808",
-    "bytes=-9223372036854775807", "bytes=1-2-3", "bytes=-", "bytes=4098-4099", "bytes=4099-8197,8198-12000",
-    "bytes=100000-,-100000", "bytes=0-4098,4099-8197,1-1,199990-199999",
+    "bytes=0-0",
+    "bytes=0-",
+    "bytes=-1",
+    "bytes=-0",
+    "bytes=199999-",
+    "bytes=200000-",
+    "bytes=-200001",
+    "bytes=0-0,-1",
+    "bytes=500-100",
+    "bytes=abc",
+    "bytes=0-99999999",
+    "bytes=0-1,200000-",
+    "bytes=200000-,0-1",
+    "bytes=0-1,",
+    "bytes=,0-1",
+    "bytes=0-1,abc",
+    "bytes=0 - 1",
+    "bytes=0-1 , 3-4",
+    "bytes=- 5",
+    "bytes=5 -",
+    "bytes=0-\t1",
+    "BYTES=0-1",
+    "bytes =0-1",
+    "items=0-1",
+    "0-1",
+    "bytes=00-01",
+    "bytes=0-1,0-1",
+    "bytes=5-14,0-9",
+    "bytes=0-99999,0-99999",
+    "bytes=0-99999,0-100000",
+    "bytes=0-,0-",
+    "bytes=5-,6-",
+    "bytes=99999999999999999999-",
+    "bytes=0-9223372036854775807",
+    "bytes=0-9223372036854775808",
+    "bytes=-9223372036854775807",
+    "bytes=1-2-3",
+    "bytes=-",
+    "bytes=4098-4099",
+    "bytes=4099-8197,8198-12000",
+    "bytes=100000-,-100000",
+    "bytes=0-4098,4099-8197,1-1,199990-199999",
     "bytes=" + ",".join(f"{i * 1000}-{i * 1000 + 10}" for i in range(150)),
 ]
 
@@ -186,25 +226,40 @@ def random_ranges(count: int, rnd: random.Random) -> list[str]:
 
 def conditional_cases(etag: str, lm: int) -> list[dict[str, str]]:
     """Where RFC 9110 and nginx (with `if_modified_since before`) agree."""
+
     def date(delta):
         return http_date(lm + delta)
 
     asctime = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(lm))
     return [
-        {"If-None-Match": etag}, {"If-None-Match": f"W/{etag}"}, {"If-None-Match": '"x"'}, {"If-None-Match": "*"},
+        {"If-None-Match": etag},
+        {"If-None-Match": f"W/{etag}"},
+        {"If-None-Match": '"x"'},
+        {"If-None-Match": "*"},
         {"If-None-Match": f'"x", {etag}'},
-        {"If-Match": etag}, {"If-Match": '"x"'}, {"If-Match": "*"}, {"If-Match": f"W/{etag}"},
-        {"If-Modified-Since": date(0)}, {"If-Modified-Since": date(1)}, {"If-Modified-Since": date(-1)},
+        {"If-Match": etag},
+        {"If-Match": '"x"'},
+        {"If-Match": "*"},
+        {"If-Match": f"W/{etag}"},
+        {"If-Modified-Since": date(0)},
+        {"If-Modified-Since": date(1)},
+        {"If-Modified-Since": date(-1)},
         {"If-Modified-Since": "junk"},
-        {"If-Unmodified-Since": date(0)}, {"If-Unmodified-Since": date(1)}, {"If-Unmodified-Since": date(-1)},
+        {"If-Unmodified-Since": date(0)},
+        {"If-Unmodified-Since": date(1)},
+        {"If-Unmodified-Since": date(-1)},
         {"If-None-Match": '"x"', "If-Modified-Since": date(0)},
-        {"If-Range": etag, "Range": "bytes=0-9"}, {"If-Range": '"x"', "Range": "bytes=0-9"},
-        {"If-Range": f"W/{etag}", "Range": "bytes=0-9"}, {"If-Range": date(0), "Range": "bytes=0-9"},
-        {"If-Range": date(1), "Range": "bytes=0-9"}, {"If-Range": "junk", "Range": "bytes=0-9"},
+        {"If-Range": etag, "Range": "bytes=0-9"},
+        {"If-Range": '"x"', "Range": "bytes=0-9"},
+        {"If-Range": f"W/{etag}", "Range": "bytes=0-9"},
+        {"If-Range": date(0), "Range": "bytes=0-9"},
+        {"If-Range": date(1), "Range": "bytes=0-9"},
+        {"If-Range": "junk", "Range": "bytes=0-9"},
         {"If-Range": asctime, "Range": "bytes=0-9,20-29"},
         {"If-Range": '"x"', "Range": "bytes=99999999-"},  # stale If-Range: the bad Range is not even read
         {"If-None-Match": etag, "Range": "bytes=99999999-"},  # 304 before 416
-        {"If-Match": '"x"', "Range": "bytes=0-9"}, {"If-Match": etag, "Range": "bytes=0-9"},
+        {"If-Match": '"x"', "Range": "bytes=0-9"},
+        {"If-Match": etag, "Range": "bytes=0-9"},
         {"If-Unmodified-Since": date(0), "Range": "bytes=0-9,15-16"},
     ]
 
@@ -219,8 +274,10 @@ def rfc_only_cases(etag: str, lm: int) -> list[dict[str, str]]:
 
 
 def ask(clients: dict[str, httpx.Client], method: str, name: str, headers: dict[str, str]) -> dict[str, dict]:
-    return {server: essence(client.request(method, f"/download/{name}", headers=headers))
-            for server, client in clients.items()}
+    return {
+        server: essence(client.request(method, f"/download/{name}", headers=headers))
+        for server, client in clients.items()
+    }
 
 
 def as_served(value: str, size: int) -> str | None:
@@ -244,8 +301,10 @@ def ask_range(clients: dict[str, httpx.Client], method: str, name: str, value: s
 
 @pytest.fixture(scope="module")
 def clients(static, direct, accel):
-    made = {name: httpx.Client(base_url=url, timeout=30) for name, url in
-            (("direct", direct.url), ("static", static), ("accel", accel))}
+    made = {
+        name: httpx.Client(base_url=url, timeout=30)
+        for name, url in (("direct", direct.url), ("static", static), ("accel", accel))
+    }
     yield made
     for client in made.values():
         client.close()
@@ -293,8 +352,9 @@ def test_accel_with_last_modified_other_than_the_mtime(clients, files, method):
     lm = int(st.st_mtime) - 100_000
     url = f"/download/f?last_modified={lm}"
     for headers in conditional_cases(f'"{nginx_etag(st)}"', lm) + rfc_only_cases(f'"{nginx_etag(st)}"', lm):
-        answers = {server: essence(clients[server].request(method, url, headers=headers))
-                   for server in ("direct", "accel")}
+        answers = {
+            server: essence(clients[server].request(method, url, headers=headers)) for server in ("direct", "accel")
+        }
         check_same(answers, (method, headers))
 
 
@@ -308,6 +368,7 @@ def test_multipart_head_announces_the_get_length(clients):
 
 
 # --- our own answers ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("server", ["direct", "accel"])
 def test_success_headers(clients, files, server):
@@ -353,13 +414,14 @@ def test_nasty_file_name(clients, server):
     assert response.status_code == 200
     assert "set-cookie" not in response.headers
     raw = [v for k, v in response.headers.raw if k.lower() == b"content-disposition"]
-    assert len(raw) == 1 and all(0x20 <= b < 0x7f for b in raw[0])
+    assert len(raw) == 1 and all(0x20 <= b < 0x7F for b in raw[0])
     m = re.fullmatch(r'attachment; filename="([^"\\]*)"; filename\*=UTF-8\'\'(\S+)', raw[0].decode())
-    assert m.group(1) == 'naive _quote____Set-Cookie: x=1_ __.txt'
+    assert m.group(1) == "naive _quote____Set-Cookie: x=1_ __.txt"
     assert unquote(m.group(2)) == 'naïve "quote";__Set-Cookie: x=1\\ 日本.txt'
 
 
 # --- big files ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sparse(files):
@@ -419,12 +481,16 @@ def test_client_disconnect_stops_the_stream(direct, sparse):
             if received >= 8 * MiB:
                 break
     # Without noticing the disconnect the app would read all 16 GiB (uvicorn drops the sends).
-    sent = wait_until(lambda: [s for name, s in direct.app.finished if name == "huge"], timeout=10,
-                      what="the response to end after the client left")
+    sent = wait_until(
+        lambda: [s for name, s in direct.app.finished if name == "huge"],
+        timeout=10,
+        what="the response to end after the client left",
+    )
     assert sent[0] < 1024 * MiB
 
 
 # --- real download clients (contract §6) --------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def medium(files) -> bytes:
@@ -441,12 +507,27 @@ def test_resuming_clients_get_identical_files(clients, medium, tmp_path, server,
     url = f"{str(clients[server].base_url).rstrip('/')}/download/medium?read_size=65536"
     out = tmp_path / "medium.bin"
     if tool == "aria2c":
-        args = ["aria2c", "-q", "-x8", "-s8", "--min-split-size=1M", "--allow-overwrite=true",
-                "--auto-file-renaming=false", "-d", str(tmp_path), "-o", out.name, url]
+        args = [
+            "aria2c",
+            "-q",
+            "-x8",
+            "-s8",
+            "--min-split-size=1M",
+            "--allow-overwrite=true",
+            "--auto-file-renaming=false",
+            "-d",
+            str(tmp_path),
+            "-o",
+            out.name,
+            url,
+        ]
     else:
-        out.write_bytes(medium[:5 * MiB + 7])  # an interrupted earlier download
-        args = (["curl", "-sS", "-f", "-C", "-", "-o", str(out), url] if tool == "curl"
-                else ["wget", "-q", "-c", "-O", str(out), url])
+        out.write_bytes(medium[: 5 * MiB + 7])  # an interrupted earlier download
+        args = (
+            ["curl", "-sS", "-f", "-C", "-", "-o", str(out), url]
+            if tool == "curl"
+            else ["wget", "-q", "-c", "-O", str(out), url]
+        )
     subprocess.run(args, check=True, timeout=60, cwd=tmp_path)
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(medium).digest()
 

@@ -38,8 +38,19 @@ def run(settings, redis_db):
     return runner
 
 
-async def put(repo: UploadRepository, file_id: str, start: int, end: int, total: int, *, user="alice",
-              crc: int | None = None, now: float | None = None, name=None, sha=None):
+async def put(
+    repo: UploadRepository,
+    file_id: str,
+    start: int,
+    end: int,
+    total: int,
+    *,
+    user="alice",
+    crc: int | None = None,
+    now: float | None = None,
+    name=None,
+    sha=None,
+):
     """Claim and commit one chunk, as the upload service does; returns the commit's Progress."""
     chunk = Chunk(start, end, crc if crc is not None else zlib.crc32(f"{start}-{end}".encode()))
     token = f"t-{start}-{end}-{time.monotonic_ns()}"
@@ -82,16 +93,21 @@ def test_concurrent_claims_of_one_range_only_one_wins(run, settings):
         clients = [aioredis.Redis.from_url(settings.redis_url) for _ in range(16)]
         try:
             repos = [UploadRepository(c) for c in clients]
-            same = [r.claim("f", "alice", False, 100, 199, 10_000, 7, f"same-{i}", LEASE, True)
-                    for i, r in enumerate(repos)]
+            same = [
+                r.claim("f", "alice", False, 100, 199, 10_000, 7, f"same-{i}", LEASE, True) for i, r in enumerate(repos)
+            ]
             results = await asyncio.gather(*same)
             assert sorted(p.outcome for p in results) == ["claimed"] + ["overlap"] * 15
-            shifted = [r.claim("f", "alice", False, 150 + i, 250 + i, 10_000, 7, f"shift-{i}", LEASE, True)
-                       for i, r in enumerate(repos)]
+            shifted = [
+                r.claim("f", "alice", False, 150 + i, 250 + i, 10_000, 7, f"shift-{i}", LEASE, True)
+                for i, r in enumerate(repos)
+            ]
             assert {p.outcome for p in await asyncio.gather(*shifted)} == {"overlap"}
             # Disjoint ranges claimed concurrently all succeed.
-            disjoint = [r.claim("f", "alice", False, 1000 + 100 * i, 1099 + 100 * i, 10_000, 7, f"d-{i}", LEASE, True)
-                        for i, r in enumerate(repos)]
+            disjoint = [
+                r.claim("f", "alice", False, 1000 + 100 * i, 1099 + 100 * i, 10_000, 7, f"d-{i}", LEASE, True)
+                for i, r in enumerate(repos)
+            ]
             assert {p.outcome for p in await asyncio.gather(*disjoint)} == {"claimed"}
         finally:
             for c in clients:
@@ -108,8 +124,10 @@ def test_concurrent_first_chunks_create_the_upload_once(run, settings):
     async def scenario(repo):
         clients = [aioredis.Redis.from_url(settings.redis_url) for _ in range(8)]
         try:
-            claims = [UploadRepository(c).claim("new", "alice", False, 100 * i, 100 * i + 99, 800, i, f"t{i}", LEASE, True)
-                      for i, c in enumerate(clients)]
+            claims = [
+                UploadRepository(c).claim("new", "alice", False, 100 * i, 100 * i + 99, 800, i, f"t{i}", LEASE, True)
+                for i, c in enumerate(clients)
+            ]
             assert {p.outcome for p in await asyncio.gather(*claims)} == {"claimed"}
         finally:
             for c in clients:
@@ -146,9 +164,13 @@ def test_expired_lease_lets_a_new_claim_in_and_the_old_commit_is_lost(run):
         await put(repo, "f", 0, 9, 1000, now=t0)
         assert (await repo.claim("f", "alice", False, 10, 19, 1000, 1, "old", 2.0, True, now=t0)).outcome == "claimed"
         # Still within the lease: refused.
-        assert (await repo.claim("f", "alice", False, 10, 19, 1000, 1, "new", 2.0, True, now=t0 + 1.9)).outcome == "overlap"
+        assert (
+            await repo.claim("f", "alice", False, 10, 19, 1000, 1, "new", 2.0, True, now=t0 + 1.9)
+        ).outcome == "overlap"
         # Lease over: the new writer gets it, and the old writer's commit is refused.
-        assert (await repo.claim("f", "alice", False, 10, 19, 1000, 1, "new", 2.0, True, now=t0 + 2.1)).outcome == "claimed"
+        assert (
+            await repo.claim("f", "alice", False, 10, 19, 1000, 1, "new", 2.0, True, now=t0 + 2.1)
+        ).outcome == "claimed"
         assert (await repo.commit("f", "old", Chunk(10, 19, 1), None, None)).outcome == "lost"
         assert not await repo.renew("f", "old", 60)
         p = await repo.commit("f", "new", Chunk(10, 19, 1), None, None)
@@ -201,8 +223,16 @@ def test_next_expected_advances_over_out_of_order_chunks(run, redis_db):
         return seen
 
     seen = run(scenario)
-    assert seen == [(0, "uploading"), (0, "uploading"), (0, "uploading"), (0, "uploading"),
-                    (500, "uploading"), (600, "uploading"), (600, "uploading"), (800, "assembling")]
+    assert seen == [
+        (0, "uploading"),
+        (0, "uploading"),
+        (0, "uploading"),
+        (0, "uploading"),
+        (500, "uploading"),
+        (600, "uploading"),
+        (600, "uploading"),
+        (800, "assembling"),
+    ]
     assert redis_db.zscore(ASSEMBLING_KEY, "f") == 700.0  # the last commit's `now`
 
 
@@ -223,7 +253,9 @@ def test_large_offsets_round_trip_exactly(run, redis_db, total):
         assert p.received == head.end + 1 + (mid.end - mid.start + 1) + chunk
         assert sorted(await repo.chunks("big"), key=lambda c: c.start) == [head, mid, tail]
         # Claims near the end are judged with exact numbers too.
-        assert (await repo.claim("big", "alice", False, total - chunk - 1, total - chunk, total, 1, "x", LEASE, True)).outcome == "overlap"
+        assert (
+            await repo.claim("big", "alice", False, total - chunk - 1, total - chunk, total, 1, "x", LEASE, True)
+        ).outcome == "overlap"
         p = await repo.claim("big", "alice", False, total - chunk - 1, total - chunk - 1, total, 1, "y", LEASE, True)
         assert p.outcome == "claimed"
         p = await repo.commit("big", "y", Chunk(total - chunk - 1, total - chunk - 1, 1), None, None)
@@ -330,8 +362,17 @@ def test_restore_from_a_manifest_round_trips(run, settings, redis_db):
 
     after, after_chunks = run(restore)
     assert after_chunks == chunks
-    for name in ("owner", "total", "state", "received", "next_expected", "file_name", "expected_sha256",
-                 "created_at", "updated_at"):
+    for name in (
+        "owner",
+        "total",
+        "state",
+        "received",
+        "next_expected",
+        "file_name",
+        "expected_sha256",
+        "created_at",
+        "updated_at",
+    ):
         assert getattr(after, name) == getattr(before, name), name
     assert after.persisted_at == 1_030.0
     assert redis_db.zscore(ACTIVITY_KEY, "m") == 1_020.0
@@ -375,8 +416,16 @@ def test_restore_of_a_complete_file_from_its_meta(run, settings, redis_db):
     size = 5 * GiB
     (storage.final_dir("done")).mkdir(parents=True)
     storage.final_data("done").touch()
-    meta = {"file_id": "done", "owner": "alice", "size": size, "sha256": "12" * 32, "expected_sha256": None,
-            "file_name": "x.iso", "created_at": 10.0, "completed_at": 20.0}
+    meta = {
+        "file_id": "done",
+        "owner": "alice",
+        "size": size,
+        "sha256": "12" * 32,
+        "expected_sha256": None,
+        "file_name": "x.iso",
+        "created_at": 10.0,
+        "completed_at": 20.0,
+    }
     from core.storage import write_json_atomic
 
     write_json_atomic(storage.final_meta_path("done"), meta)

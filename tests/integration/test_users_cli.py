@@ -17,8 +17,15 @@ from tests.support import PYTHON, ROOT
 def users_cli(*args: str, cwd=ROOT, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
     environ.update(PYTHONPATH=str(ROOT), **env)
-    return subprocess.run([PYTHON, "-m", "api.users", *args], cwd=cwd, env=environ, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [PYTHON, "-m", "api.users", *args],
+        cwd=cwd,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -27,8 +34,14 @@ def data_dir(tmp_path):
 
 
 def test_new_password_variable_wins_over_the_clients_and_the_source_is_said(data_dir):
-    result = users_cli("add", "root", "--admin", FT_DATA_DIR=str(data_dir),
-                       FT_PASSWORD="the client's password", FT_NEW_PASSWORD="root's own password")
+    result = users_cli(
+        "add",
+        "root",
+        "--admin",
+        FT_DATA_DIR=str(data_dir),
+        FT_PASSWORD="the client's password",
+        FT_NEW_PASSWORD="root's own password",
+    )
     assert result.returncode == 0, result.stderr
     assert "password from FT_NEW_PASSWORD" in result.stdout
     store = UserStore(data_dir / "users.sqlite3")

@@ -89,8 +89,16 @@ NGINX_1000 = {
 }
 
 NGINX_EMPTY = {
-    "bytes=0-": None, "bytes=0-0": None, "bytes=-1": None, "bytes=-0": None, "bytes=0-0,-1": None,
-    "bytes=1-2,-5": None, "bytes=0-,abc": None, "bytes=1-": [], "bytes=abc": [], "bytes=": None,
+    "bytes=0-": None,
+    "bytes=0-0": None,
+    "bytes=-1": None,
+    "bytes=-0": None,
+    "bytes=0-0,-1": None,
+    "bytes=1-2,-5": None,
+    "bytes=0-,abc": None,
+    "bytes=1-": [],
+    "bytes=abc": [],
+    "bytes=": None,
 }
 
 
@@ -120,13 +128,13 @@ def test_many_small_ranges_are_all_served_in_order():
 COALESCED = {
     "bytes=0-1,0-1": [(0, 1)],
     "bytes=5-14,0-9": [(0, 14)],
-    "bytes=0-9,10-19": [(0, 19)],            # adjacent: one range
-    "bytes=0-9,11-19": [(0, 9), (11, 19)],   # a gap of one byte: two
+    "bytes=0-9,10-19": [(0, 19)],  # adjacent: one range
+    "bytes=0-9,11-19": [(0, 9), (11, 19)],  # a gap of one byte: two
     "bytes=500-599,0-9,100-199": [(500, 599), (0, 9), (100, 199)],  # touching nothing: as asked
     "bytes=500-599,0-9,5-14": [(500, 599), (0, 14)],  # a merged range stands where its first member was
     "bytes=20-29,0-9,10-14": [(20, 29), (0, 14)],
     "bytes=0-0,-1": [(0, 0), (999, 999)],
-    "bytes=0-1,3-4,1-3": [(0, 4)],           # merging is transitive
+    "bytes=0-1,3-4,1-3": [(0, 4)],  # merging is transitive
 }
 
 
@@ -154,8 +162,11 @@ def test_no_range_and_no_satisfiable_range_pass_through():
     assert limit_ranges([]) == []
 
 
-@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 50)).map(lambda t: (t[0], t[0] + t[1])),
-                min_size=1, max_size=12))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 200), st.integers(0, 50)).map(lambda t: (t[0], t[0] + t[1])), min_size=1, max_size=12
+    )
+)
 def test_coalesce_keeps_the_same_bytes_in_disjoint_ranges(ranges):
     merged = coalesce(ranges)
     asked_bytes = {b for start, end in ranges for b in range(start, end + 1)}
@@ -168,6 +179,7 @@ def test_coalesce_keeps_the_same_bytes_in_disjoint_ranges(ranges):
 
 
 # --- properties ---------------------------------------------------------------------------
+
 
 def model(header: str, size: int):
     """A second, brute-force reading of nginx: regex per comma-separated member, bytes counted."""
@@ -197,8 +209,9 @@ def model(header: str, size: int):
 sizes = st.integers(min_value=0, max_value=40)
 numbers = st.one_of(st.integers(0, 50).map(str), st.sampled_from(["00", "9223372036854775807", "9" * 20, ""]))
 members = st.one_of(
-    st.tuples(st.sampled_from(["", " "]), numbers, st.sampled_from(["-", " - ", "- "]), numbers,
-              st.sampled_from(["", " "])).map("".join),
+    st.tuples(
+        st.sampled_from(["", " "]), numbers, st.sampled_from(["-", " - ", "- "]), numbers, st.sampled_from(["", " "])
+    ).map("".join),
     st.tuples(st.sampled_from(["-", " -"]), numbers).map("".join),
     st.text(alphabet="0123456789- ,\tx", max_size=6),
 )
@@ -247,9 +260,17 @@ def test_http_date_formats():
     assert parse_http_date("Tuesday, 14-Nov-23 22:13:20 GMT") == 1_700_000_000
     assert parse_http_date("Tue Nov 14 22:13:20 2023") == 1_700_000_000
     assert parse_http_date("Sun Nov  6 08:49:37 1994") == 784111777
-    for bad in ("", "yesterday", "Tue, 14 Nov 2023 22:13:20 UTC", "Tue, 31 Feb 2023 22:13:20 GMT",
-                "Tue, 14 Foo 2023 22:13:20 GMT", "Tue, 14 Nov 2023 24:00:00 GMT", "Mon, 01 Jan 0000 00:00:00 GMT",
-                "Tue, ١٤ Nov 2023 22:13:20 GMT", None):
+    for bad in (
+        "",
+        "yesterday",
+        "Tue, 14 Nov 2023 22:13:20 UTC",
+        "Tue, 31 Feb 2023 22:13:20 GMT",
+        "Tue, 14 Foo 2023 22:13:20 GMT",
+        "Tue, 14 Nov 2023 24:00:00 GMT",
+        "Mon, 01 Jan 0000 00:00:00 GMT",
+        "Tue, ١٤ Nov 2023 22:13:20 GMT",
+        None,
+    ):
         assert parse_http_date(bad) is None
 
 
@@ -257,9 +278,17 @@ def test_no_conditions():
     assert pre() is None
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (ETAG, None), ("*", None), (f'"x", {ETAG}', None), ('"x"', 412), (f"W/{ETAG}", 412), ("garbage", 412),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (ETAG, None),
+        ("*", None),
+        (f'"x", {ETAG}', None),
+        ('"x"', 412),
+        (f"W/{ETAG}", 412),
+        ("garbage", 412),
+    ],
+)
 def test_if_match_is_strong(value, expected):
     assert pre(if_match=value) == expected
 
@@ -274,9 +303,17 @@ def test_if_unmodified_since_is_ignored_when_invalid_or_with_if_match():
     assert pre(if_match=ETAG, if_unmodified_since=date(-1)) is None  # nginx: 412
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (ETAG, 304), (f"W/{ETAG}", 304), ("*", 304), (f'"x", {ETAG}', 304), ('"x"', None), ("garbage", None),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (ETAG, 304),
+        (f"W/{ETAG}", 304),
+        ("*", 304),
+        (f'"x", {ETAG}', 304),
+        ('"x"', None),
+        ("garbage", None),
+    ],
+)
 def test_if_none_match_is_weak(value, expected):
     assert pre(if_none_match=value) == expected
     assert pre("HEAD", if_none_match=value) == expected
@@ -300,15 +337,27 @@ def test_412_wins_over_304():
     assert pre(if_unmodified_since=date(-1), if_modified_since=date(0)) == 412
 
 
-@pytest.mark.parametrize(("value", "allowed"), [
-    (None, True), (ETAG, True), (f" {ETAG} ", True), (f"W/{ETAG}", False), ('"x"', False),
-    (DATE, True), ("Tue Nov 14 22:13:20 2023", True), (date(1), False), (date(-1), False), ("junk", False),
-])
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        (None, True),
+        (ETAG, True),
+        (f" {ETAG} ", True),
+        (f"W/{ETAG}", False),
+        ('"x"', False),
+        (DATE, True),
+        ("Tue Nov 14 22:13:20 2023", True),
+        (date(1), False),
+        (date(-1), False),
+        ("junk", False),
+    ],
+)
 def test_if_range(value, allowed):
     assert if_range_allows(value, ETAG, LM) is allowed
 
 
 # --- Content-Disposition ------------------------------------------------------------------
+
 
 def split_disposition(header: str) -> tuple[str, str]:
     m = re.fullmatch(r'attachment; filename="([^"\\]*)"; filename\*=UTF-8\'\'([A-Za-z0-9%!#$&+\-.^_`|~]*)', header)
@@ -339,5 +388,4 @@ def test_any_name_gives_a_safe_header(name):
     header = content_disposition(name)
     assert all(" " <= c <= "~" for c in header)  # printable ASCII: no CR, LF, NUL, DEL, non-ASCII
     fallback, exact = split_disposition(header)
-    assert exact == "".join("_" if c < " " or "\x7f" <= c <= "\x9f" or "\ud800" <= c <= "\udfff" else c
-                            for c in name)
+    assert exact == "".join("_" if c < " " or "\x7f" <= c <= "\x9f" or "\ud800" <= c <= "\udfff" else c for c in name)

@@ -18,8 +18,8 @@ from client.errors import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, ApiError
 from client.progress import PlainReporter
 from client.tokens import HashJournal, TokenCache
 from client.units import (
-    AdaptiveChunkSize,
     FILE_ID_RE,
+    AdaptiveChunkSize,
     backoff_delay,
     content_disposition_name,
     derive_file_id,
@@ -35,20 +35,23 @@ from core.uploads import decode_file_name
 
 
 # --- sizes ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("8MiB", 8 * 1024 * 1024),
-    ("512KiB", 512 * 1024),
-    ("1048576", 1048576),
-    ("1", 1),
-    ("8mib", 8 * 1024 * 1024),
-    (" 2 MiB ", 2 * 1024 * 1024),
-    ("64M", 64 * 1024 * 1024),
-    ("1GiB", 1024**3),
-    ("1.5KiB", 1536),
-    ("100B", 100),
-    ("1MB", 1000**2),
-    ("2k", 2048),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("8MiB", 8 * 1024 * 1024),
+        ("512KiB", 512 * 1024),
+        ("1048576", 1048576),
+        ("1", 1),
+        ("8mib", 8 * 1024 * 1024),
+        (" 2 MiB ", 2 * 1024 * 1024),
+        ("64M", 64 * 1024 * 1024),
+        ("1GiB", 1024**3),
+        ("1.5KiB", 1536),
+        ("100B", 100),
+        ("1MB", 1000**2),
+        ("2k", 2048),
+    ],
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
@@ -76,8 +79,17 @@ def test_derive_file_id_is_stable_and_valid():
 
 def test_derive_file_id_changes_with_path_size_and_mtime():
     base = derive_file_id("/data/a.bin", 10, 1)
-    assert len({base, derive_file_id("/data/b/a.bin", 10, 1), derive_file_id("/data/a.bin", 11, 1),
-                derive_file_id("/data/a.bin", 10, 2)}) == 4
+    assert (
+        len(
+            {
+                base,
+                derive_file_id("/data/b/a.bin", 10, 1),
+                derive_file_id("/data/a.bin", 11, 1),
+                derive_file_id("/data/a.bin", 10, 2),
+            }
+        )
+        == 4
+    )
 
 
 def test_derive_file_id_relative_paths_are_made_absolute(tmp_path, monkeypatch):
@@ -85,15 +97,18 @@ def test_derive_file_id_relative_paths_are_made_absolute(tmp_path, monkeypatch):
     assert derive_file_id("x.bin", 1, 1) == derive_file_id(str(tmp_path / "x.bin"), 1, 1)
 
 
-@pytest.mark.parametrize("name, prefix", [
-    ("données été.bin", "donnees_ete.bin-"),
-    (".bashrc", "bashrc-"),
-    ("...", "file-"),
-    ("!!!", "file-"),
-    ("日本語", "file-"),
-    ("a b\tc\nd", "a_b_c_d-"),
-    ("-dash", "-dash-"),
-])
+@pytest.mark.parametrize(
+    "name, prefix",
+    [
+        ("données été.bin", "donnees_ete.bin-"),
+        (".bashrc", "bashrc-"),
+        ("...", "file-"),
+        ("!!!", "file-"),
+        ("日本語", "file-"),
+        ("a b\tc\nd", "a_b_c_d-"),
+        ("-dash", "-dash-"),
+    ],
+)
 def test_derive_file_id_sanitizes_names(name, prefix):
     fid = derive_file_id(f"/tmp/{name}", 5, 5)
     assert fid.startswith(prefix), fid
@@ -121,8 +136,11 @@ def test_split_ranges_on_the_chunk_grid():
     assert split_ranges([], 4) == []
     assert split_ranges([[0, 0]], 1) == [(0, 0)]
     mib = 1024 * 1024
-    assert split_ranges([[0, 20 * mib - 1]], 8 * mib) == [(0, 8 * mib - 1), (8 * mib, 16 * mib - 1),
-                                                          (16 * mib, 20 * mib - 1)]
+    assert split_ranges([[0, 20 * mib - 1]], 8 * mib) == [
+        (0, 8 * mib - 1),
+        (8 * mib, 16 * mib - 1),
+        (16 * mib, 20 * mib - 1),
+    ]
 
 
 def test_split_ranges_rejects_a_zero_chunk():
@@ -178,10 +196,19 @@ def test_content_disposition_name():
     assert content_disposition_name(None) is None
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("../../etc/passwd", "passwd"), (".hidden", "hidden"), ("..", "fallback"), ("", "fallback"),
-    (None, "fallback"), ("a\\b.txt", "b.txt"), ("x\ny.bin", "xy.bin"), ("ok name.bin", "ok name.bin"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("../../etc/passwd", "passwd"),
+        (".hidden", "hidden"),
+        ("..", "fallback"),
+        ("", "fallback"),
+        (None, "fallback"),
+        ("a\\b.txt", "b.txt"),
+        ("x\ny.bin", "xy.bin"),
+        ("ok name.bin", "ok name.bin"),
+    ],
+)
 def test_safe_local_name(name, expected):
     assert safe_local_name(name, "fallback") == expected
 
@@ -273,10 +300,9 @@ def test_cli_parses_options_before_and_after_the_command():
 
 def test_plain_progress_says_when_a_task_stopped_on_an_error():
     out = io.StringIO()
-    with pytest.raises(RuntimeError):
-        with PlainReporter(out, interval=60).task("download y", 10) as task:
-            task.advance(5)
-            raise RuntimeError("cut")
+    with pytest.raises(RuntimeError), PlainReporter(out, interval=60).task("download y", 10) as task:
+        task.advance(5)
+        raise RuntimeError("cut")
     assert out.getvalue().strip().startswith("download y: 5 B / 10 B (50%)")
     assert "stopped after" in out.getvalue() and "done" not in out.getvalue()
 

@@ -38,7 +38,7 @@ def test_header_round_trips_modulo_2_32(start, length, crc):
 
 def test_header_is_big_endian_and_12_bytes():
     raw = encode_header(1, 2, 0xDEADBEEF)
-    assert raw == bytes.fromhex("00000001" "00000002" "deadbeef")
+    assert raw == bytes.fromhex("0000000100000002deadbeef")
     assert len(raw) == HEADER_SIZE
 
 
@@ -89,8 +89,20 @@ def test_content_range_accepts(value):
 
 @pytest.mark.parametrize(
     "value",
-    ["", "bytes=0-0/1", "bytes 0-0/0", "bytes 1-0/5", "bytes 0-5/5", "bytes +0-1/5", "bytes 0 -1/5",
-     "bytes 0-1/*", "bytes */5", "bytes 0-1/5, 2-3/5", "bytes ٠-١/5", "bytes 0x1-2/5"],
+    [
+        "",
+        "bytes=0-0/1",
+        "bytes 0-0/0",
+        "bytes 1-0/5",
+        "bytes 0-5/5",
+        "bytes +0-1/5",
+        "bytes 0 -1/5",
+        "bytes 0-1/*",
+        "bytes */5",
+        "bytes 0-1/5, 2-3/5",
+        "bytes ٠-١/5",
+        "bytes 0x1-2/5",
+    ],
 )
 def test_content_range_refuses(value):
     with pytest.raises(InvalidContentRange):

@@ -24,8 +24,12 @@ from tests.support import JWT_SECRET, ROOT, Proc, require_tool, stop_all, wait_u
 
 APP_SERVICES = ("api", "worker", "beat", "flower")
 DB = 15  # a database of our own redis-server for this module; conftest's fixtures use the low ones
-USER_ENV = {"FT_JWT_SECRET": JWT_SECRET, "FT_ADMIN_USERNAME": "root", "FT_ADMIN_PASSWORD": "compose-test-pw",
-            "FT_FLOWER_BASIC_AUTH": "ops:flower-test-pw"}
+USER_ENV = {
+    "FT_JWT_SECRET": JWT_SECRET,
+    "FT_ADMIN_USERNAME": "root",
+    "FT_ADMIN_PASSWORD": "compose-test-pw",
+    "FT_FLOWER_BASIC_AUTH": "ops:flower-test-pw",
+}
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +94,9 @@ def test_nginx_config_is_adapted_to_the_compose_network(compose, tmp_path):
     assert nginx["command"][:2] == ["sh", "-c"]
     rewrite, start = nginx["command"][2].split(" && ")
     assert start.startswith("exec nginx") and "daemon off" in start
-    local = rewrite.replace(conf_in, str(ROOT / "deploy/nginx.conf")).replace("/etc/nginx/nginx.conf",
-                                                                              str(tmp_path / "nginx.conf"))
+    local = rewrite.replace(conf_in, str(ROOT / "deploy/nginx.conf")).replace(
+        "/etc/nginx/nginx.conf", str(tmp_path / "nginx.conf")
+    )
     assert local != rewrite
     subprocess.run(["sh", "-c", local], check=True)
     conf = (tmp_path / "nginx.conf").read_text()
@@ -142,13 +147,15 @@ def test_service_commands_come_up(compose, redis_server, tmp_path):
             service = compose["services"][name]
             env = {k: interpolate(v, USER_ENV) for k, v in service["environment"].items()}
             assert env["FT_REDIS_URL"].startswith("redis://redis:6379/")
-            env.update(FT_REDIS_URL=redis_url, FT_DATA_DIR=str(tmp_path / "data"), FT_MIN_FREE_BYTES="0",
-                       PYTHONUNBUFFERED="1")
+            env.update(
+                FT_REDIS_URL=redis_url, FT_DATA_DIR=str(tmp_path / "data"), FT_MIN_FREE_BYTES="0", PYTHONUNBUFFERED="1"
+            )
             if "FT_HOST" in env:  # the api (`python -m api`) listens where its settings say
                 assert env["FT_HOST"] == "0.0.0.0"
                 env.update(FT_HOST="127.0.0.1", FT_PORT=str(port_map[str(env["FT_PORT"])]))
-            procs[name] = Proc(_local(service["command"], port_map), {**base_env, **env},
-                               tmp_path / f"{name}.log").start()
+            procs[name] = Proc(
+                _local(service["command"], port_map), {**base_env, **env}, tmp_path / f"{name}.log"
+            ).start()
 
         def wait_up(name, check, what):
             """Wait for `check`, but stop waiting at once when the process died."""
@@ -174,8 +181,11 @@ def test_service_commands_come_up(compose, redis_server, tmp_path):
         check = compose["services"]["api"]["healthcheck"]["test"]
         assert check[0] == "CMD"
         script = check[3].replace(":8000/", f":{port_map['8000']}/")
-        wait_until(lambda: subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 0,
-                   timeout=30, what="the api healthcheck")
+        wait_until(
+            lambda: subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 0,
+            timeout=30,
+            what="the api healthcheck",
+        )
     finally:
         try:
             stop_all(procs.values())
@@ -223,7 +233,8 @@ def test_balancer_config_is_adapted_to_the_compose_network(compose, tmp_path):
     rewrite, start = balancer["command"][2].split(" && ")
     assert start.startswith("exec nginx") and "daemon off" in start
     local = rewrite.replace(conf_in, str(ROOT / "deploy/nginx-balancer.conf")).replace(
-        "/etc/nginx/nginx.conf", str(tmp_path / "nginx.conf"))
+        "/etc/nginx/nginx.conf", str(tmp_path / "nginx.conf")
+    )
     subprocess.run(["sh", "-c", local], check=True)
     conf = (tmp_path / "nginx.conf").read_text()
     upstream = re.search(r"upstream ft_api_nodes \{(.*?)\}", conf, re.S).group(1)
@@ -233,7 +244,20 @@ def test_balancer_config_is_adapted_to_the_compose_network(compose, tmp_path):
     names = {name: f"127.0.0.{i + 2}" for i, name in enumerate(SCALE_APIS)}
     checked = re.sub(r"server (api\d?):8000", lambda m: f"server {names[m.group(1)]}:8000", conf)
     (tmp_path / "nginx.conf").write_text(checked.replace("/dev/stdout", str(tmp_path / "access.log")))
-    result = subprocess.run([require_tool("nginx"), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                             "-e", str(tmp_path / "error.log"), "-g", f"pid {tmp_path}/nginx.pid;"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            require_tool("nginx"),
+            "-t",
+            "-p",
+            str(tmp_path),
+            "-c",
+            str(tmp_path / "nginx.conf"),
+            "-e",
+            str(tmp_path / "error.log"),
+            "-g",
+            f"pid {tmp_path}/nginx.pid;",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr

@@ -12,11 +12,17 @@ from core.redis_url import SentinelTarget, is_sentinel_url, parse_sentinel_url
 
 
 def test_the_documented_form():
-    target = parse_sentinel_url("sentinel://:s%40cret@10.0.0.1:26379,redis-b,[::1]:26380/ftmaster"
-                                "?db=3&sentinel_password=watch")
+    target = parse_sentinel_url(
+        "sentinel://:s%40cret@10.0.0.1:26379,redis-b,[::1]:26380/ftmaster?db=3&sentinel_password=watch"
+    )
     assert target == SentinelTarget(
         sentinels=(("10.0.0.1", 26379), ("redis-b", 26379), ("::1", 26380)),
-        master_name="ftmaster", db=3, username=None, password="s@cret", sentinel_password="watch")
+        master_name="ftmaster",
+        db=3,
+        username=None,
+        password="s@cret",
+        sentinel_password="watch",
+    )
 
 
 def test_defaults_and_an_acl_user():
@@ -25,21 +31,24 @@ def test_defaults_and_an_acl_user():
     assert (target.username, target.password) == ("app", "pw")
 
 
-@pytest.mark.parametrize("url, says", [
-    ("sentinel://h:1", "names its master"),
-    ("sentinel://h:1/", "names its master"),
-    ("sentinel://h:1/m/0", "names its master"),
-    ("sentinel:///m", "is not one"),
-    ("sentinel://h:1,,h:2/m", "is not one"),
-    ("sentinel://h:99999/m", "out of range"),
-    ("sentinel://h:0/m", "out of range"),
-    ("sentinel://h:port/m", "is not one"),
-    ("sentinel://user@h:1/m", "USER:PASSWORD@"),
-    ("sentinel://h:1/m?db=x", "db is a number"),
-    ("sentinel://h:1/m?password=p", "takes only"),
-    ("sentinel://h:1/m?db", "key=value"),
-    ("redis://h:1/0", "starts with sentinel://"),
-])
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("sentinel://h:1", "names its master"),
+        ("sentinel://h:1/", "names its master"),
+        ("sentinel://h:1/m/0", "names its master"),
+        ("sentinel:///m", "is not one"),
+        ("sentinel://h:1,,h:2/m", "is not one"),
+        ("sentinel://h:99999/m", "out of range"),
+        ("sentinel://h:0/m", "out of range"),
+        ("sentinel://h:port/m", "is not one"),
+        ("sentinel://user@h:1/m", "USER:PASSWORD@"),
+        ("sentinel://h:1/m?db=x", "db is a number"),
+        ("sentinel://h:1/m?password=p", "takes only"),
+        ("sentinel://h:1/m?db", "key=value"),
+        ("redis://h:1/0", "starts with sentinel://"),
+    ],
+)
 def test_malformed_urls_say_what_is_wrong(url, says):
     with pytest.raises(ValueError, match=says):
         parse_sentinel_url(url)
@@ -75,11 +84,14 @@ TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_siz
 
 @given(
     sentinels=st.lists(st.tuples(HOSTS, st.integers(1, 65535)), min_size=1, max_size=5).map(tuple),
-    master=TEXT, db=st.integers(0, 10_000),
-    username=st.none() | TEXT, password=st.none() | st.text(max_size=30),
+    master=TEXT,
+    db=st.integers(0, 10_000),
+    username=st.none() | TEXT,
+    password=st.none() | st.text(max_size=30),
     sentinel_password=st.none() | TEXT,
 )
 def test_any_target_round_trips_through_its_url(sentinels, master, db, username, password, sentinel_password):
-    target = SentinelTarget(sentinels, master, db, username if password is not None else None, password,
-                            sentinel_password)
+    target = SentinelTarget(
+        sentinels, master, db, username if password is not None else None, password, sentinel_password
+    )
     assert parse_sentinel_url(target.url()) == target

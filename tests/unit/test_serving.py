@@ -22,8 +22,9 @@ def test_server_options_come_from_settings():
 
 
 def test_uvicorn_loads_our_protocol_and_app_factory():
-    config = uvicorn.Config("api.main:create_app", **{k: v for k, v in server_options(Settings()).items()
-                                                      if k not in ("workers",)})
+    config = uvicorn.Config(
+        "api.main:create_app", **{k: v for k, v in server_options(Settings()).items() if k not in ("workers",)}
+    )
     assert config.http == PROTOCOL
     from uvicorn.importer import import_from_string
 

@@ -78,11 +78,17 @@ def test_checksum_algorithm_names_are_case_insensitive():
     assert parse_checksum("SHA1 " + base64.b64encode(b"\0" * 20).decode()).algorithm == "sha1"
 
 
-@pytest.mark.parametrize("raw,error", [
-    ("sha3 AAAA", UnsupportedChecksumAlgorithm), ("sha1", InvalidTusHeader), ("", InvalidTusHeader),
-    ("sha1 not-base64!", InvalidTusHeader), ("md5 " + base64.b64encode(b"short").decode(), InvalidTusHeader),
-    ("sha1  AAAA", InvalidTusHeader),
-])
+@pytest.mark.parametrize(
+    "raw,error",
+    [
+        ("sha3 AAAA", UnsupportedChecksumAlgorithm),
+        ("sha1", InvalidTusHeader),
+        ("", InvalidTusHeader),
+        ("sha1 not-base64!", InvalidTusHeader),
+        ("md5 " + base64.b64encode(b"short").decode(), InvalidTusHeader),
+        ("sha1  AAAA", InvalidTusHeader),
+    ],
+)
 def test_malformed_checksums_are_refused(raw, error):
     with pytest.raises(error):
         parse_checksum(raw)

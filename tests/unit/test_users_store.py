@@ -33,8 +33,10 @@ def _old_database(path, *names: str) -> None:
     with sqlite3.connect(path) as db:
         db.execute(OLD_SCHEMA)
         for name in names:
-            db.execute("INSERT INTO users VALUES (?, ?, 'user', ?, 3)",
-                       (name, PasswordHash.recommended().hash("pw"), time.time()))
+            db.execute(
+                "INSERT INTO users VALUES (?, ?, 'user', ?, 3)",
+                (name, PasswordHash.recommended().hash("pw"), time.time()),
+            )
 
 
 def test_new_users_get_random_ids_that_a_new_user_of_the_same_name_does_not_inherit(tmp_path):

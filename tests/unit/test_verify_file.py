@@ -56,19 +56,22 @@ def test_intact_file_passes_with_its_sha256(tmp_path, data, chunks):
     assert result.sha256 == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize("position", [
-    0,            # first byte of the file
-    500,          # inside the first chunk
-    R - 101,      # last byte of a chunk that ends just before a block edge
-    R - 100,      # first byte of the chunk that straddles the first block edge
-    R - 1,        # last byte of the first read block, inside the straddling chunk
-    R,            # first byte of the second read block, same chunk
-    R + 99,       # last byte of the straddling chunk
-    R + 100,      # first byte of the next chunk
-    2 * R - 1,    # last byte of a chunk that ends exactly on a block edge
-    2 * R,        # first byte of a chunk that starts exactly on a block edge
-    TOTAL - 1,    # last byte of the file
-])
+@pytest.mark.parametrize(
+    "position",
+    [
+        0,  # first byte of the file
+        500,  # inside the first chunk
+        R - 101,  # last byte of a chunk that ends just before a block edge
+        R - 100,  # first byte of the chunk that straddles the first block edge
+        R - 1,  # last byte of the first read block, inside the straddling chunk
+        R,  # first byte of the second read block, same chunk
+        R + 99,  # last byte of the straddling chunk
+        R + 100,  # first byte of the next chunk
+        2 * R - 1,  # last byte of a chunk that ends exactly on a block edge
+        2 * R,  # first byte of a chunk that starts exactly on a block edge
+        TOTAL - 1,  # last byte of the file
+    ],
+)
 def test_damaged_byte_is_pinned_to_its_chunk(tmp_path, data, chunks, position):
     content = damaged(data, position)
     result = verify_file(staged(tmp_path, content), chunks, TOTAL)

@@ -27,8 +27,9 @@ def test_committed_vendor_files_equal_the_locked_packages(source, target):
     assert committed.is_file(), f"{committed} is missing: run `make web-assets`"
     if not NODE_MODULES.is_dir():
         pytest.skip("web/node_modules is absent (no `npm ci` here): nothing to compare with")
-    assert committed.read_bytes() == (NODE_MODULES / source).read_bytes(), \
+    assert committed.read_bytes() == (NODE_MODULES / source).read_bytes(), (
         f"{target} differs from web/node_modules/{source}: run `make web-assets` and commit"
+    )
 
 
 def test_locked_versions_are_the_ones_in_package_json():
