@@ -1,5 +1,7 @@
 """Many devices at once: N clients, each on its own keep-alive connection, each uploading one
-1 MiB file in 64 KiB chunks, all starting together. One process, one asyncio loop, raw streams.
+1 MiB file in 64 KiB chunks, all starting together, pausing a think time between its chunks
+(uniform in 0.5-1.5 x `--think-ms`, 50 ms by default: a device producing or relaying data, not a
+loop hammering the server in lockstep). One process, one asyncio loop, raw streams.
 
     .venv/bin/python -m bench.devices [--devices 64,256,1000] [--servers ours,tus] [--dir /dev/shm]
     .venv/bin/python -m bench --only devices          (the same inside `make bench`, into BENCHMARKS.md)
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import sys
 import tempfile
 import time
@@ -44,6 +47,7 @@ KiB, MiB = 1024, 1024 * 1024
 FILE_SIZE = 1 * MiB
 CHUNK = 64 * KiB
 COUNTS = (64, 256, 1000)
+THINK_MS = 50.0
 
 
 # --- one connection ---------------------------------------------------------------------------
@@ -100,6 +104,8 @@ class Tally:
     """What the devices of one run saw."""
 
     completed: int = 0
+    completed_ids: list[str] = field(default_factory=list)
+    think_s: float = THINK_MS / 1000
     errors: Counter = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     finished_at: list[float] = field(default_factory=list)
@@ -111,6 +117,8 @@ class Tally:
             self.samples.append(f"{what}: {detail[:200]}")
 
     async def timed(self, conn: Connection, *args, **kwargs) -> tuple[int, dict, bytes]:
+        if self.think_s and self.latencies:
+            await asyncio.sleep(self.think_s * random.uniform(0.5, 1.5))
         started = time.perf_counter()
         answer = await conn.request(*args, **kwargs)
         self.latencies.append(time.perf_counter() - started)
@@ -177,9 +185,11 @@ class TusChunks:
 # --- one run: N devices at once -----------------------------------------------------------------
 
 
-async def run_devices(url: str, protocol, count: int, payload: Payload, run_id: str, deadline: float) -> dict:
+async def run_devices(
+    url: str, protocol, count: int, payload: Payload, run_id: str, deadline: float, think_ms: float = THINK_MS
+) -> dict:
     """`count` devices, each its own connection, started together; bounded by `deadline` seconds."""
-    tally = Tally()
+    tally = Tally(think_s=think_ms / 1000)
     go = asyncio.Event()
     connected = 0
 
@@ -195,6 +205,7 @@ async def run_devices(url: str, protocol, count: int, payload: Payload, run_id: 
             await go.wait()
             if await protocol.upload(conn, f"{run_id}-{index}", payload, tally):
                 tally.completed += 1
+                tally.completed_ids.append(f"{run_id}-{index}")
                 tally.finished_at.append(time.perf_counter())
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             tally.error("connection", repr(exc))
@@ -220,7 +231,9 @@ async def run_devices(url: str, protocol, count: int, payload: Payload, run_id: 
 
     return {
         "devices": count,
+        "think_ms": think_ms,
         "completed": tally.completed,
+        "completed_ids": tally.completed_ids,
         "seconds": elapsed,
         "uploads_per_s": tally.completed / elapsed if elapsed > 0 else 0.0,
         "errors": dict(tally.errors),
@@ -236,19 +249,22 @@ def peak_rss_of(pids: list[int]) -> float:
     return sum(peak_rss_mib(p) for pid in pids for p in descendants(pid))
 
 
-def measure(url: str, protocol, count: int, payload: Payload, pids: list[int], run_id: str, deadline: float) -> dict:
+def measure(
+    url: str, protocol, count: int, payload: Payload, pids: list[int], run_id: str, deadline: float, think_ms: float
+) -> dict:
     for pid in pids:
         for p in descendants(pid):
             reset_peak(p)
-    row = uvloop.run(run_devices(url, protocol, count, payload, run_id, deadline))
+    row = uvloop.run(run_devices(url, protocol, count, payload, run_id, deadline, think_ms))
     row["peak_rss_mib"] = peak_rss_of(pids)
     return row
 
 
-def wait_all_complete(stack, run_id: str, count: int, deadline: float) -> tuple[int, float]:
-    """How many of our run's files reached `complete`, and the seconds it took from now."""
+def wait_all_complete(stack, uploaded: list[str], deadline: float) -> tuple[int, float]:
+    """How many of the uploads whose every chunk was accepted reached `complete`, and the
+    seconds it took from now."""
     started = time.monotonic()
-    pending = {f"{run_id}-{i}" for i in range(count)}
+    pending = set(uploaded)
     complete = 0
     while pending and time.monotonic() - started < deadline:
         for file_id in list(pending):
@@ -274,6 +290,7 @@ def bench_devices(
     log,
     deadline: float = 180.0,
     env: dict[str, str] | None = None,
+    think_ms: float = THINK_MS,
 ) -> dict:
     """Every server at every N, on fresh data directories under `work_dir`; rows by server then N."""
     from bench.refs import TusServer, tus_install
@@ -304,9 +321,10 @@ def bench_devices(
             for protocol, url, pids, stack in targets:
                 run_id = f"dev{count}-{protocol.name}-{os.urandom(3).hex()}"
                 log(f"devices: {count} x {protocol.name} ...")
-                row = measure(url, protocol, count, payload, pids, run_id, deadline)
+                row = measure(url, protocol, count, payload, pids, run_id, deadline, think_ms)
+                uploaded = row.pop("completed_ids")
                 if stack is not None and protocol.name == "ours":
-                    row["complete"], row["complete_after_s"] = wait_all_complete(stack, run_id, count, deadline)
+                    row["complete"], row["complete_after_s"] = wait_all_complete(stack, uploaded, deadline)
                     for i in range(count):
                         stack.remove(f"{run_id}-{i}")
                 log(f"  {describe(protocol.name, row)}")
@@ -333,10 +351,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--servers", default="ours,ours-tus,tus", help="ours, ours-tus, tus")
     parser.add_argument("--dir", default=os.environ.get("FT_BENCH_TMPFS_DIR", "/dev/shm"), help="data directories here")
     parser.add_argument("--deadline", type=float, default=180.0, help="seconds one run may take")
+    parser.add_argument("--think-ms", type=float, default=THINK_MS, help="mean pause between a device's chunks")
     args = parser.parse_args(argv)
     counts = tuple(int(n) for n in args.devices.split(",") if n)
     servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
-    results = bench_devices(counts, servers, args.dir, lambda m: print(m, flush=True), args.deadline)
+    results = bench_devices(
+        counts, servers, args.dir, lambda m: print(m, flush=True), args.deadline, think_ms=args.think_ms
+    )
     for name, rows in results.items():
         for row in rows.values():
             print(describe(name, row))
