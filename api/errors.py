@@ -130,8 +130,8 @@ def unavailable_response(
 def to_response(exc: errors.TransferError) -> JSONResponse:
     status = STATUS_BY_ERROR.get(type(exc), 400)
     headers = {}
-    if isinstance(exc, errors.NotAuthenticated):
-        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, errors.NotAuthenticated | errors.InvalidCredentials):
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: every 401 names the scheme it wants
     if (retry_after := getattr(exc, "retry_after", None)) is not None:
         headers["Retry-After"] = str(retry_after)
     if isinstance(exc, errors.BodyStalled):

@@ -32,6 +32,7 @@ def test_a_wrong_password_and_an_unknown_user_get_the_same_401(client, alice):
     wrong, unknown = login(client, alice.name, "nope"), login(client, "nobody", "nope")
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json() == unknown.json() and wrong.json()["code"] == "invalid_credentials"
+    assert wrong.headers["www-authenticate"] == unknown.headers["www-authenticate"] == "Bearer"
 
 
 def test_repeated_failures_are_429_with_retry_after_but_other_users_may_sign_in(make_client, alice, bob):
