@@ -15,13 +15,12 @@ import redis.asyncio as aioredis
 from core.maintenance import job_lock
 from ops.redis_server import free_port
 from tests.faults import (
-    PYTHON,
     post_chunk,
     processes,  # noqa: F401 - fixture
     status,
     wait_for_log,
 )
-from tests.support import new_id, wait_for_state, wait_until
+from tests.support import new_id, wait_for_state, wait_until, workers_command
 
 FAST = {"FT_PERSIST_INTERVAL": "1", "FT_PERSIST_AFTER": "1"}
 
@@ -137,12 +136,12 @@ def test_two_beats_never_run_a_job_twice(make_stack, processes, client):
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_flower_requires_basic_auth(stack, processes, how):
     port = free_port()
-    args = [PYTHON, "-m", "celery", "-A", "workers.celery_app", "flower", f"--port={port}", "--address=127.0.0.1"]
-    env = {}
+    args = workers_command("flower")
+    env = {"FT_FLOWER_PORT": str(port)}
     if how == "flag":
         args.append("--basic-auth=ops:s3cret-pass")
     else:
-        env["FLOWER_BASIC_AUTH"] = "ops:s3cret-pass"  # how `make run` passes it (kept out of `ps`)
+        env["FT_FLOWER_BASIC_AUTH"] = "ops:s3cret-pass"  # how `make run` passes it (kept out of `ps`)
     flower = processes.start(args, stack, f"flower-{how}.log", **env)
     url = f"http://127.0.0.1:{port}"
 
