@@ -61,13 +61,17 @@ def test_beat_persists_idle_uploads_and_removes_stale_ones(make_stack, processes
     assert manifest.exists() and body["received_bytes"] == 100_000
     assert "Sending due task persist (uploads.persist)" in beat.log()
     # ... and later beat's `cleanup` removes it, once idle for FT_STALE_AFTER, bytes and manifest too.
+    # (The upload answers 404 from the moment cleanup marks it expired, a moment before its
+    # directory is gone: wait for both.)
     wait_until(
-        lambda: status(client, stack, token, partial).status_code == 404,
+        lambda: (
+            status(client, stack, token, partial).status_code == 404
+            and not (stack.data_dir / "staging" / partial).exists()
+        ),
         timeout=60,
-        what="beat's cleanup to remove the stale upload",
+        what="beat's cleanup to remove the stale upload and its bytes",
     )
     assert time.time() - committed_at >= 15
-    assert not (stack.data_dir / "staging" / partial).exists()
     assert "Sending due task cleanup (uploads.cleanup)" in beat.log()
     assert status(client, stack, token, whole).json()["state"] == "complete"
     assert (stack.data_dir / "files" / whole / "data").read_bytes() == data
