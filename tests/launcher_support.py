@@ -100,9 +100,9 @@ class Launcher:
         """The pid of the launcher's direct child running `name` (api, worker, beat, flower, redis)."""
         marks = {
             "api": b"\x00-m\x00api\x00",
-            "worker": b"\x00worker\x00",
-            "beat": b"\x00beat\x00",
-            "flower": b"workers.flower",
+            "worker": b"\x00-m\x00workers\x00worker\x00",
+            "beat": b"\x00-m\x00workers\x00beat\x00",
+            "flower": b"\x00-m\x00workers\x00flower\x00",
             "redis": b"redis-server",
         }
         for pid in process_tree(self.proc.pid) - {self.proc.pid}:

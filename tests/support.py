@@ -284,22 +284,21 @@ def start_api(
     return proc, url
 
 
+def workers_command(command: str, *args: str) -> list[str]:
+    """A Celery process as every deployment starts it: `python -m workers worker|beat|flower`."""
+    return [PYTHON, "-m", "workers", command, *args]
+
+
 def start_worker(data_dir: Path, redis_url: str, log_dir: Path, name: str = "w1", **extra_env: str) -> Proc:
     return Proc(
-        [
-            PYTHON,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
+        workers_command(
             "worker",
-            "--loglevel=INFO",
             "--concurrency=1",
             "--pool=prefork",
             f"--hostname={name}@%h",
             "--without-mingle",
             "--without-gossip",
-        ],
+        ),
         service_env(data_dir, redis_url, **extra_env),
         log_dir / f"worker-{name}.log",
     ).start()

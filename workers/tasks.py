@@ -1,13 +1,16 @@
 """Celery tasks: thin wrappers over the domain functions in core/, which tests call directly too.
 
 Task names are stable and carry the file_id in their arguments, so Flower's task list
-tells an operator which upload each run was about.
+tells an operator which upload each run was about. They are shared tasks, bound to the app
+`workers.celery_app.create_app(settings)` builds; each run takes the settings from that app.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
+
+from celery import Task, shared_task
 
 from core import assembly, maintenance
 from core.config import Settings
@@ -17,21 +20,20 @@ from core.redis_clients import async_client
 from core.state import UploadRepository
 from core.storage import Storage
 from core.uploads import UploadService
-from workers import observability  # noqa: F401 - its signal handlers: task log lines, assembly metrics
-from workers.celery_app import app, settings
 
 
-def _enqueue_assembly(file_id: str) -> None:
-    app.send_task(ASSEMBLE, args=[file_id])
-
-
-def _run(job):
+def _run(task: Task, job):
     """Run an async domain job with its own Redis connection (one event loop per task run)."""
+    app = task.app
+    settings: Settings = app.settings
+
+    def enqueue_assembly(file_id: str) -> None:
+        app.send_task(ASSEMBLE, args=[file_id])
 
     async def main():
         redis = async_client(settings.redis_url, socket_connect_timeout=5)
         try:
-            service = UploadService(settings, UploadRepository(redis), Storage(settings), _enqueue_assembly)
+            service = UploadService(settings, UploadRepository(redis), Storage(settings), enqueue_assembly)
             return await job(service, settings)
         finally:
             await redis.aclose()
@@ -39,13 +41,13 @@ def _run(job):
     return asyncio.run(main())
 
 
-@app.task(name=ASSEMBLE)
-def assemble(file_id: str) -> dict:
-    return _run(lambda service, s: assembly.assemble(service, file_id, lease_seconds=s.assembly_lease))
+@shared_task(name=ASSEMBLE, bind=True)
+def assemble(self: Task, file_id: str) -> dict:
+    return _run(self, lambda service, s: assembly.assemble(service, file_id, lease_seconds=s.assembly_lease))
 
 
-@app.task(name=CLEANUP)
-def cleanup(older_than: float | None = None, wait_for_lock: bool = False) -> dict:
+@shared_task(name=CLEANUP, bind=True)
+def cleanup(self: Task, older_than: float | None = None, wait_for_lock: bool = False) -> dict:
     async def job(service: UploadService, s: Settings) -> dict:
         age = s.stale_after if older_than is None else older_than
         try:
@@ -54,11 +56,11 @@ def cleanup(older_than: float | None = None, wait_for_lock: bool = False) -> dic
             return {"skipped": "another cleanup is running", "removed": [], "freed_bytes": 0}
         return asdict(report)
 
-    return _run(job)
+    return _run(self, job)
 
 
-@app.task(name=PERSIST)
-def persist() -> dict:
+@shared_task(name=PERSIST, bind=True)
+def persist(self: Task) -> dict:
     async def job(service: UploadService, s: Settings) -> dict:
         # After Redis lost everything, the files list comes back here even if nobody asks for it.
         reindexed = await ensure_files_index(service)
@@ -70,4 +72,4 @@ def persist() -> dict:
             return {"skipped": "another persist is running", "reindexed": reindexed}
         return {**asdict(report), "reindexed": reindexed}
 
-    return _run(job)
+    return _run(self, job)

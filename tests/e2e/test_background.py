@@ -15,13 +15,12 @@ import redis.asyncio as aioredis
 from core.maintenance import job_lock
 from ops.redis_server import free_port
 from tests.faults import (
-    PYTHON,
     post_chunk,
     processes,  # noqa: F401 - fixture
     status,
     wait_for_log,
 )
-from tests.support import new_id, wait_for_state, wait_until
+from tests.support import new_id, wait_for_state, wait_until, workers_command
 
 FAST = {"FT_PERSIST_INTERVAL": "1", "FT_PERSIST_AFTER": "1"}
 
@@ -62,13 +61,17 @@ def test_beat_persists_idle_uploads_and_removes_stale_ones(make_stack, processes
     assert manifest.exists() and body["received_bytes"] == 100_000
     assert "Sending due task persist (uploads.persist)" in beat.log()
     # ... and later beat's `cleanup` removes it, once idle for FT_STALE_AFTER, bytes and manifest too.
+    # (The upload answers 404 from the moment cleanup marks it expired, a moment before its
+    # directory is gone: wait for both.)
     wait_until(
-        lambda: status(client, stack, token, partial).status_code == 404,
+        lambda: (
+            status(client, stack, token, partial).status_code == 404
+            and not (stack.data_dir / "staging" / partial).exists()
+        ),
         timeout=60,
-        what="beat's cleanup to remove the stale upload",
+        what="beat's cleanup to remove the stale upload and its bytes",
     )
     assert time.time() - committed_at >= 15
-    assert not (stack.data_dir / "staging" / partial).exists()
     assert "Sending due task cleanup (uploads.cleanup)" in beat.log()
     assert status(client, stack, token, whole).json()["state"] == "complete"
     assert (stack.data_dir / "files" / whole / "data").read_bytes() == data
@@ -137,12 +140,12 @@ def test_two_beats_never_run_a_job_twice(make_stack, processes, client):
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_flower_requires_basic_auth(stack, processes, how):
     port = free_port()
-    args = [PYTHON, "-m", "celery", "-A", "workers.celery_app", "flower", f"--port={port}", "--address=127.0.0.1"]
-    env = {}
+    args = workers_command("flower")
+    env = {"FT_FLOWER_PORT": str(port)}
     if how == "flag":
         args.append("--basic-auth=ops:s3cret-pass")
     else:
-        env["FLOWER_BASIC_AUTH"] = "ops:s3cret-pass"  # how `make run` passes it (kept out of `ps`)
+        env["FT_FLOWER_BASIC_AUTH"] = "ops:s3cret-pass"  # how `make run` passes it (kept out of `ps`)
     flower = processes.start(args, stack, f"flower-{how}.log", **env)
     url = f"http://127.0.0.1:{port}"
 

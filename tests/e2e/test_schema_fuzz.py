@@ -28,7 +28,7 @@ import uuid
 
 import httpx
 import pytest
-import schemathesis  # noqa: F401 - pinned in requirements.txt: missing is an error, not a skip
+import schemathesis  # noqa: F401 - pinned in requirements-dev.txt: missing is an error, not a skip
 
 from tests.support import send_chunk, wait_for_state
 

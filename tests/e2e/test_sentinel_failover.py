@@ -26,7 +26,6 @@ import pytest
 from core import intervals
 from tests.sentinel_support import running_sentinel_set, wait_promoted
 from tests.support import (
-    PYTHON,
     Proc,
     bearer,
     new_id,
@@ -35,6 +34,7 @@ from tests.support import (
     service_env,
     wait_for_state,
     wait_until,
+    workers_command,
 )
 
 pytestmark = pytest.mark.slow
@@ -185,7 +185,7 @@ def test_uploads_complete_byte_identical_across_a_primary_kill(tmp_path, client)
         ) as stack,
     ):
         beat = Proc(
-            [PYTHON, "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel=INFO"],
+            workers_command("beat"),
             service_env(stack.data_dir, cluster.url, FT_PERSIST_INTERVAL="5", FT_ASSEMBLY_LEASE="10"),
             stack.log_dir / "beat.log",
         ).start()

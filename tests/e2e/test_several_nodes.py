@@ -25,7 +25,6 @@ from client import Client
 from core.users import UserStore
 from ops.redis_server import free_port, start_redis
 from tests.support import (
-    PYTHON,
     Proc,
     balancer_nginx_conf,
     bearer,
@@ -37,6 +36,7 @@ from tests.support import (
     start_api,
     start_worker,
     wait_until,
+    workers_command,
 )
 from tests.tus_support import upload_id
 
@@ -91,16 +91,7 @@ def cluster(tmp_path):
             workers.append(start_worker(data_dir, redis_url, log_dir, name, **NODE_ENV))
             owned.callback(workers[-1].stop)
         beat = Proc(
-            [
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "beat",
-                "--loglevel=INFO",
-                f"--schedule={tmp_path / 'beat-schedule'}",
-            ],
+            workers_command("beat", f"--schedule={tmp_path / 'beat-schedule'}"),
             service_env(data_dir, redis_url, **NODE_ENV),
             log_dir / "beat.log",
         ).start()

@@ -67,9 +67,24 @@ def test_services_and_their_wiring(compose):
         assert service["environment"]["FT_REDIS_URL"] == "redis://redis:6379/0"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "requirements.txt" in dockerfile
-    # The image and the api service serve through the one entry point, built from FT_* settings.
+    # The image and the api service serve through the one entry point, built from FT_* settings;
+    # the Celery processes through theirs (`python -m workers ...`), never a raw celery command line.
     assert 'CMD ["python", "-m", "api"]' in dockerfile
     assert services["api"]["command"] == ["python", "-m", "api"]
+    for name in ("worker", "beat", "flower"):
+        assert services[name]["command"] == ["python", "-m", "workers", name]
+
+
+def test_the_image_installs_the_runtime_requirements_only():
+    """requirements.txt is what runs the service; the test and lint tools are requirements-dev.txt's."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert set(re.findall(r"-r\s+(\S+)", dockerfile)) == {"/tmp/requirements.txt"}
+    assert set(re.findall(r"COPY\s+(requirements\S*)", dockerfile)) == {"requirements.txt"}
+    runtime = {re.split(r"[=\[]", line)[0].lower() for line in (ROOT / "requirements.txt").read_text().split()}
+    assert not runtime & {"pytest", "hypothesis", "schemathesis", "fakeredis", "lupa", "playwright", "tuspy", "ruff"}
+    dev = (ROOT / "requirements-dev.txt").read_text().splitlines()
+    assert "-r requirements.txt" in dev and any(line.startswith("pytest==") for line in dev)
+    assert "requirements-dev.txt" in (ROOT / ".dockerignore").read_text().split()
 
 
 def test_all_services_share_one_data_volume(compose):
@@ -117,22 +132,10 @@ def test_env_names_are_settings(compose):
     assert set(re.findall(r"\bFT_\w+", (ROOT / "Dockerfile").read_text())) <= {f"FT_{f.upper()}" for f in fields}
 
 
-def _local(command: list[str], port_map: dict[str, int]) -> list[str]:
-    """The container command for this machine: our python, 127.0.0.1, free ports."""
+def _local(command: list[str]) -> list[str]:
+    """The container command for this machine: our python (addresses and ports are settings)."""
     assert command[:2] == ["python", "-m"], command
-    args = [sys.executable] + command[1:]
-    out = []
-    for i, arg in enumerate(args):
-        if arg == "0.0.0.0" and args[i - 1] == "--host":
-            arg = "127.0.0.1"
-        elif args[i - 1] == "--port" and arg in port_map:
-            arg = str(port_map[arg])
-        elif arg.startswith("--address="):
-            arg = "--address=127.0.0.1"
-        elif arg.startswith("--port="):
-            arg = f"--port={port_map[arg.split('=', 1)[1]]}"
-        out.append(arg)
-    return out
+    return [sys.executable, *command[1:]]
 
 
 def test_service_commands_come_up(compose, redis_server, tmp_path):
@@ -153,9 +156,10 @@ def test_service_commands_come_up(compose, redis_server, tmp_path):
             if "FT_HOST" in env:  # the api (`python -m api`) listens where its settings say
                 assert env["FT_HOST"] == "0.0.0.0"
                 env.update(FT_HOST="127.0.0.1", FT_PORT=str(port_map[str(env["FT_PORT"])]))
-            procs[name] = Proc(
-                _local(service["command"], port_map), {**base_env, **env}, tmp_path / f"{name}.log"
-            ).start()
+            if "FT_FLOWER_HOST" in env:  # flower (`python -m workers flower`) too
+                assert env["FT_FLOWER_HOST"] == "0.0.0.0"
+                env.update(FT_FLOWER_HOST="127.0.0.1", FT_FLOWER_PORT=str(port_map[str(env["FT_FLOWER_PORT"])]))
+            procs[name] = Proc(_local(service["command"]), {**base_env, **env}, tmp_path / f"{name}.log").start()
 
         def wait_up(name, check, what):
             """Wait for `check`, but stop waiting at once when the process died."""
