@@ -66,7 +66,7 @@ def main() -> None:
         port = free_port()
         redis = start_redis(port, root / "redis", persistent=False)
         redis_url = f"redis://127.0.0.1:{port}/0"
-        env = {"FT_ADMIN_USERNAME": ADMIN, "FT_ADMIN_PASSWORD": PASSWORD, "PYTHONMALLOC": "malloc", **extra}
+        env = {"FT_ADMIN_USERNAME": ADMIN, "FT_ADMIN_PASSWORD": PASSWORD, **extra}
         (root / "logs").mkdir()
         worker = start_worker(root / "data", redis_url, root / "logs", **env)
         api_port = free_port()
