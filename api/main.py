@@ -14,7 +14,7 @@ from api import metrics
 from api.errors import install_error_handlers
 from api.observability import RequestObserver
 from api.routers import admin, auth, downloads, files, health, tus, uploads, web
-from api.security_headers import SecurityHeaders
+from api.security_headers import SECURITY_HEADERS
 from core.config import Settings
 from core.jobs import Jobs
 from core.links import DownloadLinks
@@ -131,6 +131,6 @@ def create_app(
     app.include_router(files.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(RequestObserver, router=app)  # outermost: sees every answer of the app
+    # Outermost: sees every answer of the app, and gives each the security headers.
+    app.add_middleware(RequestObserver, router=app, headers=SECURITY_HEADERS)
     return app
