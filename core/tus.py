@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -350,11 +350,23 @@ class TusService:
         # claim itself (one round trip), which renews both; a body that idles or trickles is dropped.
         token = secrets.token_hex(8)
         paced_body = paced(body, self.settings.body_idle_timeout, self.settings.body_min_rate)
-        end = await self._stream(upload, request, limit, length, paced_body, token)
+        end, last = await self._stream(upload, request, limit, length, paced_body, token)
         if request.complete and length is None:
             await self._declare(upload, current, end)
-        # One read for both: whether to start the assembly, and the answer's headers.
-        after = await self.repo.get(file_id)
+        if last is not None and current.length is not None:
+            # The length was known before this request, so only the counters changed: the last
+            # commit returned them, and its time is the one stored (no read back from Redis).
+            progress, when = last
+            after = replace(
+                upload,
+                state=progress.state,
+                received=progress.received,
+                total=progress.total,
+                next_expected=progress.next_expected,
+                updated_at=when,
+            )
+        else:  # one read for both: whether to start the assembly, and the answer's headers
+            after = await self.repo.get(file_id)
         if after is None:  # deleted meanwhile (or Redis lost it): answered as HEAD would be
             return await self.info(user, file_id)
         if after.state == "assembling":
@@ -382,9 +394,10 @@ class TusService:
 
     async def _stream(
         self, upload: Upload, request: Append, limit: int, length: int | None, body: AsyncIterator[bytes], token: str
-    ) -> int:
+    ) -> tuple[int, tuple[Progress, float] | None]:
         """Write the body at the offset under a claim of [offset, limit); record what arrived as
-        chunks. Returns the offset after the last byte stored."""
+        chunks. Returns the offset after the last byte stored, and what the last commit of the
+        body returned with its time (None when the body was empty)."""
         file_id, start = upload.file_id, request.offset
         lease = self.settings.claim_lease
         total = length if length is not None else upload.total  # the length may be declared just now
@@ -436,20 +449,21 @@ class TusService:
         if last is None:  # nothing to record: the claim (and its disk hold) is still there
             await self.repo.release(file_id, token)
         # else the final commit ended the claim and its disk hold (it keeps none: no keep_lease)
-        return segment.end
+        return segment.end, last
 
     async def _commit(
         self, file_id: str, token: str, segment: _Segment, keep_lease: float | None = None, quiet: bool = False
-    ) -> Progress | None:
-        """Record the segment (None when it is empty)."""
+    ) -> tuple[Progress, float] | None:
+        """Record the segment: what the commit returned and its time (None when it is empty)."""
         if segment.size == 0:
             return None
         chunk = Chunk(segment.start, segment.end - 1, segment.crc)
-        progress = await self.repo.commit(file_id, token, chunk, None, None, keep_lease=keep_lease)
+        now = time.time()
+        progress = await self.repo.commit(file_id, token, chunk, None, None, now=now, keep_lease=keep_lease)
         segment.restart()
         if progress.outcome != "committed" and not quiet:
             raise Overlap("the PATCH lost its claim on the upload; send it again from the current offset")
-        return progress
+        return progress, now
 
 
 class _Segment:
