@@ -3,8 +3,8 @@
 Everything comes from Settings (FT_HOST, FT_PORT, FT_API_WORKERS, FT_KEEPALIVE_TIMEOUT, ...):
 uvicorn on uvloop with our bounded httptools protocol (api/http_protocol.py), which adds the
 head-size cap, the header-read timeout and the 503 + Retry-After answers when a process is
-saturated. Each worker process builds the app with `api.main:create_app` (a factory, as
-`uvicorn --factory api.main:create_app` would) and reads the same environment.
+saturated. Each worker process builds the app with `api.main:create_served_app` (a factory, as
+`uvicorn --factory api.main:create_served_app` would) and reads the same environment.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from core.config import Settings
 from core.logs import logging_config
 
 PROTOCOL = "api.http_protocol:BoundedHttpToolsProtocol"
+APP_FACTORY = "api.main:create_served_app"
 GRACEFUL_SHUTDOWN = 10  # seconds running requests get at SIGTERM before their connections are cut
 
 
@@ -58,7 +59,7 @@ def prepare_multiprocess_metrics(settings: Settings) -> None:
 def main() -> int:
     settings = Settings()
     prepare_multiprocess_metrics(settings)
-    uvicorn.run("api.main:create_app", **server_options(settings))
+    uvicorn.run(APP_FACTORY, **server_options(settings))
     return 0
 
 

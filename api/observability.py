@@ -1,5 +1,7 @@
 """One ASGI middleware (pure ASGI: bodies stream through untouched) that gives every request a
-request id, counts it for /metrics and writes its one log line.
+request id, counts it for /metrics, writes its one log line and puts the strict browser headers
+(api/security_headers.py) on every answer: one layer for all that every request needs, since
+each layer costs every request and every message of its answer a call and a copy.
 
 The request id is the client's `X-Request-ID` when it is sane (core/request_context.py), else a
 new one; it is echoed in the answer's `X-Request-ID`, set for the request's code (log lines of
@@ -66,9 +68,13 @@ def route_of(app, scope: Scope) -> tuple[str, dict]:
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp, router=None) -> None:
+    def __init__(self, app: ASGIApp, router=None, headers: list[tuple[bytes, bytes]] = ()) -> None:
         self.app = app
         self.router = router  # the FastAPI app, whose routes name the templates
+        # Headers every answer gets, replacing any of the same names the app set.
+        self.headers = list(headers)
+        self._replaced = frozenset(name for name, _ in self.headers)
+        self._children: dict[tuple[str, str, str], tuple] = {}  # metric children by labels, made once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,6 +83,7 @@ class RequestObserver:
         rid = _client_request_id(scope) or new_request_id()
         token = request_id.set(rid)
         exchange = _Exchange()
+        replaced = self._replaced
         started = time.perf_counter()
 
         async def counting_receive() -> Message:
@@ -89,12 +96,23 @@ class RequestObserver:
             kind = message["type"]
             if kind == "http.response.start":
                 exchange.status = message["status"]
-                headers = list(message.get("headers", ()))
-                found = {k.lower(): v for k, v in headers if k.lower() in (b"content-length", b"location")}
-                exchange.length = int(found[b"content-length"]) if found.get(b"content-length", b"").isdigit() else 0
-                if exchange.status == 201 and b"location" in found:
-                    exchange.created = found[b"location"].decode("latin-1").rstrip("/").rpartition("/")[2]
-                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+                headers = []
+                length = location = None
+                for name, value in message.get("headers", ()):
+                    lower = name.lower()
+                    if lower in replaced:
+                        continue
+                    if lower == b"content-length":
+                        length = value
+                    elif lower == b"location":
+                        location = value
+                    headers.append((name, value))
+                exchange.length = int(length) if length is not None and length.isdigit() else 0
+                if exchange.status == 201 and location is not None:
+                    exchange.created = location.decode("latin-1").rstrip("/").rpartition("/")[2]
+                headers += self.headers
+                headers.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": headers}
             elif kind == "http.response.body":
                 exchange.served += len(message.get("body", b""))
             elif kind == "http.response.pathsend":
@@ -115,8 +133,12 @@ class RequestObserver:
         route, params = route_of(self.router, scope)
         method = scope["method"]
         status = str(exchange.status) if exchange.status is not None else "none"
-        metrics.REQUESTS.labels(method, route, status).inc()
-        metrics.LATENCY.labels(method, route, status).observe(seconds)
+        children = self._children.get((method, route, status))
+        if children is None:  # as many as the label sets prometheus-client keeps anyway
+            children = (metrics.REQUESTS.labels(method, route, status), metrics.LATENCY.labels(method, route, status))
+            self._children[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if exchange.received:
             metrics.RECEIVED_BYTES.labels(route).inc(exchange.received)
         if exchange.served:

@@ -1,8 +1,9 @@
 """Strict browser headers on every answer: the web page and the docs are plain static files
 with external scripts only, so the policy can forbid inline scripts outright.
 
-A pure ASGI middleware (no BaseHTTPMiddleware): it adds headers to the response start and
-never touches bodies, so downloads stream as before.
+Put on every answer by api/observability.py's RequestObserver (one pure ASGI layer for all that
+every request needs): they replace any header of the same name the app set, and never touch
+bodies, so downloads stream as before.
 """
 
 from __future__ import annotations
@@ -31,22 +32,3 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
-_NAMES = {name for name, _ in SECURITY_HEADERS}
-
-
-class SecurityHeaders:
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0].lower() not in _NAMES]
-                message = {**message, "headers": headers + SECURITY_HEADERS}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

@@ -1,11 +1,13 @@
 """CPU the API spends per 64 KiB chunk request, read from /proc (not wall time: the machine
 is shared, and CPU seconds per request hold still under load where throughput does not).
 
-    .venv/bin/python -m bench.chunk_cpu [--chunks 2000] [--connections 4] [--runs 3] [--py-spy out.svg]
+    .venv/bin/python -m bench.chunk_cpu [--chunks 2000] [--connections 4] [--runs 3] [--tus] [--py-spy out.svg]
 
 Starts our stack (own redis-server, one API, one worker), warms it up, then sends `--chunks`
 chunks (1 MiB files in 64 KiB chunks, as bench/devices.py) over `--connections` keep-alive
-connections and reports the API process's utime+stime per chunk, per run.
+connections and reports the API process's utime+stime per chunk, per run. `--tus` sends the
+same bytes through our tus endpoint instead (POST /files/ then one 64 KiB PATCH per chunk): the
+figure is then CPU per PATCH, the creation POST's share included.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.devices import CHUNK, FILE_SIZE, Connection, OurChunks, Payload, Tally  # noqa: E402
+from bench.devices import CHUNK, FILE_SIZE, Connection, OurChunks, Payload, Tally, TusChunks  # noqa: E402
 from bench.stack import OurStack  # noqa: E402
 
 CHUNKS_PER_FILE = FILE_SIZE // CHUNK
@@ -36,8 +38,9 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-async def send(url: str, token: str, prefix: str, files: int, connections: int) -> Tally:
-    payload, protocol, tally = Payload(), OurChunks(token), Tally()
+async def send(url: str, token: str, prefix: str, files: int, connections: int, tus: bool = False) -> Tally:
+    payload, tally = Payload(), Tally()
+    protocol = TusChunks("ours-tus", "/files", {"Authorization": f"Bearer {token}"}) if tus else OurChunks(token)
     queue: asyncio.Queue[str] = asyncio.Queue()
     for index in range(files):
         queue.put_nowait(f"{prefix}-{index}")
@@ -60,6 +63,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", default="/dev/shm")
+    parser.add_argument("--tus", action="store_true", help="our tus endpoint (PATCHes) instead of POST /upload")
     parser.add_argument(
         "--py-spy", help="record a flame graph (.svg) or collapsed stacks (.txt) of the API in the last run"
     )
@@ -67,7 +71,7 @@ def main() -> None:
     files = max(1, args.chunks // CHUNKS_PER_FILE)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp, OurStack(Path(tmp) / "stack") as stack:
         pid = stack.api.pid
-        asyncio.run(send(stack.url, stack.token, "warm", 8, args.connections))
+        asyncio.run(send(stack.url, stack.token, "warm", 8, args.connections, args.tus))
         results = []
         for run in range(args.runs):
             spy = None
@@ -91,7 +95,7 @@ def main() -> None:
                 )
                 time.sleep(1)
             before, started = cpu_seconds(pid), time.perf_counter()
-            tally = asyncio.run(send(stack.url, stack.token, f"r{run}", files, args.connections))
+            tally = asyncio.run(send(stack.url, stack.token, f"r{run}", files, args.connections, args.tus))
             (user, system), wall = cpu_seconds(pid), time.perf_counter() - started
             user, system = user - before[0], system - before[1]
             cpu = user + system
@@ -103,11 +107,13 @@ def main() -> None:
             results.append(cpu / chunks * 1e6)
             print(
                 f"run {run}: {chunks} chunks, {errors} errors {dict(tally.errors)}, API cpu {cpu:.2f}s "
-                f"= {cpu / chunks * 1e6:.0f} us/chunk (user {user / chunks * 1e6:.0f}, system {system / chunks * 1e6:.0f}), wall {wall:.1f}s, load {os.getloadavg()[0]:.1f}",
+                f"= {cpu / chunks * 1e6:.0f} us/chunk (user {user / chunks * 1e6:.0f}, "
+                f"system {system / chunks * 1e6:.0f}), wall {wall:.1f}s, load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
         results.sort()
-        print(f"API CPU per chunk: median {results[len(results) // 2]:.0f} us, min {results[0]:.0f} us")
+        what = "tus PATCH" if args.tus else "chunk"
+        print(f"API CPU per {what}: median {results[len(results) // 2]:.0f} us, min {results[0]:.0f} us")
 
 
 if __name__ == "__main__":

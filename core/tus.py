@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -38,6 +38,7 @@ from core.errors import (
     AlreadyComplete,
     ConcatenationError,
     FileTooLarge,
+    InsufficientStorage,
     InvalidTusHeader,
     NotFound,
     OffsetMismatch,
@@ -345,19 +346,32 @@ class TusService:
             if request.offset + request.content_length > limit:
                 raise UploadLengthExceeded(f"the body goes past the upload's length of {limit} bytes")
             limit = request.offset + request.content_length
-        # The body's room on disk is held before a byte is written (as a chunk's is), under the
-        # token of the claim, which renews both; a body that idles or trickles is dropped.
+        # The body's room on disk is held before a byte is written (as a chunk's is), by the
+        # claim itself (one round trip), which renews both; a body that idles or trickles is dropped.
         token = secrets.token_hex(8)
-        await self.uploads.reserve_disk(token, limit - request.offset)
-        try:
-            paced_body = paced(body, self.settings.body_idle_timeout, self.settings.body_min_rate)
-            end = await self._stream(upload, request, limit, length, paced_body, token)
-        finally:
-            await self.uploads.release_disk(token)
+        paced_body = paced(body, self.settings.body_idle_timeout, self.settings.body_min_rate)
+        end, last = await self._stream(upload, request, limit, length, paced_body, token)
         if request.complete and length is None:
             await self._declare(upload, current, end)
-        await self._start_assembly_if_done(file_id)
-        return await self.info(user, file_id)
+        if last is not None and current.length is not None:
+            # The length was known before this request, so only the counters changed: the last
+            # commit returned them, and its time is the one stored (no read back from Redis).
+            progress, when = last
+            after = replace(
+                upload,
+                state=progress.state,
+                received=progress.received,
+                total=progress.total,
+                next_expected=progress.next_expected,
+                updated_at=when,
+            )
+        else:  # one read for both: whether to start the assembly, and the answer's headers
+            after = await self.repo.get(file_id)
+        if after is None:  # deleted meanwhile (or Redis lost it): answered as HEAD would be
+            return await self.info(user, file_id)
+        if after.state == "assembling":
+            await self.uploads.start_assembly(file_id)
+        return describe(after, self.settings.stale_after)
 
     async def _declare(self, upload: Upload, current: TusUpload, total: int) -> int:
         if current.length is not None:
@@ -378,23 +392,25 @@ class TusService:
             raise InvalidTusHeader(f"Upload-Length {total} is below the {progress.received} bytes already stored")
         return total
 
-    async def _start_assembly_if_done(self, file_id: str) -> None:
-        upload = await self.repo.get(file_id)
-        if upload is not None and upload.state == "assembling":
-            await self.uploads.start_assembly(file_id)
-
     async def _stream(
         self, upload: Upload, request: Append, limit: int, length: int | None, body: AsyncIterator[bytes], token: str
-    ) -> int:
+    ) -> tuple[int, tuple[Progress, float] | None]:
         """Write the body at the offset under a claim of [offset, limit); record what arrived as
-        chunks. Returns the offset after the last byte stored."""
+        chunks. Returns the offset after the last byte stored, and what the last commit of the
+        body returned with its time (None when the body was empty)."""
         file_id, start = upload.file_id, request.offset
         lease = self.settings.claim_lease
         total = length if length is not None else upload.total  # the length may be declared just now
+        need = self.storage.allocation_for(limit - start)
         progress = await self.repo.claim(
-            file_id, upload.owner, True, start, limit - 1, total, 0, token, lease, create=False
+            file_id, upload.owner, True, start, limit - 1, total, 0, token, lease, create=False, disk_bytes=need
         )
         _refuse(progress, start)
+        try:
+            self.uploads.check_free_disk(need, int(progress.extra or 0))
+        except InsufficientStorage:
+            await self.repo.release(file_id, token)
+            raise
         fd = self.storage.open_for_chunk(file_id, length)
         segment = _Segment(start)
         hasher = request.checksum.hasher() if request.checksum else None
@@ -421,7 +437,7 @@ class TusService:
                 raise TusChecksumMismatch(f"the body does not match its Upload-Checksum ({request.checksum.algorithm})")
             if self.settings.fsync_chunks:
                 os.fdatasync(fd)
-            await self._commit(file_id, token, segment)
+            last = await self._commit(file_id, token, segment)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if hasher is None:  # keep what arrived: the client resumes from there
@@ -430,19 +446,24 @@ class TusService:
             raise
         finally:
             os.close(fd)
-        await self.repo.release(file_id, token)
-        return segment.end
+        if last is None:  # nothing to record: the claim (and its disk hold) is still there
+            await self.repo.release(file_id, token)
+        # else the final commit ended the claim and its disk hold (it keeps none: no keep_lease)
+        return segment.end, last
 
     async def _commit(
         self, file_id: str, token: str, segment: _Segment, keep_lease: float | None = None, quiet: bool = False
-    ) -> None:
+    ) -> tuple[Progress, float] | None:
+        """Record the segment: what the commit returned and its time (None when it is empty)."""
         if segment.size == 0:
-            return
+            return None
         chunk = Chunk(segment.start, segment.end - 1, segment.crc)
-        progress = await self.repo.commit(file_id, token, chunk, None, None, keep_lease=keep_lease)
+        now = time.time()
+        progress = await self.repo.commit(file_id, token, chunk, None, None, now=now, keep_lease=keep_lease)
         segment.restart()
         if progress.outcome != "committed" and not quiet:
             raise Overlap("the PATCH lost its claim on the upload; send it again from the current offset")
+        return progress, now
 
 
 class _Segment:

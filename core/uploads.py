@@ -302,7 +302,7 @@ class UploadService:
             return _receipt(file_id, progress), "retransmit"
         _raise_for(progress)
         try:
-            self._check_free_disk(need, int(progress.extra or 0))
+            self.check_free_disk(need, int(progress.extra or 0))
             with _disk_full_is_507():
                 await self._write(file_id, stream, chunk, content_range.total, token)
             progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
@@ -321,12 +321,12 @@ class UploadService:
         need = self.storage.allocation_for(length)
         held_by_others = await self.repo.reserve_disk(token, need, self.settings.claim_lease)
         try:
-            self._check_free_disk(need, held_by_others)
+            self.check_free_disk(need, held_by_others)
         except InsufficientStorage:
             await self.release_disk(token)
             raise
 
-    def _check_free_disk(self, need: int, held_by_others: int) -> None:
+    def check_free_disk(self, need: int, held_by_others: int) -> None:
         """Refuse a chunk whose `need` would take free space (measured after its hold was
         placed) below the floor, counting what other chunks hold."""
         if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:

@@ -6,7 +6,7 @@ import resource
 
 import uvicorn
 
-from api.__main__ import PROTOCOL, server_options
+from api.__main__ import APP_FACTORY, PROTOCOL, server_options
 from api.http_protocol import FD_RESERVE, BoundedHttpToolsProtocol, connection_limit
 from core.config import Settings
 
@@ -23,11 +23,12 @@ def test_server_options_come_from_settings():
 
 def test_uvicorn_loads_our_protocol_and_app_factory():
     config = uvicorn.Config(
-        "api.main:create_app", **{k: v for k, v in server_options(Settings()).items() if k not in ("workers",)}
+        APP_FACTORY, **{k: v for k, v in server_options(Settings()).items() if k not in ("workers",)}
     )
     assert config.http == PROTOCOL
     from uvicorn.importer import import_from_string
 
+    assert callable(import_from_string(APP_FACTORY))
     assert import_from_string(PROTOCOL) is BoundedHttpToolsProtocol
 
 
