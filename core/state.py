@@ -716,7 +716,7 @@ class UploadRepository:
     """The only code that knows the Redis layout of uploads (and of their locks)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis  # for the scripts and the metrics snapshot; nobody else spells a key
+        self.redis = redis  # tests look at keys through it; code elsewhere goes through the methods
         self._claim = redis.register_script(_CLAIM)
         self._open = redis.register_script(_OPEN)
         self._renew = redis.register_script(_RENEW)

@@ -7,6 +7,10 @@ A chunk's bytes stream straight to their offset in the staging file while its CR
 is computed; the range is claimed in Redis first (so two writers never write the same
 bytes) and recorded only after the CRC matched. A failed or interrupted chunk
 releases its claim and leaves the upload as it was.
+
+The states and the records on disk (manifest, meta.json) are typed in core/records.py; their
+Redis form is the repository's (core/state.py). `restore_from_disk`, `load` and
+`write_manifest` are functions of (repository, storage), for the workers' jobs as well.
 """
 
 from __future__ import annotations

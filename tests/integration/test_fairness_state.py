@@ -313,7 +313,7 @@ def test_status_lists_the_first_1000_gaps_and_says_there_are_more(run, redis_db)
         many = await env.service.status(user, "g")
         await env.send(user, "h", b"x" * 10, 0, 20)
         few = await env.service.status(user, "h")
-        return many, few
+        return many.model_dump(), few.model_dump()
 
     many, few = run(scenario)
     assert len(many["missing_ranges"]) == MAX_MISSING_RANGES == 1000
