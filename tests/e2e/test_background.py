@@ -69,7 +69,12 @@ def test_beat_persists_idle_uploads_and_removes_stale_ones(make_stack, processes
         what="beat's cleanup to remove the stale upload",
     )
     assert time.time() - committed_at >= 15
-    assert not (stack.data_dir / "staging" / partial).exists()
+    # The upload answers 404 once marked expired; its bytes go a moment later, in the same run.
+    wait_until(
+        lambda: not (stack.data_dir / "staging" / partial).exists(),
+        timeout=10,
+        what="the cleanup run to remove the stale upload's bytes",
+    )
     assert "Sending due task cleanup (uploads.cleanup)" in beat.log()
     assert status(client, stack, token, whole).json()["state"] == "complete"
     assert (stack.data_dir / "files" / whole / "data").read_bytes() == data
