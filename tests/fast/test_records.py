@@ -10,6 +10,7 @@ import os
 import fakeredis
 import pytest
 from hypothesis import given
+from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from core import maintenance
@@ -87,6 +88,7 @@ def through_disk(document: dict) -> dict:
 
 
 @given(manifests)
+@examples(max_examples=50)  # the fast layer stays fast
 def test_a_manifest_round_trips(manifest: Manifest) -> None:
     document = through_disk(manifest.to_json())
     assert document["version"] == MANIFEST_VERSION
@@ -94,6 +96,7 @@ def test_a_manifest_round_trips(manifest: Manifest) -> None:
 
 
 @given(metas)
+@examples(max_examples=50)  # the fast layer stays fast
 def test_a_meta_round_trips(meta: FileMeta) -> None:
     document = through_disk(meta.to_json())
     assert document["version"] == META_VERSION
@@ -101,6 +104,7 @@ def test_a_meta_round_trips(meta: FileMeta) -> None:
 
 
 @given(tus_fields)
+@examples(max_examples=50)  # the fast layer stays fast
 def test_tus_fields_round_trip_through_their_strings(tus: TusFields) -> None:
     assert TusFields.from_strings(tus.as_strings()) == tus
 
