@@ -20,6 +20,7 @@ from core.state import (
     ALL_FILES_KEY,
     ASSEMBLING_KEY,
     DISK_RESERVED_KEY,
+    NO_LIMITS,
     Chunk,
     UploadLimits,
     UploadRepository,
@@ -58,7 +59,7 @@ async def put(
     total: int,
     owner: str = "alice",
     now: float = T0,
-    limits: UploadLimits = UploadLimits(),
+    limits: UploadLimits = NO_LIMITS,
 ):
     chunk = Chunk(start, end, (start * 31 + end) & 0xFFFFFFFF)
     token = f"t{start}-{end}"
