@@ -15,21 +15,18 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
-from redis.asyncio.lock import Lock
-from redis.exceptions import LockError
 
 from core.checksums import crc32
-from core.state import Chunk
+from core.records import FileMeta, UploadState
+from core.state import Chunk, Lease, UploadRepository
+from core.storage import Storage
 from core.tus import build_concatenation, forget_parts, parts_of
-from core.uploads import UploadService
+from core.uploads import load
 
 READ_SIZE = 4 * 1024 * 1024
-
-
-def assembly_lock_key(file_id: str) -> str:
-    return f"ft:lock:assemble:{file_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,31 +64,25 @@ def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
     return Verification(digest.hexdigest(), bad)
 
 
-async def assemble(service: UploadService, file_id: str, lease_seconds: float = 60.0) -> dict:
+async def assemble(
+    repo: UploadRepository, storage: Storage, file_id: str, lease_seconds: float = 60.0
+) -> dict[str, Any]:
     """Verify and publish `file_id`. Returns a small report (also the Celery task's result)."""
-    repo, storage = service.repo, service.storage
-    upload = await service.load(file_id)
+    upload = await load(repo, storage, file_id)
     if upload is None:
         return {"file_id": file_id, "result": "gone"}
-    if upload.state != "assembling":
+    if upload.state != UploadState.ASSEMBLING:
         return {"file_id": file_id, "result": f"nothing to do: {upload.state}"}
 
     # A run whose process was killed leaves its lease behind until it lapses, and its task is
     # redelivered at once (reject_on_worker_lost): wait up to one lease period for it. A live
     # run keeps renewing its lease, so a duplicate gives up after that and leaves the file to it.
-    lock = Lock(
-        repo.redis,
-        assembly_lock_key(file_id),
-        timeout=lease_seconds,
-        sleep=0.1,
-        blocking=True,
-        blocking_timeout=lease_seconds + 1,
-    )
-    if not await lock.acquire():
+    lease = repo.assembly_lease(file_id, lease_seconds)
+    if not await lease.acquire():
         return {"file_id": file_id, "result": "busy: another run holds the lease"}
     try:
-        upload = await service.load(file_id)  # another run may have finished while we waited
-        if upload is None or upload.state != "assembling":
+        upload = await load(repo, storage, file_id)  # another run may have finished while we waited
+        if upload is None or upload.state != UploadState.ASSEMBLING:
             return {"file_id": file_id, "result": f"nothing to do: {upload.state if upload else 'gone'}"}
         chunks = await repo.chunks(file_id)
         parts = parts_of(upload)
@@ -99,45 +90,38 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             try:
                 await anyio.to_thread.run_sync(build_concatenation, storage, file_id, parts)
             except FileNotFoundError:
-                error = "a partial upload of this concatenation was removed before it was assembled"
-                await repo.transition(file_id, "assembling", state="failed", error=error)
-                return {"file_id": file_id, "result": "failed", "error": error}
+                removed = "a partial upload of this concatenation was removed before it was assembled"
+                await repo.mark_failed(file_id, removed)
+                return {"file_id": file_id, "result": "failed", "error": removed}
         source = storage.staging_data(file_id)
         if not source.exists():
             source = storage.final_data(file_id)  # a previous run moved it, then died
         started = time.monotonic()
-        verification = await _verify_with_lease(lock, source, chunks, upload.total, lease_seconds)
-        error = None
+        verification = await _verify_with_lease(lease, source, chunks, upload.total, lease_seconds)
+        error: str | None = None
         if (bad := verification.bad_chunk) is not None:
             error = f"stored bytes {bad.start}-{bad.end} no longer match their CRC-32; upload them again"
         elif upload.expected_sha256 and verification.sha256 != upload.expected_sha256:
             error = f"SHA-256 mismatch: expected {upload.expected_sha256}, got {verification.sha256}"
         if error is not None:
-            await repo.transition(file_id, "assembling", state="failed", error=error)
+            await repo.mark_failed(file_id, error)
             return {"file_id": file_id, "result": "failed", "error": error}
 
         completed_at = time.time()
-        meta = {
-            "file_id": file_id,
-            "owner": upload.owner,
-            "size": upload.total,
-            "sha256": verification.sha256,
-            "expected_sha256": upload.expected_sha256,
-            "file_name": upload.file_name,
-            "created_at": upload.created_at,
-            "completed_at": completed_at,
-        }
-        storage.publish(file_id, meta)
-        await repo.transition(
-            file_id,
-            "assembling",
-            state="complete",
+        meta = FileMeta(
+            file_id=file_id,
+            owner=upload.owner,
+            size=upload.total,
             sha256=verification.sha256,
-            completed_at=repr(completed_at),
-            updated_at=repr(completed_at),
+            expected_sha256=upload.expected_sha256,
+            file_name=upload.file_name,
+            created_at=upload.created_at,
+            completed_at=completed_at,
         )
+        storage.publish(file_id, meta.to_json())
+        await repo.mark_complete(file_id, verification.sha256, completed_at)
         storage.remove_staging(file_id)
-        await forget_parts(service, parts)
+        await forget_parts(repo, storage, parts)
         return {
             "file_id": file_id,
             "result": "complete",
@@ -146,21 +130,20 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             "seconds": round(time.monotonic() - started, 3),
         }
     finally:
-        try:
-            await lock.release()
-        except LockError:
-            pass
+        await lease.release()
 
 
-async def _verify_with_lease(lock: Lock, path: Path, chunks: list[Chunk], total: int, lease: float) -> Verification:
+async def _verify_with_lease(
+    lease: Lease, path: Path, chunks: list[Chunk], total: int, lease_seconds: float
+) -> Verification:
     """Run the (blocking) verification in a thread while this task keeps the lease alive."""
     async with anyio.create_task_group() as group:
         result: list[Verification] = []
 
         async def renew() -> None:
             while True:
-                await anyio.sleep(lease / 3)
-                await lock.reacquire()
+                await anyio.sleep(lease_seconds / 3)
+                await lease.renew()
 
         group.start_soon(renew)
         result.append(await anyio.to_thread.run_sync(verify_file, path, chunks, total))

@@ -22,7 +22,6 @@ import base64
 import binascii
 import errno
 import hashlib
-import json
 import os
 import secrets
 import time
@@ -48,8 +47,9 @@ from core.errors import (
     UploadLengthExceeded,
 )
 from core.file_ids import validate_file_id
-from core.state import Chunk, Progress, Upload
-from core.storage import write_at
+from core.records import TusConcat, TusFields, UploadState
+from core.state import Chunk, Outcome, Progress, Upload, UploadRepository
+from core.storage import Storage, write_at
 from core.uploads import MAX_FILE_NAME_BYTES, UploadService, raise_refused_creation
 from core.users import User
 
@@ -212,7 +212,7 @@ class TusUpload:
     length: int | None
     metadata: str
     expires_at: float | None
-    state: str
+    state: UploadState
     concat: str | None
 
     @property
@@ -221,17 +221,17 @@ class TusUpload:
 
 
 def describe(upload: Upload, stale_after: int) -> TusUpload:
-    deferred = upload.fields.get("tus_deferred") == "1"
-    offset = upload.next_expected if upload.state == "uploading" else upload.total
-    concat = upload.fields.get("tus_concat") or None
-    if concat and concat != "partial":
-        concat = "final;" + " ".join(f"/files/{p}" for p in json.loads(upload.fields.get("tus_parts", "[]")))
+    tus = upload.tus
+    offset = upload.next_expected if upload.state == UploadState.UPLOADING else upload.total
+    concat: str | None = tus.concat
+    if concat == "final":
+        concat = "final;" + " ".join(f"/files/{p}" for p in tus.parts)
     return TusUpload(
         file_id=upload.file_id,
         offset=offset,
-        length=None if deferred else upload.total,
-        metadata=upload.fields.get("tus_metadata", ""),
-        expires_at=None if upload.state == "complete" else upload.updated_at + stale_after,
+        length=None if tus.deferred else upload.total,
+        metadata=tus.metadata,
+        expires_at=None if upload.state == UploadState.COMPLETE else upload.updated_at + stale_after,
         state=upload.state,
         concat=concat,
     )
@@ -253,33 +253,32 @@ class TusService:
                 f"files may be at most {self.settings.max_file_bytes} bytes",
                 max_file_bytes=self.settings.max_file_bytes,
             )
-        fields = self._fields(new)
-        if new.length is None:
-            fields["tus_deferred"] = "1"
+        concat: TusConcat | None = "partial" if new.concat == "partial" else None
+        tus = TusFields(encode_metadata(new.metadata), deferred=new.length is None, concat=concat)
         total = self.settings.max_file_bytes if new.length is None else new.length
-        file_id = await self._create(user, total, fields)
+        file_id = await self._create(user, total, file_name_from(new.metadata), tus)
         fd = self.storage.open_for_chunk(file_id, new.length)  # the staging file exists from now on
         os.close(fd)
         upload = await self.uploads.load_for(user, file_id)
-        if upload.state == "assembling":  # an empty file
+        if upload.state == UploadState.ASSEMBLING:  # an empty file
             await self.uploads.start_assembly(file_id)
         return describe(upload, self.settings.stale_after)
 
-    def _fields(self, new: NewUpload) -> dict[str, str]:
-        fields = {"tus_metadata": encode_metadata(new.metadata)}
-        if (name := file_name_from(new.metadata)) is not None:
-            fields["name"] = name
-        if new.concat == "partial":
-            fields["tus_concat"] = "partial"
-        return fields
-
-    async def _create(self, user: User, total: int, fields: dict[str, str], chunks: list[Chunk] | None = None) -> str:
+    async def _create(
+        self, user: User, total: int, file_name: str | None, tus: TusFields, chunks: list[Chunk] | None = None
+    ) -> str:
         while True:
             file_id = secrets.token_hex(16)
             progress = await self.repo.create(
-                file_id, user.owner_id, total, fields, self.uploads.limits, complete_chunks=chunks
+                file_id,
+                user.owner_id,
+                total,
+                self.uploads.limits,
+                file_name=file_name,
+                tus=tus,
+                complete_chunks=chunks,
             )
-            if progress.outcome == "created":
+            if progress.outcome == Outcome.CREATED:
                 return file_id
             raise_refused_creation(progress)  # else the id was taken: draw another
 
@@ -294,9 +293,9 @@ class TusService:
                 part = await self.uploads.load_for(user, part_id)
             except NotFound:
                 raise ConcatenationError(f"no partial upload {part_id}") from None
-            if part.fields.get("tus_concat") != "partial":
+            if part.tus.concat != "partial":
                 raise ConcatenationError(f"{part_id} is not a partial upload")
-            if part.state != "uploading" or part.fields.get("tus_deferred") == "1" or part.received != part.total:
+            if part.state != UploadState.UPLOADING or part.tus.deferred or part.received != part.total:
                 raise ConcatenationError(f"partial upload {part_id} is not finished")
             chunks += [Chunk(c.start + base, c.end + base, c.crc32) for c in await self.repo.chunks(part_id)]
             base += part.total
@@ -305,9 +304,8 @@ class TusService:
                 f"files may be at most {self.settings.max_file_bytes} bytes",
                 max_file_bytes=self.settings.max_file_bytes,
             )
-        fields = self._fields(NewUpload(None, new.metadata))
-        fields.update(tus_concat="final", tus_parts=json.dumps(ids))
-        file_id = await self._create(user, base, fields, chunks)
+        tus = TusFields(encode_metadata(new.metadata), concat="final", parts=tuple(ids))
+        file_id = await self._create(user, base, file_name_from(new.metadata), tus, chunks)
         await self.uploads.start_assembly(file_id)
         return describe(await self.uploads.load_for(user, file_id), self.settings.stale_after)
 
@@ -321,14 +319,14 @@ class TusService:
     # --- appending -----------------------------------------------------------------
     async def append(self, user: User, file_id: str, request: Append, body: AsyncIterator[bytes]) -> TusUpload:
         upload = await self.uploads.load_for(user, file_id)
-        if upload.fields.get("tus_concat") == "final":
+        if upload.tus.concat == "final":
             raise AlreadyComplete("a final concatenation takes no PATCH", state=upload.state)
         current = describe(upload, self.settings.stale_after)
         if request.offset != current.offset:
             raise OffsetMismatch(
                 f"the upload's offset is {current.offset}, not {request.offset}", upload_offset=current.offset
             )
-        if upload.state == "failed":
+        if upload.state == UploadState.FAILED:
             raise UploadFailed(f"the upload failed: {upload.error}", error=upload.error)
         length = current.length
         if request.upload_length is not None or (request.complete and request.content_length is not None):
@@ -336,7 +334,7 @@ class TusService:
                 request.upload_length if request.upload_length is not None else request.offset + request.content_length
             )
             length = await self._declare(upload, current, declared)
-        if upload.state != "uploading" or request.content_length == 0:
+        if upload.state != UploadState.UPLOADING or request.content_length == 0:
             if request.content_length:
                 raise AlreadyComplete(f"the upload is {upload.state}", state=upload.state)
             return await self.info(user, file_id)
@@ -374,13 +372,13 @@ class TusService:
         fd = self.storage.open_for_chunk(upload.file_id, total)
         os.close(fd)
         progress = await self.repo.declare_length(upload.file_id, total)
-        if progress.outcome == "too_small":
+        if progress.outcome == Outcome.TOO_SMALL:
             raise InvalidTusHeader(f"Upload-Length {total} is below the {progress.received} bytes already stored")
         return total
 
     async def _start_assembly_if_done(self, file_id: str) -> None:
         upload = await self.repo.get(file_id)
-        if upload is not None and upload.state == "assembling":
+        if upload is not None and upload.state == UploadState.ASSEMBLING:
             await self.uploads.start_assembly(file_id)
 
     async def _stream(
@@ -441,7 +439,7 @@ class TusService:
         chunk = Chunk(segment.start, segment.end - 1, segment.crc)
         progress = await self.repo.commit(file_id, token, chunk, None, None, keep_lease=keep_lease)
         segment.restart()
-        if progress.outcome != "committed" and not quiet:
+        if progress.outcome != Outcome.COMMITTED and not quiet:
             raise Overlap("the PATCH lost its claim on the upload; send it again from the current offset")
 
 
@@ -466,13 +464,13 @@ class _Segment:
 
 def _refuse(progress: Progress, offset: int) -> None:
     match progress.outcome:
-        case "claimed":
+        case Outcome.CLAIMED:
             return
-        case "not_found" | "absent":
+        case Outcome.NOT_FOUND | Outcome.ABSENT:
             raise NotFound("no such upload")
-        case "already_complete":
+        case Outcome.ALREADY_COMPLETE:
             raise AlreadyComplete(f"the upload is {progress.state}", state=progress.state)
-        case "upload_failed":
+        case Outcome.UPLOAD_FAILED:
             raise UploadFailed(f"the upload failed: {progress.extra}", error=progress.extra)
         case _:  # overlap with a PATCH still writing, or a total that changed meanwhile
             raise OffsetMismatch(
@@ -484,9 +482,7 @@ def _refuse(progress: Progress, offset: int) -> None:
 # --- concatenation (run by the worker) ---------------------------------------------
 def parts_of(upload: Upload) -> list[str]:
     """The partial uploads a final concatenation is made of (empty for any other upload)."""
-    if upload.fields.get("tus_concat") != "final":
-        return []
-    return json.loads(upload.fields.get("tus_parts", "[]"))
+    return list(upload.tus.parts) if upload.tus.concat == "final" else []
 
 
 def build_concatenation(storage, file_id: str, parts: list[str]) -> None:
@@ -524,10 +520,10 @@ def _copy_into(source: Path, out_fd: int, offset: int) -> int:
     return size
 
 
-async def forget_parts(service: UploadService, parts: list[str]) -> None:
+async def forget_parts(repo: UploadRepository, storage: Storage, parts: list[str]) -> None:
     """The parts' bytes now live in the final file: remove them."""
     for part in parts:
-        if await service.repo.tombstone(part) in ("absent", "assembling"):
+        if await repo.tombstone(part) in (None, UploadState.ASSEMBLING):
             continue
-        await anyio.to_thread.run_sync(service.storage.remove_staging, part)
-        await service.repo.forget(part)
+        await anyio.to_thread.run_sync(storage.remove_staging, part)
+        await repo.forget(part)

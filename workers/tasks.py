@@ -7,7 +7,9 @@ tells an operator which upload each run was about.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from typing import Any
 
 from core import assembly, maintenance
 from core.config import Settings
@@ -16,7 +18,6 @@ from core.jobs import ASSEMBLE, CLEANUP, PERSIST
 from core.redis_clients import async_client
 from core.state import UploadRepository
 from core.storage import Storage
-from core.uploads import UploadService
 from workers import observability  # noqa: F401 - its signal handlers: task log lines, assembly metrics
 from workers.celery_app import app, settings
 
@@ -25,14 +26,14 @@ def _enqueue_assembly(file_id: str) -> None:
     app.send_task(ASSEMBLE, args=[file_id])
 
 
-def _run(job):
-    """Run an async domain job with its own Redis connection (one event loop per task run)."""
+def _run(job: Callable[[UploadRepository, Storage, Settings], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Run an async domain job with its collaborators: a Redis connection of its own (one event
+    loop per task run) and the storage."""
 
-    async def main():
+    async def main() -> dict[str, Any]:
         redis = async_client(settings.redis_url, socket_connect_timeout=5)
         try:
-            service = UploadService(settings, UploadRepository(redis), Storage(settings), _enqueue_assembly)
-            return await job(service, settings)
+            return await job(UploadRepository(redis), Storage(settings), settings)
         finally:
             await redis.aclose()
 
@@ -40,16 +41,19 @@ def _run(job):
 
 
 @app.task(name=ASSEMBLE)
-def assemble(file_id: str) -> dict:
-    return _run(lambda service, s: assembly.assemble(service, file_id, lease_seconds=s.assembly_lease))
+def assemble(file_id: str) -> dict[str, Any]:
+    return _run(lambda repo, storage, s: assembly.assemble(repo, storage, file_id, lease_seconds=s.assembly_lease))
 
 
 @app.task(name=CLEANUP)
-def cleanup(older_than: float | None = None, wait_for_lock: bool = False) -> dict:
-    async def job(service: UploadService, s: Settings) -> dict:
+def cleanup(older_than: float | None = None, wait_for_lock: bool = False) -> dict[str, Any]:
+    async def job(repo: UploadRepository, storage: Storage, s: Settings) -> dict[str, Any]:
         age = s.stale_after if older_than is None else older_than
+        wait = 60.0 if wait_for_lock else 0.0
         try:
-            report = await maintenance.cleanup(service, age, wait_for_lock=60.0 if wait_for_lock else 0.0)
+            report = await maintenance.cleanup(
+                repo, storage, age, wait_for_lock=wait, enqueue_assembly=_enqueue_assembly
+            )
         except maintenance.JobBusy:
             return {"skipped": "another cleanup is running", "removed": [], "freed_bytes": 0}
         return asdict(report)
@@ -58,13 +62,13 @@ def cleanup(older_than: float | None = None, wait_for_lock: bool = False) -> dic
 
 
 @app.task(name=PERSIST)
-def persist() -> dict:
-    async def job(service: UploadService, s: Settings) -> dict:
+def persist() -> dict[str, Any]:
+    async def job(repo: UploadRepository, storage: Storage, s: Settings) -> dict[str, Any]:
         # After Redis lost everything, the files list comes back here even if nobody asks for it.
-        reindexed = await ensure_files_index(service)
+        reindexed = await ensure_files_index(repo, storage, _enqueue_assembly)
         try:
             report = await maintenance.persist(
-                service, s.persist_after, assembly_grace=s.assembly_lease, enqueue=service.enqueue_assembly
+                repo, storage, s.persist_after, assembly_grace=s.assembly_lease, enqueue=_enqueue_assembly
             )
         except maintenance.JobBusy:
             return {"skipped": "another persist is running", "reindexed": reindexed}

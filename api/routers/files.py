@@ -16,9 +16,10 @@ from api.deps import CurrentUser, UserStoreDep
 from api.errors import documented_errors
 from api.routers import downloads
 from api.routers.downloads import LinksDep
-from api.routers.uploads import FileId, State, UploadServiceDep
+from api.routers.uploads import FileId, UploadServiceDep
 from core import files_list
 from core.errors import Forbidden, NotFound
+from core.records import VisibleState
 from core.uploads import iso
 from core.users import User, UserStore
 
@@ -28,7 +29,7 @@ router = APIRouter(tags=["files"])
 class FileItemModel(BaseModel):
     file_id: str
     file_name: str | None
-    state: State
+    state: VisibleState
     total_bytes: int
     received_bytes: int
     created_at: str | None
@@ -115,7 +116,7 @@ async def list_files(
     all: Annotated[bool, Query(description="admins: everybody's files")] = False,
 ) -> dict:
     owner_id = _whose(user, users, owner, all)
-    page = await files_list.list_files(uploads, owner_id, limit, cursor)
+    page = await files_list.list_files(uploads.repo, uploads.storage, owner_id, limit, cursor, uploads.enqueue_assembly)
     items = [files_list.item_fields(upload) for upload in page.items]
     if owner is not None or all:
         names = _owner_names(users)

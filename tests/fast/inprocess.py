@@ -18,7 +18,6 @@ from core import assembly
 from core.config import Settings
 from core.state import UploadRepository
 from core.storage import Storage
-from core.uploads import UploadService
 from tests.support import JWT_SECRET
 
 
@@ -30,7 +29,7 @@ def fast_settings(data_dir: Path) -> Settings:
 class InProcessWorker:
     """Stands in for the Celery worker: `assemble(file_id)` queues the file, and a thread runs
     `core.assembly.assemble`, the domain function the `uploads.assemble` task wraps, with a Redis
-    client and an UploadService of its own, as the task does in its worker process. The API
+    client and a repository of its own, as the task does in its worker process. The API
     answers before the assembly ends, as it does with Celery: tests wait for `complete`."""
 
     def __init__(self, settings: Settings, server: fakeredis.FakeServer) -> None:
@@ -60,8 +59,8 @@ class InProcessWorker:
     async def _assemble(self, file_id: str) -> None:
         redis = fakeredis.FakeAsyncRedis(server=self.server)
         try:
-            service = UploadService(self.settings, UploadRepository(redis), Storage(self.settings), self.assemble)
-            await assembly.assemble(service, file_id, lease_seconds=self.settings.assembly_lease)
+            repo, storage = UploadRepository(redis), Storage(self.settings)
+            await assembly.assemble(repo, storage, file_id, lease_seconds=self.settings.assembly_lease)
         finally:
             await redis.aclose()
 
