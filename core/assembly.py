@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 from redis.asyncio.lock import Lock
@@ -22,6 +21,7 @@ from redis.exceptions import LockError
 
 from core.checksums import crc32
 from core.state import Chunk
+from core.storage import ByteReader, ByteStore
 from core.tus import build_concatenation, forget_parts, parts_of
 from core.uploads import UploadService
 
@@ -38,7 +38,7 @@ class Verification:
     bad_chunk: Chunk | None
 
 
-def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
+def verify_file(source: ByteReader, chunks: list[Chunk], total: int) -> Verification:
     """One sequential pass: SHA-256 of the whole file and CRC-32 of each stored chunk."""
     digest = hashlib.sha256()
     buffer = bytearray(READ_SIZE)
@@ -46,24 +46,23 @@ def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
     ordered = sorted(chunks, key=lambda c: c.start)
     index, crc, offset = 0, 0, 0
     bad: Chunk | None = None
-    with open(path, "rb", buffering=0) as handle:
-        while offset < total:
-            n = handle.readinto(view[: min(READ_SIZE, total - offset)])
-            if not n:
-                raise ValueError(f"{path} is shorter than {total} bytes")
-            block = view[:n]
-            digest.update(block)
-            pos = 0
-            while pos < n and index < len(ordered):
-                chunk = ordered[index]
-                take = min(n - pos, chunk.end + 1 - (offset + pos))
-                crc = crc32(block[pos : pos + take], crc)
-                pos += take
-                if offset + pos == chunk.end + 1:
-                    if crc != chunk.crc32 and bad is None:
-                        bad = chunk
-                    index, crc = index + 1, 0
-            offset += n
+    while offset < total:
+        n = source.readinto(offset, view[: min(READ_SIZE, total - offset)])
+        if not n:
+            raise ValueError(f"the stored bytes are shorter than {total}")
+        block = view[:n]
+        digest.update(block)
+        pos = 0
+        while pos < n and index < len(ordered):
+            chunk = ordered[index]
+            take = min(n - pos, chunk.end + 1 - (offset + pos))
+            crc = crc32(block[pos : pos + take], crc)
+            pos += take
+            if offset + pos == chunk.end + 1:
+                if crc != chunk.crc32 and bad is None:
+                    bad = chunk
+                index, crc = index + 1, 0
+        offset += n
     return Verification(digest.hexdigest(), bad)
 
 
@@ -95,18 +94,19 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             return {"file_id": file_id, "result": f"nothing to do: {upload.state if upload else 'gone'}"}
         chunks = await repo.chunks(file_id)
         parts = parts_of(upload)
-        if parts and not storage.final_data(file_id).exists():
+        if parts and not await anyio.to_thread.run_sync(storage.has_final, file_id):
             try:
                 await anyio.to_thread.run_sync(build_concatenation, storage, file_id, parts)
             except FileNotFoundError:
                 error = "a partial upload of this concatenation was removed before it was assembled"
                 await repo.transition(file_id, "assembling", state="failed", error=error)
                 return {"file_id": file_id, "result": "failed", "error": error}
-        source = storage.staging_data(file_id)
-        if not source.exists():
-            source = storage.final_data(file_id)  # a previous run moved it, then died
         started = time.monotonic()
-        verification = await _verify_with_lease(lock, source, chunks, upload.total, lease_seconds)
+        source = await anyio.to_thread.run_sync(_staged_or_final, storage, file_id)
+        try:
+            verification = await _verify_with_lease(lock, source, chunks, upload.total, lease_seconds)
+        finally:
+            source.close()
         error = None
         if (bad := verification.bad_chunk) is not None:
             error = f"stored bytes {bad.start}-{bad.end} no longer match their CRC-32; upload them again"
@@ -127,7 +127,7 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             "created_at": upload.created_at,
             "completed_at": completed_at,
         }
-        storage.publish(file_id, meta)
+        await anyio.to_thread.run_sync(storage.publish, file_id, meta)
         await repo.transition(
             file_id,
             "assembling",
@@ -136,7 +136,7 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             completed_at=repr(completed_at),
             updated_at=repr(completed_at),
         )
-        storage.remove_staging(file_id)
+        await anyio.to_thread.run_sync(storage.remove_staged, file_id)
         await forget_parts(service, parts)
         return {
             "file_id": file_id,
@@ -152,7 +152,17 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             pass
 
 
-async def _verify_with_lease(lock: Lock, path: Path, chunks: list[Chunk], total: int, lease: float) -> Verification:
+def _staged_or_final(storage: ByteStore, file_id: str) -> ByteReader:
+    """The staged bytes, or the final ones when a previous run published them, then died."""
+    try:
+        return storage.read_staged(file_id)
+    except FileNotFoundError:
+        return storage.read_final(file_id)
+
+
+async def _verify_with_lease(
+    lock: Lock, source: ByteReader, chunks: list[Chunk], total: int, lease: float
+) -> Verification:
     """Run the (blocking) verification in a thread while this task keeps the lease alive."""
     async with anyio.create_task_group() as group:
         result: list[Verification] = []
@@ -163,6 +173,6 @@ async def _verify_with_lease(lock: Lock, path: Path, chunks: list[Chunk], total:
                 await lock.reacquire()
 
         group.start_soon(renew)
-        result.append(await anyio.to_thread.run_sync(verify_file, path, chunks, total))
+        result.append(await anyio.to_thread.run_sync(verify_file, source, chunks, total))
         group.cancel_scope.cancel()
     return result[0]

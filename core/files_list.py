@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import os
 import re
 from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
 
 from core.errors import InvalidRequest, Unavailable
 from core.file_ids import FILE_ID_PATTERN
@@ -99,15 +101,11 @@ async def ensure_files_index(service: UploadService) -> bool:
             await keep()
             await repo.reindex(file_id)
         # Everything with a record on disk: index it, restoring it into Redis if it was lost.
-        for root in (service.storage.files_root, service.storage.staging_root):
-            for file_id in _record_dirs(root):
+        storage = service.storage
+        for listing in (storage.final_ids, storage.staged_ids):
+            for file_id in await anyio.to_thread.run_sync(listing):
                 await keep()
                 if not await repo.reindex(file_id):
                     await service.restore_from_disk(file_id)
         await repo.mark_files_indexed()
     return True
-
-
-def _record_dirs(root) -> list[str]:
-    with os.scandir(root) as entries:
-        return [e.name for e in entries if e.is_dir() and _FILE_ID_RE.fullmatch(e.name)]

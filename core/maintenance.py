@@ -7,11 +7,12 @@ goes, so a worker killed mid-job does not block the next run for long.
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import anyio
+import anyio.to_thread
 from redis.asyncio.lock import Lock
 
 from core.assembly import assembly_lock_key
@@ -62,22 +63,22 @@ async def cleanup(
     async with job_lock(repo.redis, "cleanup", wait_for_lock) as keep:
         # Uploads whose Redis state was lost but whose manifest survived are restored first,
         # so they are judged by their real last activity, like every other upload.
-        with os.scandir(storage.staging_root) as entries:
-            for entry in entries:
-                await keep()
-                if not entry.is_dir() or await repo.get(entry.name) is not None:
-                    continue
-                if await service.restore_from_disk(entry.name):
-                    continue
-                # No state, no manifest: bytes of a chunk that never completed. Leave recent ones
-                # alone (a first chunk may be streaming into it right now).
-                if entry.stat().st_mtime <= cutoff:
-                    report.freed_bytes += storage.remove_staging(entry.name)
+        for file_id in await anyio.to_thread.run_sync(storage.staged_ids):
+            await keep()
+            if await repo.get(file_id) is not None:
+                continue
+            if await service.restore_from_disk(file_id):
+                continue
+            # No state, no manifest: bytes of a chunk that never completed. Leave recent ones
+            # alone (a first chunk may be streaming into it right now).
+            modified_at = await anyio.to_thread.run_sync(storage.staged_modified_at, file_id)
+            if modified_at is not None and modified_at <= cutoff:
+                report.freed_bytes += await anyio.to_thread.run_sync(storage.remove_staged, file_id)
         async for file_id in repo.idle_since(cutoff):
             await keep()
             if await repo.expire_if_stale(file_id, cutoff) != "expired":
                 continue
-            report.freed_bytes += storage.remove_staging(file_id)
+            report.freed_bytes += await anyio.to_thread.run_sync(storage.remove_staged, file_id)
             await repo.forget(file_id)
             report.removed.append(file_id)
     return report
@@ -105,9 +106,9 @@ async def persist(
             if upload.persisted_at is not None and upload.persisted_at >= upload.updated_at:
                 continue  # nothing new since the last manifest
             chunks = await repo.chunks(file_id)
-            storage.sync_staging(file_id)
+            await anyio.to_thread.run_sync(storage.sync_staged, file_id)
             persisted_at = time.time()
-            service.write_manifest(upload, chunks, persisted_at=persisted_at)
+            await anyio.to_thread.run_sync(service.write_manifest, upload, chunks, persisted_at)
             # The upload may have moved on meanwhile; the manifest is then merely conservative.
             await repo.mark_persisted(file_id, persisted_at)
             report.persisted.append(file_id)

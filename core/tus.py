@@ -11,7 +11,8 @@ is particular to it lives here:
 - deferred length: `total` holds the largest allowed size until a request declares it.
 - concatenation: partial uploads wait, complete, until a final takes them; the final is
   created with every part's chunks moved to its offsets, and a worker copies the parts'
-  bytes into it once (copy_file_range) before the usual verification.
+  bytes into it once (the store's own way when it has one: copy_file_range) before the usual
+  verification.
 
 The HTTP side (header names, status codes, the two protocols) is in api/routers/tus.py.
 """
@@ -20,15 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
 import json
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 
@@ -49,7 +47,7 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload
-from core.storage import write_at
+from core.storage import ByteStore, concatenate
 from core.uploads import MAX_FILE_NAME_BYTES, UploadService, raise_refused_creation
 from core.users import User
 
@@ -258,8 +256,7 @@ class TusService:
             fields["tus_deferred"] = "1"
         total = self.settings.max_file_bytes if new.length is None else new.length
         file_id = await self._create(user, total, fields)
-        fd = self.storage.open_for_chunk(file_id, new.length)  # the staging file exists from now on
-        os.close(fd)
+        await self._touch(file_id, new.length)  # the staging file exists from now on
         upload = await self.uploads.load_for(user, file_id)
         if upload.state == "assembling":  # an empty file
             await self.uploads.start_assembly(file_id)
@@ -371,12 +368,16 @@ class TusService:
             )
         if total < current.offset:
             raise InvalidTusHeader(f"Upload-Length {total} is below the {current.offset} bytes already stored")
-        fd = self.storage.open_for_chunk(upload.file_id, total)
-        os.close(fd)
+        await self._touch(upload.file_id, total)
         progress = await self.repo.declare_length(upload.file_id, total)
         if progress.outcome == "too_small":
             raise InvalidTusHeader(f"Upload-Length {total} is below the {progress.received} bytes already stored")
         return total
+
+    async def _touch(self, file_id: str, total: int | None) -> None:
+        """Create the staged bytes (at `total` bytes when known), in a thread."""
+        writer = await anyio.to_thread.run_sync(self.storage.open_staged, file_id, total)
+        writer.close()
 
     async def _start_assembly_if_done(self, file_id: str) -> None:
         upload = await self.repo.get(file_id)
@@ -395,7 +396,7 @@ class TusService:
             file_id, upload.owner, True, start, limit - 1, total, 0, token, lease, create=False
         )
         _refuse(progress, start)
-        fd = self.storage.open_for_chunk(file_id, length)
+        writer = await anyio.to_thread.run_sync(self.storage.open_staged, file_id, length)
         segment = _Segment(start)
         hasher = request.checksum.hasher() if request.checksum else None
         every = self.settings.tus_commit_bytes
@@ -410,8 +411,7 @@ class TusService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the PATCH stalled and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                write_at(fd, piece, segment.end)
-                segment.add(piece)
+                segment.add(piece, writer.write(piece, segment.end, segment.crc))
                 if hasher is not None:
                     hasher.update(piece)
                 elif segment.size >= every:
@@ -420,7 +420,7 @@ class TusService:
             if hasher is not None and hasher.digest() != request.checksum.digest:
                 raise TusChecksumMismatch(f"the body does not match its Upload-Checksum ({request.checksum.algorithm})")
             if self.settings.fsync_chunks:
-                os.fdatasync(fd)
+                await anyio.to_thread.run_sync(writer.sync)
             await self._commit(file_id, token, segment)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -429,7 +429,7 @@ class TusService:
                 await self.repo.release(file_id, token)
             raise
         finally:
-            os.close(fd)
+            writer.close()
         await self.repo.release(file_id, token)
         return segment.end
 
@@ -456,8 +456,9 @@ class _Segment:
     def size(self) -> int:
         return self.end - self.start
 
-    def add(self, piece: bytes) -> None:
-        self.crc = crc32(piece, self.crc)
+    def add(self, piece: bytes, crc: int) -> None:
+        """`piece` was stored after the segment's bytes; `crc` is the segment's CRC-32 with it."""
+        self.crc = crc
         self.end += len(piece)
 
     def restart(self) -> None:
@@ -489,39 +490,10 @@ def parts_of(upload: Upload) -> list[str]:
     return json.loads(upload.fields.get("tus_parts", "[]"))
 
 
-def build_concatenation(storage, file_id: str, parts: list[str]) -> None:
-    """Write the parts' staged bytes one after another into the final's staging file: one copy,
-    inside the kernel (copy_file_range, which also shares blocks on filesystems that can)."""
-    target = storage.staging_data(file_id)
-    target.parent.mkdir(exist_ok=True)
-    with open(target, "wb") as out:
-        offset = 0
-        for part in parts:
-            offset += _copy_into(storage.staging_data(part), out.fileno(), offset)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _copy_into(source: Path, out_fd: int, offset: int) -> int:
-    with open(source, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        done = 0
-        try:
-            while done < size:
-                n = os.copy_file_range(handle.fileno(), out_fd, size - done, done, offset + done)
-                if n == 0:
-                    break
-                done += n
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-        while done < size:  # no copy_file_range here: one copy through user space
-            block = os.pread(handle.fileno(), min(4 * 1024 * 1024, size - done), done)
-            if not block:
-                raise OSError(f"{source} shrank while being copied")
-            os.pwrite(out_fd, block, offset + done)
-            done += len(block)
-    return size
+def build_concatenation(storage: ByteStore, file_id: str, parts: list[str]) -> None:
+    """Write the parts' staged bytes one after another into the final's staged bytes: one
+    copy (inside the kernel when the store can: core/storage/base.py `concatenate`)."""
+    concatenate(storage, file_id, parts)
 
 
 async def forget_parts(service: UploadService, parts: list[str]) -> None:
@@ -529,5 +501,5 @@ async def forget_parts(service: UploadService, parts: list[str]) -> None:
     for part in parts:
         if await service.repo.tombstone(part) in ("absent", "assembling"):
             continue
-        await anyio.to_thread.run_sync(service.storage.remove_staging, part)
+        await anyio.to_thread.run_sync(service.storage.remove_staged, part)
         await service.repo.forget(part)

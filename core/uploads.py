@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import re
 import secrets
 import time
@@ -22,7 +21,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import unquote
 
 import anyio
@@ -56,7 +54,7 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload, UploadLimits, UploadRepository
-from core.storage import Storage, write_at
+from core.storage import ByteStore, FileSource, FreeSpace, final_source
 from core.users import User
 
 log = logging.getLogger("ft.uploads")
@@ -81,9 +79,10 @@ class ChunkRequest:
 
 @dataclass(frozen=True, slots=True)
 class CompletedFile:
-    """What a download needs to know of a complete file."""
+    """What a download needs to know of a complete file: where its bytes come from (no path)."""
 
-    path: Path
+    file_id: str
+    source: FileSource
     size: int
     sha256: str
     completed_at: float
@@ -228,7 +227,7 @@ class UploadService:
         self,
         settings: Settings,
         repo: UploadRepository,
-        storage: Storage,
+        storage: ByteStore,
         enqueue_assembly: Callable[[str], object] | None = None,
         on_chunk: Callable[[str], object] | None = None,
     ) -> None:
@@ -236,6 +235,7 @@ class UploadService:
         self.on_chunk = on_chunk or (lambda result: None)
         self.repo = repo
         self.storage = storage
+        self.free_space = FreeSpace(storage, settings.free_space_ttl)
         self.enqueue_assembly = enqueue_assembly
         self._releasing: set[asyncio.Task] = set()  # claims whose release waits for Redis to return
         self.limits = UploadLimits(
@@ -302,9 +302,12 @@ class UploadService:
             return _receipt(file_id, progress), "retransmit"
         _raise_for(progress)
         try:
-            self._check_free_disk(need, int(progress.extra or 0))
+            await self._check_free_disk(need, int(progress.extra or 0))
             with _disk_full_is_507():
-                await self._write(file_id, stream, chunk, content_range.total, token)
+                try:
+                    await self._write(file_id, stream, chunk, content_range.total, token)
+                finally:
+                    self.free_space.spent(need)
             progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -321,15 +324,16 @@ class UploadService:
         need = self.storage.allocation_for(length)
         held_by_others = await self.repo.reserve_disk(token, need, self.settings.claim_lease)
         try:
-            self._check_free_disk(need, held_by_others)
+            await self._check_free_disk(need, held_by_others)
         except InsufficientStorage:
             await self.release_disk(token)
             raise
 
-    def _check_free_disk(self, need: int, held_by_others: int) -> None:
-        """Refuse a chunk whose `need` would take free space (measured after its hold was
-        placed) below the floor, counting what other chunks hold."""
-        if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:
+    async def _check_free_disk(self, need: int, held_by_others: int) -> None:
+        """Refuse a chunk whose `need` would take free space below the floor, counting what
+        other chunks hold (read after its own hold was placed). Free space is measured at
+        most every FT_FREE_SPACE_TTL seconds, in a thread (core/storage/base.py FreeSpace)."""
+        if await self.free_space.bytes() - held_by_others - need < self.settings.min_free_bytes:
             raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
 
     async def release_claim(self, file_id: str, token: str) -> None:
@@ -382,8 +386,9 @@ class UploadService:
         return progress
 
     async def _write(self, file_id: str, stream: _Body, chunk: Chunk, total: int, token: str) -> None:
-        """Stream the payload to its offset, computing the CRC as it goes; never buffer it whole."""
-        fd = self.storage.open_for_chunk(file_id, total)
+        """Stream the payload to its offset, computing the CRC as it goes; never buffer it whole.
+        Opening (which may create the file) and syncing run in a thread, off the event loop."""
+        writer = await anyio.to_thread.run_sync(self.storage.open_staged, file_id, total)
         try:
             offset, limit, crc = chunk.start, chunk.end + 1, 0
             lease = self.settings.claim_lease
@@ -397,8 +402,7 @@ class UploadService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the chunk took too long and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                write_at(fd, piece, offset)
-                crc = crc32(piece, crc)
+                crc = writer.write(piece, offset, crc)
                 offset += len(piece)
             if offset != limit:
                 raise LengthMismatch(
@@ -407,9 +411,9 @@ class UploadService:
             if crc != chunk.crc32:
                 raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
             if self.settings.fsync_chunks:
-                os.fdatasync(fd)
+                await anyio.to_thread.run_sync(writer.sync)
         finally:
-            os.close(fd)
+            writer.close()
 
     async def _drain(self, stream: _Body, chunk: Chunk) -> None:
         """A retransmission: read it (a client may not expect an early answer) and check it."""
@@ -462,7 +466,7 @@ class UploadService:
         previous = await self.repo.tombstone(file_id)
         if previous == "assembling":
             raise Assembling("a worker is assembling this file; try again in a moment")
-        freed = await anyio.to_thread.run_sync(self.storage.remove_staging, file_id)
+        freed = await anyio.to_thread.run_sync(self.storage.remove_staged, file_id)
         freed += await anyio.to_thread.run_sync(self.storage.remove_final, file_id)
         await self.repo.forget(file_id)
         return freed
@@ -476,7 +480,8 @@ class UploadService:
         if upload.state != "complete" or not upload.sha256:
             raise NotComplete(f"the file is {upload.state}, not complete", state=upload.state)
         return CompletedFile(
-            path=self.storage.final_data(file_id),
+            file_id=file_id,
+            source=final_source(self.storage, file_id),
             size=upload.total,
             sha256=upload.sha256,
             completed_at=upload.completed_at or upload.updated_at,
@@ -532,10 +537,10 @@ class UploadService:
 
     async def restore_from_disk(self, file_id: str) -> bool:
         """Put an upload that Redis lost back from disk: a final file's meta, else a manifest.
-        Most calls are for a new upload's first chunk, with nothing on disk: no thread then."""
-        if not self.storage.has_record(file_id):
+        Most calls are for a new upload's first chunk, with nothing on disk."""
+        if not await anyio.to_thread.run_sync(self.storage.has_record, file_id):
             return False
-        meta = await anyio.to_thread.run_sync(self.storage.read_final_meta, file_id)
+        meta = await anyio.to_thread.run_sync(self.storage.read_meta, file_id)
         if meta is not None:
             fields = {
                 "owner": meta["owner"],

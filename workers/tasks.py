@@ -15,7 +15,7 @@ from core.files_list import ensure_files_index
 from core.jobs import ASSEMBLE, CLEANUP, PERSIST
 from core.redis_clients import async_client
 from core.state import UploadRepository
-from core.storage import Storage
+from core.storage import open_store
 from core.uploads import UploadService
 from workers import observability  # noqa: F401 - its signal handlers: task log lines, assembly metrics
 from workers.celery_app import app, settings
@@ -31,7 +31,7 @@ def _run(job):
     async def main():
         redis = async_client(settings.redis_url, socket_connect_timeout=5)
         try:
-            service = UploadService(settings, UploadRepository(redis), Storage(settings), _enqueue_assembly)
+            service = UploadService(settings, UploadRepository(redis), open_store(settings), _enqueue_assembly)
             return await job(service, settings)
         finally:
             await redis.aclose()
