@@ -124,10 +124,11 @@ class RangeFileResponse(Response):
             return await self._accel_redirect(scope, receive, send)
 
         headers = self.headers.mutablecopy()
+        plan: Plan
         if ranges is None:
             status, plan = 200, [(0, self.size - 1)] if self.size else []
         elif len(ranges) == 1:
-            status, plan = 206, list(ranges)
+            status, plan = 206, [ranges[0]]
             headers["Content-Range"] = f"bytes {ranges[0][0]}-{ranges[0][1]}/{self.size}"
         else:
             boundary = token_hex(16)
