@@ -47,7 +47,7 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload
-from core.storage import ByteStore, concatenate
+from core.storage import ByteStore, concatenate, open_staged
 from core.uploads import MAX_FILE_NAME_BYTES, UploadService, raise_refused_creation
 from core.users import User
 
@@ -376,7 +376,7 @@ class TusService:
 
     async def _touch(self, file_id: str, total: int | None) -> None:
         """Create the staged bytes (at `total` bytes when known), in a thread."""
-        writer = await anyio.to_thread.run_sync(self.storage.open_staged, file_id, total)
+        writer = await open_staged(self.storage, file_id, total)
         writer.close()
 
     async def _start_assembly_if_done(self, file_id: str) -> None:
@@ -396,7 +396,7 @@ class TusService:
             file_id, upload.owner, True, start, limit - 1, total, 0, token, lease, create=False
         )
         _refuse(progress, start)
-        writer = await anyio.to_thread.run_sync(self.storage.open_staged, file_id, length)
+        writer = await open_staged(self.storage, file_id, length)
         segment = _Segment(start)
         hasher = request.checksum.hasher() if request.checksum else None
         every = self.settings.tus_commit_bytes

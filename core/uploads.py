@@ -54,7 +54,7 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload, UploadLimits, UploadRepository
-from core.storage import ByteStore, FileSource, FreeSpace, final_source
+from core.storage import ByteStore, FileSource, FreeSpace, final_source, open_staged
 from core.users import User
 
 log = logging.getLogger("ft.uploads")
@@ -387,8 +387,8 @@ class UploadService:
 
     async def _write(self, file_id: str, stream: _Body, chunk: Chunk, total: int, token: str) -> None:
         """Stream the payload to its offset, computing the CRC as it goes; never buffer it whole.
-        Opening (which may create the file) and syncing run in a thread, off the event loop."""
-        writer = await anyio.to_thread.run_sync(self.storage.open_staged, file_id, total)
+        Creating the file and syncing it run in a thread, off the event loop."""
+        writer = await open_staged(self.storage, file_id, total)
         try:
             offset, limit, crc = chunk.start, chunk.end + 1, 0
             lease = self.settings.claim_lease

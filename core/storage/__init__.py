@@ -13,10 +13,12 @@ from core.storage.base import (
     FileSource,
     FreeSpace,
     LocalPaths,
+    OpensWithoutWaiting,
     Record,
     StagedWriter,
     concatenate,
     final_source,
+    open_staged,
 )
 from core.storage.posix import PosixStore, local_file, write_json_atomic
 
@@ -36,6 +38,7 @@ __all__ = [
     "FileSource",
     "FreeSpace",
     "LocalPaths",
+    "OpensWithoutWaiting",
     "PosixStore",
     "Record",
     "StagedWriter",
@@ -43,6 +46,7 @@ __all__ = [
     "concatenate",
     "final_source",
     "local_file",
+    "open_staged",
     "open_store",
     "write_json_atomic",
 ]

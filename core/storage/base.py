@@ -16,6 +16,10 @@ Abilities a store may or may not have are separate Protocols, discovered with `i
   nginx X-Accel-Redirect). Without it, downloads stream through `read_final`.
 - `Concatenates`: the store builds a tus concatenation itself (copy_file_range). Without
   it, `concatenate` below copies the parts through a reader and a writer.
+- `OpensWithoutWaiting`: the store can hand out a writer on existing staged bytes without
+  waiting on a device (an open and an fstat of a cached inode). `open_staged` below then
+  skips the thread hop that would otherwise cost every chunk about as much as the open
+  (bench/sync_stall.py: 64 uploads of 64 KiB chunks, p50 1.3-1.9x with a hop per chunk).
 """
 
 from __future__ import annotations
@@ -161,6 +165,26 @@ class LocalPaths(Protocol):
     def final_relative_path(self, file_id: str) -> str:
         """The same, relative to the root of the final files (what an nginx `alias` maps)."""
         ...
+
+
+@runtime_checkable
+class OpensWithoutWaiting(Protocol):
+    """A store that can open existing staged bytes on the event loop."""
+
+    def open_staged_nowait(self, file_id: str, total: int | None) -> StagedWriter | None:
+        """A writer when the staged bytes exist (at `total` bytes when known) and opening them
+        waits on no device; None when `open_staged` must run (create, resize)."""
+        ...
+
+
+async def open_staged(store: ByteStore, file_id: str, total: int | None) -> StagedWriter:
+    """`store.open_staged` for code on the event loop: in a thread, unless the store can open
+    existing staged bytes without waiting (most chunks of an upload after its first)."""
+    if isinstance(store, OpensWithoutWaiting):
+        writer = store.open_staged_nowait(file_id, total)
+        if writer is not None:
+            return writer
+    return await anyio.to_thread.run_sync(store.open_staged, file_id, total)
 
 
 @runtime_checkable

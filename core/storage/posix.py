@@ -7,8 +7,9 @@ Layout under FT_DATA_DIR:
   files/<id>/meta.json        owner, size, sha256, name, times: the durable record of a complete file
 
 Every write that matters is atomic: temp file, fsync, rename, fsync of the directory.
-Besides the ByteStore methods it has both optional abilities: local paths (sendfile,
-X-Accel-Redirect) and concatenation inside the kernel (copy_file_range).
+Besides the ByteStore methods it has every optional ability: local paths (sendfile,
+X-Accel-Redirect), concatenation inside the kernel (copy_file_range), and opening an
+existing staging file without a thread hop (open + fstat of a cached inode).
 """
 
 from __future__ import annotations
@@ -216,6 +217,18 @@ class PosixStore:
             os.close(fd)
             raise
         return fd
+
+    def open_staged_nowait(self, file_id: str, total: int | None) -> PosixWriter | None:
+        """The staging file opened as it is, or None when it is missing or not `total` bytes
+        long yet (mkdir, create and ftruncate are left to `open_staged`, in a thread)."""
+        try:
+            fd = os.open(self.staging_data(file_id), os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        if total is not None and os.fstat(fd).st_size != total:
+            os.close(fd)
+            return None
+        return PosixWriter(fd)
 
     def open_staged(self, file_id: str, total: int | None) -> PosixWriter:
         try:
