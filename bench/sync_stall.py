@@ -14,8 +14,10 @@ before the storage seam, run side by side in the same invocation so ratios share
   tens of milliseconds in the queue (the probe at the start measures it on this machine).
 
 Phases, interleaved per trial and tree: `alone` (64 uploads of --size bytes in --chunk
-chunks, one connection each); `busy disk` (the same while the disk is kept busy: a control,
-the 64 uploads do not touch that disk); `slow sync` (busy disk, and the slow upload syncing).
+chunks, one connection each, each sending --rate chunks a second: a load the API keeps up
+with, so that latency shows waiting rather than a saturated CPU); `busy disk` (the same
+while the disk is kept busy: a control, the 64 uploads do not touch that disk); `slow sync`
+(busy disk, and the slow upload syncing).
 Reported: p50 / p99 / max of the 64 uploads' chunk latencies, and p99(slow sync) / p99(alone)
 within each trial. When the sync blocks the event loop, every chunk in flight waits for it;
 when it runs in a thread, the ratio stays near that of the control.
@@ -42,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.client import Http, MiB, OursTarget, Payload, upload_many  # noqa: E402
+from bench.client import Http, KiB, MiB, OursTarget, Payload, UploadResult, chunk_ranges  # noqa: E402
 from bench.upload import new_id, percentile  # noqa: E402
 from ops.redis_server import free_port, start_redis  # noqa: E402
 from tests.support import login, service_env, wait_until  # noqa: E402
@@ -215,6 +217,51 @@ class SlowUpload(threading.Thread):
             raise self.error
 
 
+def paced_uploads(
+    url: str, token: str, file_ids: list[str], total: int, chunk: int, payload: Payload, rate: float
+) -> UploadResult:
+    """Several uploads at once, one connection (and thread) each, every one sending `rate`
+    chunks a second (a chunk that took longer is followed at once): the API is not saturated,
+    so a chunk's latency is its own work plus whatever held the event loop meanwhile."""
+    payload.prepare(total, chunk)
+    target = OursTarget(token)
+    https = [Http(url) for _ in file_ids]
+    for h in https:
+        h.conn.connect()
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(file_ids) + 1)
+
+    def run(h: Http, file_id: str, k: int) -> None:
+        try:
+            barrier.wait()
+            next_at = time.perf_counter() + k / len(file_ids) / rate  # spread the starts over one period
+            for s, e in chunk_ranges(total, chunk):
+                time.sleep(max(0.0, next_at - time.perf_counter()))
+                t0 = time.perf_counter()
+                target.send(h, None, file_id, s, e, total, payload)
+                latencies.append(time.perf_counter() - t0)
+                next_at = max(next_at + 1 / rate, time.perf_counter())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(h, f, k)) for k, (h, f) in enumerate(zip(https, file_ids, strict=True))
+    ]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    for h in https:
+        h.close()
+    if errors:
+        raise errors[0]
+    return UploadResult(total * len(file_ids), seconds, latencies)
+
+
 def phase(api: Api, payload: Payload, args: argparse.Namespace, disk_dir: Path | None) -> dict:
     """The 64 uploads, alone (disk_dir None) or while a slow upload syncs to `disk_dir`
     (the caller keeps the disk busy)."""
@@ -225,7 +272,7 @@ def phase(api: Api, payload: Payload, args: argparse.Namespace, disk_dir: Path |
         slow.start()
         wait_until(lambda: len(slow.latencies) >= 1 or slow.error, timeout=60, what="the slow upload's first chunk")
     try:
-        result = upload_many(api.url, OursTarget(api.token), ids, args.size, args.chunk, payload)
+        result = paced_uploads(api.url, api.token, ids, args.size, args.chunk, payload, args.rate)
     finally:
         if slow is not None:
             slow.finish()
@@ -251,8 +298,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--baseline", default="", help="another checkout to compare (e.g. main before the seam)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--uploads", type=int, default=64)
-    parser.add_argument("--size", type=int, default=4 * MiB, help="bytes per upload")
-    parser.add_argument("--chunk", type=int, default=256 * 1024)
+    parser.add_argument("--size", type=int, default=2 * MiB, help="bytes per upload")
+    parser.add_argument("--chunk", type=int, default=64 * KiB)
+    parser.add_argument("--rate", type=float, default=4.0, help="chunks per second per upload")
     parser.add_argument("--disk-dir", default=os.environ.get("FT_BENCH_DISK_DIR", "/var/tmp"))
     parser.add_argument("--tmpfs-dir", default=os.environ.get("FT_BENCH_TMPFS_DIR", "/dev/shm"))
     parser.add_argument("--out", default="", help="write the results as JSON here too")
