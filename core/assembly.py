@@ -96,7 +96,7 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
         parts = parts_of(upload)
         if parts and not await anyio.to_thread.run_sync(storage.has_final, file_id):
             try:
-                await anyio.to_thread.run_sync(build_concatenation, storage, file_id, parts)
+                await build_concatenation(storage, file_id, parts)
             except FileNotFoundError:
                 error = "a partial upload of this concatenation was removed before it was assembled"
                 await repo.transition(file_id, "assembling", state="failed", error=error)

@@ -47,7 +47,7 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload
-from core.storage import ByteStore, concatenate, open_staged
+from core.storage import ByteStore, StagedWriter, concatenate, open_staged
 from core.uploads import MAX_FILE_NAME_BYTES, UploadService, raise_refused_creation
 from core.users import User
 
@@ -415,17 +415,15 @@ class TusService:
                 if hasher is not None:
                     hasher.update(piece)
                 elif segment.size >= every:
-                    await self._commit(file_id, token, segment, keep_lease=lease)
+                    await self._commit(file_id, token, segment, writer, keep_lease=lease)
                     renew_at = time.monotonic() + lease / 3
             if hasher is not None and hasher.digest() != request.checksum.digest:
                 raise TusChecksumMismatch(f"the body does not match its Upload-Checksum ({request.checksum.algorithm})")
-            if self.settings.fsync_chunks:
-                await anyio.to_thread.run_sync(writer.sync)
-            await self._commit(file_id, token, segment)
+            await self._commit(file_id, token, segment, writer, durable=self.settings.fsync_chunks)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if hasher is None:  # keep what arrived: the client resumes from there
-                    await self._commit(file_id, token, segment, quiet=True)
+                    await self._commit(file_id, token, segment, writer, quiet=True)
                 await self.repo.release(file_id, token)
             raise
         finally:
@@ -434,10 +432,25 @@ class TusService:
         return segment.end
 
     async def _commit(
-        self, file_id: str, token: str, segment: _Segment, keep_lease: float | None = None, quiet: bool = False
+        self,
+        file_id: str,
+        token: str,
+        segment: _Segment,
+        writer: StagedWriter,
+        durable: bool = False,
+        keep_lease: float | None = None,
+        quiet: bool = False,
     ) -> None:
+        """Record the segment's bytes as a chunk, once the store has them (`writer.commit`).
+        `quiet`: after a failure, keep what can be kept and raise nothing."""
         if segment.size == 0:
             return
+        try:
+            await writer.commit(durable)
+        except Exception:
+            if quiet:
+                return
+            raise
         chunk = Chunk(segment.start, segment.end - 1, segment.crc)
         progress = await self.repo.commit(file_id, token, chunk, None, None, keep_lease=keep_lease)
         segment.restart()
@@ -490,10 +503,10 @@ def parts_of(upload: Upload) -> list[str]:
     return json.loads(upload.fields.get("tus_parts", "[]"))
 
 
-def build_concatenation(storage: ByteStore, file_id: str, parts: list[str]) -> None:
+async def build_concatenation(storage: ByteStore, file_id: str, parts: list[str]) -> None:
     """Write the parts' staged bytes one after another into the final's staged bytes: one
     copy (inside the kernel when the store can: core/storage/base.py `concatenate`)."""
-    concatenate(storage, file_id, parts)
+    await concatenate(storage, file_id, parts)
 
 
 async def forget_parts(service: UploadService, parts: list[str]) -> None:

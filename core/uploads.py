@@ -410,8 +410,7 @@ class UploadService:
                 )
             if crc != chunk.crc32:
                 raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
-            if self.settings.fsync_chunks:
-                await anyio.to_thread.run_sync(writer.sync)
+            await writer.commit(durable=self.settings.fsync_chunks)
         finally:
             writer.close()
 

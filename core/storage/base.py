@@ -6,9 +6,10 @@ the first store; another one (an object store, docs/STORAGE.md) is one more modu
 more line in `open_store`.
 
 The calling convention is the same for every method: it may block (disk, network), so code
-on the event loop calls it through `anyio.to_thread.run_sync`; the one exception is
-`StagedWriter.write`, which is called for each piece of a request body as it arrives and must
-only copy bytes into something fast (the page cache, a buffer).
+on the event loop calls it through `anyio.to_thread.run_sync`. The exceptions are the
+writer's: `StagedWriter.write` is called for each piece of a request body as it arrives and
+must only copy bytes into something fast (the page cache, a buffer); `StagedWriter.commit`
+is a coroutine that leaves the loop itself when it has to wait.
 
 Abilities a store may or may not have are separate Protocols, discovered with `isinstance`
 (as tusd's composer discovers a data store's optional interfaces), never assumed:
@@ -50,12 +51,15 @@ class StagedWriter(Protocol):
         the event loop: fast, no waiting on a device. A full disk is InsufficientStorage."""
         ...
 
-    def sync(self) -> None:
-        """Make the bytes written so far durable (blocking: call it in a thread)."""
+    async def commit(self, durable: bool) -> None:
+        """The bytes written so far are about to be recorded (in Redis) as stored: make them
+        part of the staged bytes, and durable when `durable` (FT_FSYNC_CHUNKS). POSIX: nothing
+        to do, or an fdatasync in a thread; an object store would upload the spooled chunk."""
         ...
 
     def close(self) -> None:
-        """Release the writer; cheap enough for the event loop, never raises for a full disk."""
+        """Release the writer; cheap enough for the event loop. An error it raises (a network
+        filesystem reporting a delayed write) fails the chunk: it is not acknowledged."""
         ...
 
 
@@ -214,27 +218,29 @@ def final_source(store: ByteStore, file_id: str) -> FileSource:
     return FileSource(opener)
 
 
-def concatenate(store: ByteStore, file_id: str, parts: list[str]) -> None:
-    """Stage the parts' bytes one after another as `file_id`'s, durably (blocking). The
-    store does it itself when it can; otherwise one copy through a reader and a writer."""
+async def concatenate(store: ByteStore, file_id: str, parts: list[str]) -> None:
+    """Stage the parts' bytes one after another as `file_id`'s, durably. The store does it
+    itself when it can; otherwise one copy through a reader and a writer (reads in a thread)."""
     if isinstance(store, Concatenates):
-        store.concatenate(file_id, parts)
+        await anyio.to_thread.run_sync(store.concatenate, file_id, parts)
         return
-    readers = [store.read_staged(part) for part in parts]  # FileNotFoundError before writing
+    readers: list[ByteReader] = []
     try:
-        writer = store.open_staged(file_id, sum(reader.size for reader in readers))
+        for part in parts:  # FileNotFoundError before a byte is written
+            readers.append(await anyio.to_thread.run_sync(store.read_staged, part))
+        writer = await anyio.to_thread.run_sync(store.open_staged, file_id, sum(r.size for r in readers))
         try:
             offset = 0
             for reader in readers:
                 done = 0
                 while done < reader.size:
-                    block = reader.read(done, min(COPY_BLOCK, reader.size - done))
+                    block = await anyio.to_thread.run_sync(reader.read, done, min(COPY_BLOCK, reader.size - done))
                     if not block:
                         raise OSError(f"a part of {file_id} shrank while being copied")
                     writer.write(block, offset + done)
                     done += len(block)
                 offset += reader.size
-            writer.sync()
+            await writer.commit(durable=True)
         finally:
             writer.close()
     finally:

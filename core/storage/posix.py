@@ -22,6 +22,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from core.config import Settings
 from core.errors import InsufficientStorage
 from core.file_ids import FILE_ID_PATTERN, validate_file_id
@@ -124,8 +127,10 @@ class PosixWriter:
         write_at(self._fd, piece, offset)
         return write_piece_crc(piece, crc)
 
-    def sync(self) -> None:
-        _sync_fd(self._fd)
+    async def commit(self, durable: bool) -> None:
+        """The bytes are in the file already; durable means an fdatasync, in a thread."""
+        if durable:
+            await anyio.to_thread.run_sync(_sync_fd, self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

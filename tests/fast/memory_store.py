@@ -63,8 +63,9 @@ class MemoryWriter:
             staged.modified_at = time.time()
         return crc32(piece, crc)
 
-    def sync(self) -> None:
-        self._store.syncs += 1
+    async def commit(self, durable: bool) -> None:
+        if durable:
+            self._store.syncs += 1
 
     def close(self) -> None:
         pass
