@@ -332,8 +332,9 @@ class UploadService:
     async def _check_free_disk(self, need: int, held_by_others: int) -> None:
         """Refuse a chunk whose `need` would take free space below the floor, counting what
         other chunks hold (read after its own hold was placed). Free space is measured at
-        most every FT_FREE_SPACE_TTL seconds, in a thread (core/storage/base.py FreeSpace)."""
-        if await self.free_space.bytes() - held_by_others - need < self.settings.min_free_bytes:
+        most every FT_FREE_SPACE_TTL seconds, in a thread, and again before a refusal
+        (core/storage/base.py FreeSpace)."""
+        if not await self.free_space.at_least(held_by_others + need + self.settings.min_free_bytes):
             raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
 
     async def release_claim(self, file_id: str, token: str) -> None:

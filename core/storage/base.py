@@ -260,7 +260,8 @@ class FreeSpace:
     Between two measurements the bytes this process wrote are taken off the last measure
     (`spent`), so the estimate only errs on the safe side for this process's own writes;
     the writes of other processes count once their hold is released and the next measure
-    is taken (within `max_age`), while they are written their hold counts (Redis)."""
+    is taken (within `max_age`), while they are written their hold counts (Redis). A refusal
+    is never made on an old measure (`at_least`): space that returned counts at once."""
 
     def __init__(self, store: ByteStore, max_age: float = 1.0) -> None:
         self._store = store
@@ -268,19 +269,29 @@ class FreeSpace:
         self._measured = 0
         self._spent = 0
         self._expires = 0.0
+        self._measured_at = float("-inf")
         self._lock = anyio.Lock()
 
     def spent(self, nbytes: int) -> None:
         """`nbytes` were just written (or may have been): count them until the next measure."""
         self._spent += nbytes
 
-    async def bytes(self) -> int:
-        if time.monotonic() >= self._expires:
+    async def bytes(self, fresh: bool = False) -> int:
+        """The estimate; `fresh`: from a measure taken after this call started."""
+        asked = time.monotonic()
+        if fresh or asked >= self._expires:
             async with self._lock:
-                if time.monotonic() >= self._expires:  # nobody measured while this call waited
+                # Unless another call measured while this one waited for the lock.
+                needed = (self._measured_at < asked) if fresh else (time.monotonic() >= self._expires)
+                if needed:
                     spent_before = self._spent
+                    self._measured_at = time.monotonic()
                     self._measured = await anyio.to_thread.run_sync(self._store.free_bytes)
                     # Writes that ended while measuring may or may not be in it: keep counting them.
                     self._spent -= spent_before
                     self._expires = time.monotonic() + self._max_age
         return self._measured - self._spent
+
+    async def at_least(self, nbytes: int) -> bool:
+        """Whether `nbytes` are free: yes from the cached estimate, no only from a new measure."""
+        return await self.bytes() >= nbytes or await self.bytes(fresh=True) >= nbytes

@@ -20,7 +20,7 @@ import pytest
 
 from core import maintenance
 from core.state import UploadRepository
-from core.storage import ByteStore, Concatenates, LocalPaths
+from core.storage import ByteStore, Concatenates, FreeSpace, LocalPaths
 from core.uploads import UploadService
 from tests.fast.inprocess import InProcessWorker, in_process_client
 from tests.fast.memory_store import MemoryStore
@@ -177,3 +177,29 @@ def test_persist_writes_manifests_to_the_store_and_an_upload_returns_from_them(
         assert send_chunk(client, "", alice.token, "idle", DATA, start, start + 99_999).status_code == 200
     assert wait_for_state(client, "", alice.token, "idle", timeout=20)["sha256"] == hashlib.sha256(DATA).hexdigest()
     assert re.fullmatch(r"[0-9a-f]{64}", store.finals["idle"].meta["sha256"])
+
+
+def test_free_space_is_measured_once_a_ttl_counts_own_writes_and_refuses_only_on_a_new_measure(store):
+    async def scenario() -> None:
+        measures = []
+        real = store.free_bytes
+
+        def counting() -> int:
+            measures.append(1)
+            return real()
+
+        store.free_bytes = counting  # type: ignore[method-assign]
+        store.capacity = 1000
+        free = FreeSpace(store, max_age=3600)
+        assert await free.bytes() == 1000 and await free.bytes() == 1000 and len(measures) == 1
+        free.spent(300)  # this process wrote 300 bytes: counted before the next measure
+        assert await free.bytes() == 700 and len(measures) == 1
+        assert await free.at_least(700) and len(measures) == 1  # a yes from the cached estimate
+        store.capacity = 5000  # space returned (another process deleted files)
+        assert await free.at_least(4000) and len(measures) == 2  # a no is measured again first
+        assert await free.bytes() == 5000  # the spent bytes were in that measure
+        store.capacity = 10  # others filled the store: the estimate says yes until it is measured again
+        assert await free.at_least(100) and len(measures) == 2
+        assert not await FreeSpace(store, max_age=0).at_least(100) and len(measures) == 4
+
+    asyncio.run(scenario())
