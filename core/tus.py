@@ -350,6 +350,8 @@ class TusService:
             paced_body = paced(body, self.settings.body_idle_timeout, self.settings.body_min_rate)
             end = await self._stream(upload, request, limit, length, paced_body, token)
         finally:
+            # Until free space is measured again, count what the body may have taken.
+            self.uploads.free_space.spent(self.storage.allocation_for(limit - request.offset))
             await self.uploads.release_disk(token)
         if request.complete and length is None:
             await self._declare(upload, current, end)
