@@ -54,7 +54,7 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.state import Chunk, Progress, Upload, UploadLimits, UploadRepository
-from core.storage import ByteStore, FileSource, FreeSpace, final_source, open_staged
+from core.storage import ByteStore, FileSource, FreeSpace, final_source, has_record, open_staged
 from core.users import User
 
 log = logging.getLogger("ft.uploads")
@@ -537,8 +537,9 @@ class UploadService:
 
     async def restore_from_disk(self, file_id: str) -> bool:
         """Put an upload that Redis lost back from disk: a final file's meta, else a manifest.
-        Most calls are for a new upload's first chunk, with nothing on disk."""
-        if not await anyio.to_thread.run_sync(self.storage.has_record, file_id):
+        Most calls are for a new upload's first chunk, with nothing on disk: no thread then
+        when the store can look without waiting (two stats for the POSIX store)."""
+        if not await has_record(self.storage, file_id):
             return False
         meta = await anyio.to_thread.run_sync(self.storage.read_meta, file_id)
         if meta is not None:

@@ -17,11 +17,12 @@ Abilities a store may or may not have are separate Protocols, discovered with `i
   nginx X-Accel-Redirect). Without it, downloads stream through `read_final`.
 - `Concatenates`: the store builds a tus concatenation itself (copy_file_range). Without
   it, `concatenate` below copies the parts through a reader and a writer.
-- `OpensWithoutWaiting`: the store can hand out a writer on existing staged bytes without
-  waiting on a device (an open and an fstat of a cached inode). `open_staged` below then
-  skips the thread hop that would otherwise cost every chunk far more than the open itself
-  (bench/sync_stall.py, 64 uploads of 64 KiB chunks with FT_FSYNC_CHUNKS=1 on tmpfs: p50
-  1.3-1.9x that of main when the open, as well as the sync, went through a thread).
+- `QuickMetadata`: the store's metadata operations wait on no device (an open or a stat of
+  a cached inode): it hands out a writer on existing staged bytes, and says whether a record
+  exists, on the event loop. `open_staged` and `has_record` below then skip the thread
+  hop that would otherwise cost every chunk far more than the open itself (bench/sync_stall.py,
+  64 uploads of 64 KiB chunks with FT_FSYNC_CHUNKS=1 on tmpfs: p50 1.3-1.9x that of main
+  when the open, as well as the sync, went through a thread).
 """
 
 from __future__ import annotations
@@ -173,19 +174,28 @@ class LocalPaths(Protocol):
 
 
 @runtime_checkable
-class OpensWithoutWaiting(Protocol):
-    """A store that can open existing staged bytes on the event loop."""
+class QuickMetadata(Protocol):
+    """A store that can open existing staged bytes, and look for records, on the event loop."""
 
     def open_staged_nowait(self, file_id: str, total: int | None) -> StagedWriter | None:
         """A writer when the staged bytes exist (at `total` bytes when known) and opening them
         waits on no device; None when `open_staged` must run (create, resize)."""
         ...
 
+    def has_record(self, file_id: str) -> bool: ...
+
+
+async def has_record(store: ByteStore, file_id: str) -> bool:
+    """`store.has_record` for code on the event loop (every new upload's first chunk asks)."""
+    if isinstance(store, QuickMetadata):
+        return store.has_record(file_id)
+    return await anyio.to_thread.run_sync(store.has_record, file_id)
+
 
 async def open_staged(store: ByteStore, file_id: str, total: int | None) -> StagedWriter:
     """`store.open_staged` for code on the event loop: in a thread, unless the store can open
     existing staged bytes without waiting (most chunks of an upload after its first)."""
-    if isinstance(store, OpensWithoutWaiting):
+    if isinstance(store, QuickMetadata):
         writer = store.open_staged_nowait(file_id, total)
         if writer is not None:
             return writer
