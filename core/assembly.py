@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,7 +21,7 @@ import anyio
 from core.checksums import crc32
 from core.records import FileMeta, UploadState
 from core.state import Chunk, Lease, UploadRepository
-from core.storage import Storage
+from core.storage import ByteReader, ByteStore
 from core.tus import build_concatenation, forget_parts, parts_of
 from core.uploads import load
 
@@ -35,7 +34,7 @@ class Verification:
     bad_chunk: Chunk | None
 
 
-def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
+def verify_file(source: ByteReader, chunks: list[Chunk], total: int) -> Verification:
     """One sequential pass: SHA-256 of the whole file and CRC-32 of each stored chunk."""
     digest = hashlib.sha256()
     buffer = bytearray(READ_SIZE)
@@ -43,29 +42,28 @@ def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
     ordered = sorted(chunks, key=lambda c: c.start)
     index, crc, offset = 0, 0, 0
     bad: Chunk | None = None
-    with open(path, "rb", buffering=0) as handle:
-        while offset < total:
-            n = handle.readinto(view[: min(READ_SIZE, total - offset)])
-            if not n:
-                raise ValueError(f"{path} is shorter than {total} bytes")
-            block = view[:n]
-            digest.update(block)
-            pos = 0
-            while pos < n and index < len(ordered):
-                chunk = ordered[index]
-                take = min(n - pos, chunk.end + 1 - (offset + pos))
-                crc = crc32(block[pos : pos + take], crc)
-                pos += take
-                if offset + pos == chunk.end + 1:
-                    if crc != chunk.crc32 and bad is None:
-                        bad = chunk
-                    index, crc = index + 1, 0
-            offset += n
+    while offset < total:
+        n = source.readinto(offset, view[: min(READ_SIZE, total - offset)])
+        if not n:
+            raise ValueError(f"the stored bytes are shorter than {total}")
+        block = view[:n]
+        digest.update(block)
+        pos = 0
+        while pos < n and index < len(ordered):
+            chunk = ordered[index]
+            take = min(n - pos, chunk.end + 1 - (offset + pos))
+            crc = crc32(block[pos : pos + take], crc)
+            pos += take
+            if offset + pos == chunk.end + 1:
+                if crc != chunk.crc32 and bad is None:
+                    bad = chunk
+                index, crc = index + 1, 0
+        offset += n
     return Verification(digest.hexdigest(), bad)
 
 
 async def assemble(
-    repo: UploadRepository, storage: Storage, file_id: str, lease_seconds: float = 60.0
+    repo: UploadRepository, storage: ByteStore, file_id: str, lease_seconds: float = 60.0
 ) -> dict[str, Any]:
     """Verify and publish `file_id`. Returns a small report (also the Celery task's result)."""
     upload = await load(repo, storage, file_id)
@@ -86,18 +84,19 @@ async def assemble(
             return {"file_id": file_id, "result": f"nothing to do: {upload.state if upload else 'gone'}"}
         chunks = await repo.chunks(file_id)
         parts = parts_of(upload)
-        if parts and not storage.final_data(file_id).exists():
+        if parts and not await anyio.to_thread.run_sync(storage.has_final, file_id):
             try:
-                await anyio.to_thread.run_sync(build_concatenation, storage, file_id, parts)
+                await build_concatenation(storage, file_id, parts)
             except FileNotFoundError:
                 removed = "a partial upload of this concatenation was removed before it was assembled"
                 await repo.mark_failed(file_id, removed)
                 return {"file_id": file_id, "result": "failed", "error": removed}
-        source = storage.staging_data(file_id)
-        if not source.exists():
-            source = storage.final_data(file_id)  # a previous run moved it, then died
         started = time.monotonic()
-        verification = await _verify_with_lease(lease, source, chunks, upload.total, lease_seconds)
+        source = await anyio.to_thread.run_sync(_staged_or_final, storage, file_id)
+        try:
+            verification = await _verify_with_lease(lease, source, chunks, upload.total, lease_seconds)
+        finally:
+            source.close()
         error: str | None = None
         if (bad := verification.bad_chunk) is not None:
             error = f"stored bytes {bad.start}-{bad.end} no longer match their CRC-32; upload them again"
@@ -118,9 +117,9 @@ async def assemble(
             created_at=upload.created_at,
             completed_at=completed_at,
         )
-        storage.publish(file_id, meta.to_json())
+        await anyio.to_thread.run_sync(storage.publish, file_id, meta.to_json())
         await repo.mark_complete(file_id, verification.sha256, completed_at)
-        storage.remove_staging(file_id)
+        await anyio.to_thread.run_sync(storage.remove_staged, file_id)
         await forget_parts(repo, storage, parts)
         return {
             "file_id": file_id,
@@ -133,8 +132,16 @@ async def assemble(
         await lease.release()
 
 
+def _staged_or_final(storage: ByteStore, file_id: str) -> ByteReader:
+    """The staged bytes, or the final ones when a previous run published them, then died."""
+    try:
+        return storage.read_staged(file_id)
+    except FileNotFoundError:
+        return storage.read_final(file_id)
+
+
 async def _verify_with_lease(
-    lease: Lease, path: Path, chunks: list[Chunk], total: int, lease_seconds: float
+    lease: Lease, source: ByteReader, chunks: list[Chunk], total: int, lease_seconds: float
 ) -> Verification:
     """Run the (blocking) verification in a thread while this task keeps the lease alive."""
     async with anyio.create_task_group() as group:
@@ -146,6 +153,6 @@ async def _verify_with_lease(
                 await lease.renew()
 
         group.start_soon(renew)
-        result.append(await anyio.to_thread.run_sync(verify_file, path, chunks, total))
+        result.append(await anyio.to_thread.run_sync(verify_file, source, chunks, total))
         group.cancel_scope.cancel()
     return result[0]

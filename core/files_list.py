@@ -13,19 +13,20 @@ import base64
 import binascii
 import contextlib
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+import anyio
+import anyio.to_thread
 
 from core.errors import InvalidRequest, Unavailable, UnreadableRecord
 from core.file_ids import FILE_ID_PATTERN
 from core.maintenance import JobBusy, job_lock
 from core.records import UploadState
 from core.state import Upload, UploadRepository
-from core.storage import Storage
+from core.storage import ByteStore
 from core.uploads import iso, restore_from_disk
 
 MAX_LIMIT = 1000
@@ -62,7 +63,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 async def list_files(
     repo: UploadRepository,
-    storage: Storage,
+    storage: ByteStore,
     owner_id: str | None,
     limit: int,
     cursor: str | None,
@@ -101,7 +102,7 @@ def item_fields(upload: Upload) -> dict[str, Any]:
 
 
 async def ensure_files_index(
-    repo: UploadRepository, storage: Storage, enqueue_assembly: Callable[[str], object] | None = None
+    repo: UploadRepository, storage: ByteStore, enqueue_assembly: Callable[[str], object] | None = None
 ) -> bool:
     """Rebuild the list indexes if Redis lost them; True when this call rebuilt them."""
     if await repo.files_indexed():
@@ -114,8 +115,8 @@ async def ensure_files_index(
             await keep()
             await repo.reindex(file_id)
         # Everything with a record on disk: index it, restoring it into Redis if it was lost.
-        for root in (storage.files_root, storage.staging_root):
-            for file_id in _record_dirs(root):
+        for listing in (storage.final_ids, storage.staged_ids):
+            for file_id in await anyio.to_thread.run_sync(listing):
                 await keep()
                 if not await repo.reindex(file_id):
                     # a record this release cannot read (logged) is not listed until it can be
@@ -123,8 +124,3 @@ async def ensure_files_index(
                         await restore_from_disk(repo, storage, file_id, enqueue_assembly)
         await repo.mark_files_indexed()
     return True
-
-
-def _record_dirs(root: Path) -> list[str]:
-    with os.scandir(root) as entries:
-        return [e.name for e in entries if e.is_dir() and _FILE_ID_RE.fullmatch(e.name)]

@@ -8,16 +8,18 @@ goes, so a worker killed mid-job does not block the next run for long.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import anyio
+import anyio.to_thread
+
 from core.errors import UnreadableRecord
 from core.records import UploadState
 from core.state import UploadRepository
-from core.storage import Storage
+from core.storage import ByteStore
 from core.uploads import restore_from_disk, write_manifest
 
 JOB_LOCK_TTL = 120.0
@@ -58,7 +60,7 @@ class CleanupReport:
 
 async def cleanup(
     repo: UploadRepository,
-    storage: Storage,
+    storage: ByteStore,
     older_than: float,
     now: float | None = None,
     wait_for_lock: float = 0.0,
@@ -71,25 +73,25 @@ async def cleanup(
     async with job_lock(repo, "cleanup", wait_for_lock) as keep:
         # Uploads whose Redis state was lost but whose manifest survived are restored first,
         # so they are judged by their real last activity, like every other upload.
-        with os.scandir(storage.staging_root) as entries:
-            for entry in entries:
-                await keep()
-                if not entry.is_dir() or await repo.get(entry.name) is not None:
+        for file_id in await anyio.to_thread.run_sync(storage.staged_ids):
+            await keep()
+            if await repo.get(file_id) is not None:
+                continue
+            try:
+                if await restore_from_disk(repo, storage, file_id, enqueue_assembly):
                     continue
-                try:
-                    if await restore_from_disk(repo, storage, entry.name, enqueue_assembly):
-                        continue
-                except UnreadableRecord:
-                    continue  # a record this release cannot read: left for an operator, never removed
-                # No state, no manifest: bytes of a chunk that never completed. Leave recent ones
-                # alone (a first chunk may be streaming into it right now).
-                if entry.stat().st_mtime <= cutoff:
-                    report.freed_bytes += storage.remove_staging(entry.name)
+            except UnreadableRecord:
+                continue  # a record this release cannot read: left for an operator, never removed
+            # No state, no manifest: bytes of a chunk that never completed. Leave recent ones
+            # alone (a first chunk may be streaming into it right now).
+            modified_at = await anyio.to_thread.run_sync(storage.staged_modified_at, file_id)
+            if modified_at is not None and modified_at <= cutoff:
+                report.freed_bytes += await anyio.to_thread.run_sync(storage.remove_staged, file_id)
         async for file_id in repo.idle_since(cutoff):
             await keep()
             if await repo.expire_if_stale(file_id, cutoff) != "expired":
                 continue
-            report.freed_bytes += storage.remove_staging(file_id)
+            report.freed_bytes += await anyio.to_thread.run_sync(storage.remove_staged, file_id)
             await repo.forget(file_id)
             report.removed.append(file_id)
     return report
@@ -103,7 +105,7 @@ class PersistReport:
 
 async def persist(
     repo: UploadRepository,
-    storage: Storage,
+    storage: ByteStore,
     idle_for: float,
     assembly_grace: float,
     enqueue: Callable[[str], object],
@@ -121,9 +123,9 @@ async def persist(
             if upload.persisted_at is not None and upload.persisted_at >= upload.updated_at:
                 continue  # nothing new since the last manifest
             chunks = await repo.chunks(file_id)
-            storage.sync_staging(file_id)
+            await anyio.to_thread.run_sync(storage.sync_staged, file_id)
             persisted_at = time.time()
-            write_manifest(storage, upload, chunks, persisted_at=persisted_at)
+            await anyio.to_thread.run_sync(write_manifest, storage, upload, chunks, persisted_at)
             # The upload may have moved on meanwhile; the manifest is then merely conservative.
             await repo.mark_persisted(file_id, persisted_at)
             report.persisted.append(file_id)

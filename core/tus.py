@@ -11,7 +11,8 @@ is particular to it lives here:
 - deferred length: `total` holds the largest allowed size until a request declares it.
 - concatenation: partial uploads wait, complete, until a final takes them; the final is
   created with every part's chunks moved to its offsets, and a worker copies the parts'
-  bytes into it once (copy_file_range) before the usual verification.
+  bytes into it once (the store's own way when it has one: copy_file_range) before the usual
+  verification.
 
 The HTTP side (header names, status codes, the two protocols) is in api/routers/tus.py.
 """
@@ -20,14 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
-import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import anyio
 
@@ -49,7 +48,7 @@ from core.errors import (
 from core.file_ids import validate_file_id
 from core.records import TusConcat, TusFields, UploadState
 from core.state import Chunk, Outcome, Progress, Upload, UploadRepository
-from core.storage import Storage, write_at
+from core.storage import ByteStore, StagedWriter, concatenate, open_staged
 from core.uploads import MAX_FILE_NAME_BYTES, UploadService, raise_refused_creation
 from core.users import User
 
@@ -125,7 +124,13 @@ class _Crc32:
         return self.value.to_bytes(4, "big")
 
 
-CHECKSUM_ALGORITHMS = {
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], _Hasher]] = {
     "sha1": hashlib.sha1,
     "md5": hashlib.md5,
     "crc32": _Crc32,
@@ -139,7 +144,7 @@ class Checksum:
     algorithm: str
     digest: bytes
 
-    def hasher(self):
+    def hasher(self) -> _Hasher:
         return CHECKSUM_ALGORITHMS[self.algorithm]()
 
 
@@ -257,8 +262,7 @@ class TusService:
         tus = TusFields(encode_metadata(new.metadata), deferred=new.length is None, concat=concat)
         total = self.settings.max_file_bytes if new.length is None else new.length
         file_id = await self._create(user, total, file_name_from(new.metadata), tus)
-        fd = self.storage.open_for_chunk(file_id, new.length)  # the staging file exists from now on
-        os.close(fd)
+        await self._touch(file_id, new.length)  # the staging file exists from now on
         upload = await self.uploads.load_for(user, file_id)
         if upload.state == UploadState.ASSEMBLING:  # an empty file
             await self.uploads.start_assembly(file_id)
@@ -331,7 +335,9 @@ class TusService:
         length = current.length
         if request.upload_length is not None or (request.complete and request.content_length is not None):
             declared = (
-                request.upload_length if request.upload_length is not None else request.offset + request.content_length
+                request.upload_length
+                if request.upload_length is not None
+                else request.offset + (request.content_length or 0)
             )
             length = await self._declare(upload, current, declared)
         if upload.state != UploadState.UPLOADING or request.content_length == 0:
@@ -351,6 +357,8 @@ class TusService:
             paced_body = paced(body, self.settings.body_idle_timeout, self.settings.body_min_rate)
             end = await self._stream(upload, request, limit, length, paced_body, token)
         finally:
+            # Until free space is measured again, count what the body may have taken.
+            self.uploads.free_space.spent(self.storage.allocation_for(limit - request.offset))
             await self.uploads.release_disk(token)
         if request.complete and length is None:
             await self._declare(upload, current, end)
@@ -369,12 +377,16 @@ class TusService:
             )
         if total < current.offset:
             raise InvalidTusHeader(f"Upload-Length {total} is below the {current.offset} bytes already stored")
-        fd = self.storage.open_for_chunk(upload.file_id, total)
-        os.close(fd)
+        await self._touch(upload.file_id, total)
         progress = await self.repo.declare_length(upload.file_id, total)
         if progress.outcome == Outcome.TOO_SMALL:
             raise InvalidTusHeader(f"Upload-Length {total} is below the {progress.received} bytes already stored")
         return total
+
+    async def _touch(self, file_id: str, total: int | None) -> None:
+        """Create the staged bytes (at `total` bytes when known), in a thread."""
+        writer = await open_staged(self.storage, file_id, total)
+        writer.close()
 
     async def _start_assembly_if_done(self, file_id: str) -> None:
         upload = await self.repo.get(file_id)
@@ -393,9 +405,10 @@ class TusService:
             file_id, upload.owner, True, start, limit - 1, total, 0, token, lease, create=False
         )
         _refuse(progress, start)
-        fd = self.storage.open_for_chunk(file_id, length)
+        writer = await open_staged(self.storage, file_id, length)
         segment = _Segment(start)
-        hasher = request.checksum.hasher() if request.checksum else None
+        checksum = request.checksum
+        hasher = checksum.hasher() if checksum is not None else None
         every = self.settings.tus_commit_bytes
         renew_at = time.monotonic() + lease / 3
         try:
@@ -408,34 +421,46 @@ class TusService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the PATCH stalled and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                write_at(fd, piece, segment.end)
-                segment.add(piece)
+                segment.add(piece, writer.write(piece, segment.end, segment.crc))
                 if hasher is not None:
                     hasher.update(piece)
                 elif segment.size >= every:
-                    await self._commit(file_id, token, segment, keep_lease=lease)
+                    await self._commit(file_id, token, segment, writer, keep_lease=lease)
                     renew_at = time.monotonic() + lease / 3
-            if hasher is not None and hasher.digest() != request.checksum.digest:
-                raise TusChecksumMismatch(f"the body does not match its Upload-Checksum ({request.checksum.algorithm})")
-            if self.settings.fsync_chunks:
-                os.fdatasync(fd)
-            await self._commit(file_id, token, segment)
+            if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
+                raise TusChecksumMismatch(f"the body does not match its Upload-Checksum ({checksum.algorithm})")
+            await self._commit(file_id, token, segment, writer, durable=self.settings.fsync_chunks)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if hasher is None:  # keep what arrived: the client resumes from there
-                    await self._commit(file_id, token, segment, quiet=True)
+                    await self._commit(file_id, token, segment, writer, quiet=True)
                 await self.repo.release(file_id, token)
             raise
         finally:
-            os.close(fd)
+            writer.close()
         await self.repo.release(file_id, token)
         return segment.end
 
     async def _commit(
-        self, file_id: str, token: str, segment: _Segment, keep_lease: float | None = None, quiet: bool = False
+        self,
+        file_id: str,
+        token: str,
+        segment: _Segment,
+        writer: StagedWriter,
+        durable: bool = False,
+        keep_lease: float | None = None,
+        quiet: bool = False,
     ) -> None:
+        """Record the segment's bytes as a chunk, once the store has them (`writer.commit`).
+        `quiet`: after a failure, keep what can be kept and raise nothing."""
         if segment.size == 0:
             return
+        try:
+            await writer.commit(durable)
+        except Exception:
+            if quiet:
+                return
+            raise
         chunk = Chunk(segment.start, segment.end - 1, segment.crc)
         progress = await self.repo.commit(file_id, token, chunk, None, None, keep_lease=keep_lease)
         segment.restart()
@@ -454,8 +479,9 @@ class _Segment:
     def size(self) -> int:
         return self.end - self.start
 
-    def add(self, piece: bytes) -> None:
-        self.crc = crc32(piece, self.crc)
+    def add(self, piece: bytes, crc: int) -> None:
+        """`piece` was stored after the segment's bytes; `crc` is the segment's CRC-32 with it."""
+        self.crc = crc
         self.end += len(piece)
 
     def restart(self) -> None:
@@ -485,45 +511,16 @@ def parts_of(upload: Upload) -> list[str]:
     return list(upload.tus.parts) if upload.tus.concat == "final" else []
 
 
-def build_concatenation(storage, file_id: str, parts: list[str]) -> None:
-    """Write the parts' staged bytes one after another into the final's staging file: one copy,
-    inside the kernel (copy_file_range, which also shares blocks on filesystems that can)."""
-    target = storage.staging_data(file_id)
-    target.parent.mkdir(exist_ok=True)
-    with open(target, "wb") as out:
-        offset = 0
-        for part in parts:
-            offset += _copy_into(storage.staging_data(part), out.fileno(), offset)
-        out.flush()
-        os.fsync(out.fileno())
+async def build_concatenation(storage: ByteStore, file_id: str, parts: list[str]) -> None:
+    """Write the parts' staged bytes one after another into the final's staged bytes: one
+    copy (inside the kernel when the store can: core/storage/base.py `concatenate`)."""
+    await concatenate(storage, file_id, parts)
 
 
-def _copy_into(source: Path, out_fd: int, offset: int) -> int:
-    with open(source, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        done = 0
-        try:
-            while done < size:
-                n = os.copy_file_range(handle.fileno(), out_fd, size - done, done, offset + done)
-                if n == 0:
-                    break
-                done += n
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-        while done < size:  # no copy_file_range here: one copy through user space
-            block = os.pread(handle.fileno(), min(4 * 1024 * 1024, size - done), done)
-            if not block:
-                raise OSError(f"{source} shrank while being copied")
-            os.pwrite(out_fd, block, offset + done)
-            done += len(block)
-    return size
-
-
-async def forget_parts(repo: UploadRepository, storage: Storage, parts: list[str]) -> None:
+async def forget_parts(repo: UploadRepository, storage: ByteStore, parts: list[str]) -> None:
     """The parts' bytes now live in the final file: remove them."""
     for part in parts:
         if await repo.tombstone(part) in (None, UploadState.ASSEMBLING):
             continue
-        await anyio.to_thread.run_sync(storage.remove_staging, part)
+        await anyio.to_thread.run_sync(storage.remove_staged, part)
         await repo.forget(part)

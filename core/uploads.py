@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import re
 import secrets
 import time
@@ -26,7 +25,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote
 
@@ -64,7 +62,7 @@ from core.errors import (
 from core.file_ids import validate_file_id
 from core.records import FileMeta, Manifest, RecordError, UploadState, VisibleState
 from core.state import Chunk, Outcome, Progress, Upload, UploadLimits, UploadRepository
-from core.storage import Storage, write_at
+from core.storage import ByteStore, FileSource, FreeSpace, final_source, has_record, open_staged
 from core.users import User
 
 log = logging.getLogger("ft.uploads")
@@ -88,9 +86,10 @@ class ChunkRequest:
 
 @dataclass(frozen=True, slots=True)
 class CompletedFile:
-    """What a download needs to know of a complete file."""
+    """What a download needs to know of a complete file: where its bytes come from (no path)."""
 
-    path: Path
+    file_id: str
+    source: FileSource
     size: int
     sha256: str
     completed_at: float
@@ -259,7 +258,7 @@ class UploadService:
         self,
         settings: Settings,
         repo: UploadRepository,
-        storage: Storage,
+        storage: ByteStore,
         enqueue_assembly: Callable[[str], object] | None = None,
         on_chunk: Callable[[str], object] | None = None,
     ) -> None:
@@ -267,6 +266,7 @@ class UploadService:
         self.on_chunk = on_chunk or (lambda result: None)
         self.repo = repo
         self.storage = storage
+        self.free_space = FreeSpace(storage, settings.free_space_ttl)
         self.enqueue_assembly = enqueue_assembly
         self._releasing: set[asyncio.Task[None]] = set()  # claims whose release waits for Redis to return
         self.limits = UploadLimits(
@@ -333,9 +333,12 @@ class UploadService:
             return _receipt(file_id, progress), "retransmit"
         _raise_for(progress)
         try:
-            self._check_free_disk(need, int(progress.extra or 0))
+            await self._check_free_disk(need, int(progress.extra or 0))
             with _disk_full_is_507():
-                await self._write(file_id, stream, chunk, content_range.total, token)
+                try:
+                    await self._write(file_id, stream, chunk, content_range.total, token)
+                finally:
+                    self.free_space.spent(need)
             progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -352,15 +355,17 @@ class UploadService:
         need = self.storage.allocation_for(length)
         held_by_others = await self.repo.reserve_disk(token, need, self.settings.claim_lease)
         try:
-            self._check_free_disk(need, held_by_others)
+            await self._check_free_disk(need, held_by_others)
         except InsufficientStorage:
             await self.release_disk(token)
             raise
 
-    def _check_free_disk(self, need: int, held_by_others: int) -> None:
-        """Refuse a chunk whose `need` would take free space (measured after its hold was
-        placed) below the floor, counting what other chunks hold."""
-        if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:
+    async def _check_free_disk(self, need: int, held_by_others: int) -> None:
+        """Refuse a chunk whose `need` would take free space below the floor, counting what
+        other chunks hold (read after its own hold was placed). Free space is measured at
+        most every FT_FREE_SPACE_TTL seconds, in a thread, and again before a refusal
+        (core/storage/base.py FreeSpace)."""
+        if not await self.free_space.at_least(held_by_others + need + self.settings.min_free_bytes):
             raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
 
     async def release_claim(self, file_id: str, token: str) -> None:
@@ -413,8 +418,9 @@ class UploadService:
         return progress
 
     async def _write(self, file_id: str, stream: _Body, chunk: Chunk, total: int, token: str) -> None:
-        """Stream the payload to its offset, computing the CRC as it goes; never buffer it whole."""
-        fd = self.storage.open_for_chunk(file_id, total)
+        """Stream the payload to its offset, computing the CRC as it goes; never buffer it whole.
+        Creating the file and syncing it run in a thread, off the event loop."""
+        writer = await open_staged(self.storage, file_id, total)
         try:
             offset, limit, crc = chunk.start, chunk.end + 1, 0
             lease = self.settings.claim_lease
@@ -428,8 +434,7 @@ class UploadService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the chunk took too long and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                write_at(fd, piece, offset)
-                crc = crc32(piece, crc)
+                crc = writer.write(piece, offset, crc)
                 offset += len(piece)
             if offset != limit:
                 raise LengthMismatch(
@@ -437,10 +442,9 @@ class UploadService:
                 )
             if crc != chunk.crc32:
                 raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
-            if self.settings.fsync_chunks:
-                os.fdatasync(fd)
+            await writer.commit(durable=self.settings.fsync_chunks)
         finally:
-            os.close(fd)
+            writer.close()
 
     async def _drain(self, stream: _Body, chunk: Chunk) -> None:
         """A retransmission: read it (a client may not expect an early answer) and check it."""
@@ -490,7 +494,7 @@ class UploadService:
         previous = await self.repo.tombstone(file_id)
         if previous == UploadState.ASSEMBLING:
             raise Assembling("a worker is assembling this file; try again in a moment")
-        freed = await anyio.to_thread.run_sync(self.storage.remove_staging, file_id)
+        freed = await anyio.to_thread.run_sync(self.storage.remove_staged, file_id)
         freed += await anyio.to_thread.run_sync(self.storage.remove_final, file_id)
         await self.repo.forget(file_id)
         return freed
@@ -504,7 +508,8 @@ class UploadService:
         if upload.state != UploadState.COMPLETE or not upload.sha256:
             raise NotComplete(f"the file is {upload.state}, not complete", state=upload.state)
         return CompletedFile(
-            path=self.storage.final_data(file_id),
+            file_id=file_id,
+            source=final_source(self.storage, file_id),
             size=upload.total,
             sha256=upload.sha256,
             completed_at=upload.completed_at or upload.updated_at,
@@ -547,22 +552,23 @@ class UploadService:
 
 
 # --- durability: the records on disk, and Redis restored from them ---------------------------
-def write_manifest(storage: Storage, upload: Upload, chunks: list[Chunk], persisted_at: float | None = None) -> None:
+def write_manifest(storage: ByteStore, upload: Upload, chunks: list[Chunk], persisted_at: float | None = None) -> None:
     """Record an upload beside its bytes, so that it survives the loss of Redis (blocking)."""
     storage.write_manifest(upload.file_id, Manifest.of(upload, chunks, persisted_at).to_json())
 
 
 async def restore_from_disk(
-    repo: UploadRepository, storage: Storage, file_id: str, enqueue_assembly: Callable[[str], object] | None = None
+    repo: UploadRepository, storage: ByteStore, file_id: str, enqueue_assembly: Callable[[str], object] | None = None
 ) -> bool:
     """Put an upload that Redis lost back from disk: a final file's meta, else a manifest; an
     upload restored `assembling` is queued for assembly again. Most calls are for a new
-    upload's first chunk, with nothing on disk: no thread then. A record this release cannot
+    upload's first chunk, with nothing on disk: no thread then when the store can look without
+    waiting (two stats for the POSIX store). A record this release cannot
     read (written by a newer one, or damaged) is a 503 for its upload, and is left alone."""
-    if not storage.has_record(file_id):
+    if not await has_record(storage, file_id):
         return False
     try:
-        raw_meta = await anyio.to_thread.run_sync(storage.read_final_meta, file_id)
+        raw_meta = await anyio.to_thread.run_sync(storage.read_meta, file_id)
         if raw_meta is not None:
             return await repo.restore_file(FileMeta.from_json(raw_meta, file_id))
         raw = await anyio.to_thread.run_sync(storage.read_manifest, file_id)
@@ -579,7 +585,7 @@ async def restore_from_disk(
 
 
 async def load(
-    repo: UploadRepository, storage: Storage, file_id: str, enqueue_assembly: Callable[[str], object] | None = None
+    repo: UploadRepository, storage: ByteStore, file_id: str, enqueue_assembly: Callable[[str], object] | None = None
 ) -> Upload | None:
     """The upload from Redis, else restored from its records on disk."""
     upload = await repo.get(file_id)

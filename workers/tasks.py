@@ -17,7 +17,7 @@ from core.files_list import ensure_files_index
 from core.jobs import ASSEMBLE, CLEANUP, PERSIST
 from core.redis_clients import async_client
 from core.state import UploadRepository
-from core.storage import Storage
+from core.storage import ByteStore, open_store
 from workers import observability  # noqa: F401 - its signal handlers: task log lines, assembly metrics
 from workers.celery_app import app, settings
 
@@ -26,14 +26,14 @@ def _enqueue_assembly(file_id: str) -> None:
     app.send_task(ASSEMBLE, args=[file_id])
 
 
-def _run(job: Callable[[UploadRepository, Storage, Settings], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+def _run(job: Callable[[UploadRepository, ByteStore, Settings], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
     """Run an async domain job with its collaborators: a Redis connection of its own (one event
     loop per task run) and the storage."""
 
     async def main() -> dict[str, Any]:
         redis = async_client(settings.redis_url, socket_connect_timeout=5)
         try:
-            return await job(UploadRepository(redis), Storage(settings), settings)
+            return await job(UploadRepository(redis), open_store(settings), settings)
         finally:
             await redis.aclose()
 
@@ -47,7 +47,7 @@ def assemble(file_id: str) -> dict[str, Any]:
 
 @app.task(name=CLEANUP)
 def cleanup(older_than: float | None = None, wait_for_lock: bool = False) -> dict[str, Any]:
-    async def job(repo: UploadRepository, storage: Storage, s: Settings) -> dict[str, Any]:
+    async def job(repo: UploadRepository, storage: ByteStore, s: Settings) -> dict[str, Any]:
         age = s.stale_after if older_than is None else older_than
         wait = 60.0 if wait_for_lock else 0.0
         try:
@@ -63,7 +63,7 @@ def cleanup(older_than: float | None = None, wait_for_lock: bool = False) -> dic
 
 @app.task(name=PERSIST)
 def persist() -> dict[str, Any]:
-    async def job(repo: UploadRepository, storage: Storage, s: Settings) -> dict[str, Any]:
+    async def job(repo: UploadRepository, storage: ByteStore, s: Settings) -> dict[str, Any]:
         # After Redis lost everything, the files list comes back here even if nobody asks for it.
         reindexed = await ensure_files_index(repo, storage, _enqueue_assembly)
         try:

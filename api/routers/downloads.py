@@ -108,9 +108,13 @@ async def download(
         found = await links.resolve(file_id, expires or "", sig or "")
     else:
         found = await uploads.completed_file(await user_for_token(request, token), file_id)
-    accel_uri = f"{settings.accel_prefix}/{file_id}/data" if settings.accel_redirect else None
+    source = found.source
+    # X-Accel-Redirect needs a file nginx can read: only a store with local paths has one.
+    accel_uri = None
+    if settings.accel_redirect and source.relative_path is not None:
+        accel_uri = f"{settings.accel_prefix}/{source.relative_path}"
     return RangeFileResponse(
-        found.path,
+        source,
         found.size,
         found.sha256,
         found.completed_at,

@@ -17,7 +17,8 @@ router = APIRouter(tags=["uploads"])
 
 
 async def get_upload_service(request: Request) -> UploadService:
-    return request.app.state.uploads
+    service: UploadService = request.app.state.uploads
+    return service
 
 
 UploadServiceDep = Annotated[UploadService, Depends(get_upload_service)]
@@ -85,7 +86,8 @@ _ERRORS = documented_errors(
         "invalid_file_name, invalid_sha256",
         404: "not_found: no such upload, or another user's",
         409: "overlap, total_mismatch, already_complete, upload_failed, too_many_chunks",
-        413: "chunk_too_large, file_too_large, quota_exceeded (a new upload would pass the user's declared-bytes quota)",
+        413: "chunk_too_large, file_too_large, "
+        "quota_exceeded (a new upload would pass the user's declared-bytes quota)",
         429: "too_many_uploads (the user's open uploads are at FT_MAX_OPEN_UPLOADS), "
         "rate_limited (uploads created faster than FT_UPLOAD_CREATE_RATE per minute)",
         507: "insufficient_storage",
