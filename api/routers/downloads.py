@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -38,7 +38,7 @@ _CONDITIONALS = [
         ("If-Unmodified-Since", "HTTP date; 412 if modified since"),
     ]
 ]
-DOWNLOAD_ROUTE = {
+DOWNLOAD_ROUTE: dict[str, Any] = {
     "response_class": RangeFileResponse,
     "status_code": 200,
     "responses": {
@@ -69,7 +69,8 @@ DOWNLOAD_ROUTE = {
 
 
 async def get_links(request: Request) -> DownloadLinks:
-    return request.app.state.links
+    links: DownloadLinks = request.app.state.links
+    return links
 
 
 LinksDep = Annotated[DownloadLinks, Depends(get_links)]
