@@ -57,6 +57,7 @@ STATUS_BY_ERROR: dict[type[errors.TransferError], int] = {
     errors.UploadLengthExceeded: 413,
     errors.ConcatenationError: 400,
     errors.Unavailable: 503,
+    errors.UnreadableRecord: 503,
 }
 
 # Error replies of a Redis that refuses writes: plain ("NOREPLICAS ..."), or from inside a Lua

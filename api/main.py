@@ -23,7 +23,7 @@ from core.links import DownloadLinks
 from core.login_throttle import LoginThrottle
 from core.redis_clients import async_redis
 from core.state import UploadRepository
-from core.storage import Storage
+from core.storage import ByteStore, open_store
 from core.tus import TusService
 from core.uploads import UploadService
 from core.users import RecentUsers, UserStore
@@ -69,10 +69,12 @@ def create_app(
     *,
     make_redis: Callable[[Settings], aioredis.Redis] = async_redis,
     make_jobs: Callable[[Settings], Jobs] = Jobs,
+    make_store: Callable[[Settings], ByteStore] = open_store,
 ) -> FastAPI:
     """The app for `settings` (the environment's when None). `make_redis` and `make_jobs` build
-    the Redis client and the task sender at start-up; the in-process tests (tests/fast) hand in
-    a fakeredis client and a stand-in that runs the assembly in the test process."""
+    the Redis client and the task sender at start-up, `make_store` the byte store; the
+    in-process tests (tests/fast) hand in a fakeredis client, a stand-in that runs the assembly
+    in the test process, and (tests/fast/test_store_seam.py) a store without local files."""
     settings = settings or Settings()
     settings.jwt_key()  # refuse to start with a missing or short secret
     settings.ensure_dirs()
@@ -87,7 +89,7 @@ def create_app(
         app.state.uploads = UploadService(
             settings,
             UploadRepository(app.state.redis),
-            Storage(settings),
+            make_store(settings),
             app.state.jobs.assemble,
             on_chunk=metrics.count_chunk,
         )

@@ -1,4 +1,7 @@
-"""The download response: Range and conditionals as nginx answers them (core/byte_ranges.py)."""
+"""The download response: Range and conditionals as nginx answers them (core/byte_ranges.py).
+
+The bytes come from a `FileSource` (core/storage): read through the store in a worker thread,
+or handed to the server by path (`http.response.pathsend`) when the store has local paths."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from core.byte_ranges import (
     parse_range,
     strong_etag,
 )
+from core.storage import ByteReader, FileSource, local_file
 
 MiB = 1024 * 1024
 OCTET_STREAM = "application/octet-stream"
@@ -49,9 +53,11 @@ class RangeFileResponse(Response):
     """200, 206 (one range), 206 multipart/byteranges, 304, 412 or 416 for a final file.
 
     `etag` is the file's SHA-256 hex digest, `last_modified` an epoch time (e.g. completion); the
-    request's method and headers come from the ASGI scope. The file is read with os.pread in a
-    worker thread, `read_size` bytes at a time: 1 MiB reads run ~4.5x faster than Starlette's
-    64 KiB and keep up with nginx's sendfile over loopback (bench/download_probe.py).
+    request's method and headers come from the ASGI scope. `source` is a FileSource (or a local
+    path). The file is read through it in a worker thread, `read_size` bytes at a time: 1 MiB
+    reads run ~4.5x faster than Starlette's 64 KiB and keep up with nginx's sendfile over
+    loopback (bench/download_probe.py). A whole file with a local path goes by pathsend when
+    the server offers it.
 
     Overlapping and adjacent ranges are merged; more than `max_ranges` after that and the
     whole file is sent (core/byte_ranges.limit_ranges).
@@ -64,7 +70,7 @@ class RangeFileResponse(Response):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        source: FileSource | str | os.PathLike[str],
         size: int,
         etag: str,
         last_modified: float,
@@ -74,7 +80,7 @@ class RangeFileResponse(Response):
         accel_uri: str | None = None,
         max_ranges: int = DEFAULT_MAX_RANGES,
     ) -> None:
-        self.path = os.fspath(path)
+        self.source = source if isinstance(source, FileSource) else local_file(source)
         self.max_ranges = max_ranges
         self.accel_uri = accel_uri
         self.size = size
@@ -118,10 +124,11 @@ class RangeFileResponse(Response):
             return await self._accel_redirect(scope, receive, send)
 
         headers = self.headers.mutablecopy()
+        plan: Plan
         if ranges is None:
             status, plan = 200, [(0, self.size - 1)] if self.size else []
         elif len(ranges) == 1:
-            status, plan = 206, list(ranges)
+            status, plan = 206, [ranges[0]]
             headers["Content-Range"] = f"bytes {ranges[0][0]}-{ranges[0][1]}/{self.size}"
         else:
             boundary = token_hex(16)
@@ -132,8 +139,12 @@ class RangeFileResponse(Response):
 
         if method == "HEAD" or not plan:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        elif status == 200 and "http.response.pathsend" in scope.get("extensions", {}):
-            await send({"type": "http.response.pathsend", "path": self.path})
+        elif (
+            status == 200
+            and self.source.local_path is not None
+            and "http.response.pathsend" in scope.get("extensions", {})
+        ):
+            await send({"type": "http.response.pathsend", "path": os.fspath(self.source.local_path)})
         else:
             await self._stream(plan, receive, send)
 
@@ -144,7 +155,7 @@ class RangeFileResponse(Response):
         nginx adds Accept-Ranges to its 200s (but not to its 206s) and would repeat ours."""
         headers = self.headers.mutablecopy()
         del headers["Accept-Ranges"]
-        headers["X-Accel-Redirect"] = quote(self.accel_uri)
+        headers["X-Accel-Redirect"] = quote(self.accel_uri or "")
         headers["Content-Length"] = "0"
         await send({"type": "http.response.start", "status": 200, "headers": headers.raw})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -182,21 +193,19 @@ class RangeFileResponse(Response):
             raise error
 
     async def _send_plan(self, plan: Plan, send: Send) -> None:
-        fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+        reader: ByteReader = await anyio.to_thread.run_sync(self.source.open)
         try:
-            if hasattr(os, "posix_fadvise"):  # not on macOS
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             for item in plan:
                 if isinstance(item, bytes):
                     await send({"type": "http.response.body", "body": item, "more_body": True})
                     continue
                 start, end = item
                 while start <= end:
-                    data = await anyio.to_thread.run_sync(os.pread, fd, min(self.read_size, end + 1 - start), start)
+                    data = await anyio.to_thread.run_sync(reader.read, start, min(self.read_size, end + 1 - start))
                     if not data:
-                        raise RuntimeError(f"{self.path} is shorter than the {self.size} bytes announced")
+                        raise RuntimeError(f"the file is shorter than the {self.size} bytes announced")
                     start += len(data)
                     await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            os.close(fd)
+            reader.close()

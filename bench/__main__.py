@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     set_quiet_budget(plan.quiet_budget)
     load_start = loadavg()
     skipped: list[str] = []
-    upload_sections = plan.sections & {"upload", "parallel", "big", "concurrent", "sweep"}
+    upload_sections = plan.sections & {"upload", "parallel", "big", "concurrent", "sweep", "fsync"}
     tus_version = None
     if plan.sections & {"upload", "sweep"}:
         tus_version = tus_install(log)
@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
 
     sweep_fs = "tmpfs" if "tmpfs" in plan.filesystems else plan.filesystems[-1]
     for fs in plan.filesystems:
-        wanted = [s for s in ("upload", "parallel", "big", "concurrent", "sweep") if s in upload_sections]
+        wanted = [s for s in ("upload", "parallel", "big", "concurrent", "sweep", "fsync") if s in upload_sections]
         if fs != sweep_fs and "sweep" in wanted:
             wanted.remove("sweep")
         if not wanted:
@@ -132,6 +132,7 @@ def main(argv: list[str]) -> int:
                         "big": bench.big,
                         "concurrent": bench.concurrent,
                         "sweep": bench.sweep,
+                        "fsync": bench.fsync,
                     }[section]
                     key = "single" if section == "upload" else section
                     try:

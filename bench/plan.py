@@ -34,6 +34,9 @@ class Plan:
     client_rounds: int = 3
     tus_size: int = 256 * MiB  # tus on /files/ against @tus/server (bench/tus.py)
     tus_patch: int = 8 * MiB
+    fsync_size: int = 128 * MiB  # FT_FSYNC_CHUNKS=1 against the default (bench/upload.py fsync)
+    fsync_chunks: tuple[int, ...] = (8 * MiB, 1 * MiB)
+    fsync_connections: tuple[int, ...] = (1, 4)
     filesystems: tuple[str, ...] = ("disk", "tmpfs")
     sections: set[str] = field(default_factory=lambda: set(SECTIONS))
 
@@ -41,7 +44,7 @@ class Plan:
         return min(self.sweep_file, chunk * self.sweep_max_chunks)
 
 
-SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "download", "devices", "client", "tus")
+SECTIONS = ("upload", "parallel", "big", "concurrent", "sweep", "fsync", "download", "devices", "client", "tus")
 
 FULL = Plan(name="full", trials=5)
 
@@ -67,4 +70,5 @@ QUICK = Plan(
     client_resume_size=512 * MiB,
     client_rounds=1,
     tus_size=64 * MiB,
+    fsync_size=32 * MiB,
 )

@@ -369,6 +369,37 @@ class Report:
                 )
             self.add("")
 
+    def fsync(self) -> None:
+        up = self.r.get("upload", {})
+        if not any("fsync" in t for t in up.values()):
+            return
+        p = self.r["plan"]
+        self.add(
+            f"## FT_FSYNC_CHUNKS=1 (ours, {size(p['fsync_size'])} files)",
+            "",
+            "Every chunk fdatasync'ed (in a thread, off the event loop) before it is acknowledged,",
+            "against the default, each on its own stack, interleaved round by round.",
+            "",
+            "| fs | chunk | connections | MB/s default | MB/s fsync | fsync ÷ default"
+            " | p50 ms default | p50 ms fsync |",
+            "|---|---|---|---|---|---|---|---|",
+        )
+        for fs, tables in up.items():
+            t = tables.get("fsync")
+            if not t:
+                continue
+            for name, row in t.items():
+                if not name.startswith("ours fsync "):
+                    continue
+                chunk, n = name.removeprefix("ours fsync ").split(" x")
+                base = t.get(f"ours {chunk} x{n}", {})
+                self.add(
+                    f"| {fs} | {size(int(chunk))} | {n} | {spread(base.get('mbps'))} | {spread(row.get('mbps'))} |"
+                    f" {ratio_cell(row.get('mbps'), base.get('mbps'))} | {spread(base.get('p50_ms'), '{:.1f}')} |"
+                    f" {spread(row.get('p50_ms'), '{:.1f}')} |"
+                )
+        self.add("")
+
     def concurrent(self) -> None:
         up = self.r.get("upload", {})
         if not any("concurrent" in t for t in up.values()):
@@ -512,6 +543,7 @@ class Report:
         self.memory()
         self.parallel()
         self.sweep()
+        self.fsync()
         self.concurrent()
         self.download()
         self.devices()

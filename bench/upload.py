@@ -77,17 +77,18 @@ class UploadBench:
             upload(self.tus.url, TusTarget(), fid, 64 * MiB, 8 * MiB, self.payload)
             self.tus.clear()
 
-    def ours_contender(self, name: str, size: int, chunk: int, connections: int = 1) -> Contender:
-        api = self.ours.api.pid
+    def ours_contender(
+        self, name: str, size: int, chunk: int, connections: int = 1, stack: OurStack | None = None
+    ) -> Contender:
+        ours = stack or self.ours
+        api = ours.api.pid
         state: dict = {}
 
         def run() -> dict:
             state["id"] = fid = new_id()
             reset_peak(api)
             before = rss_mib(api)
-            result = upload(
-                self.ours.url, OursTarget(self.ours.token), fid, size, chunk, self.payload, connections=connections
-            )
+            result = upload(ours.url, OursTarget(ours.token), fid, size, chunk, self.payload, connections=connections)
             return {
                 "mbps": result.mbps,
                 "seconds": result.seconds,
@@ -98,8 +99,8 @@ class UploadBench:
             }
 
         def after(metrics: dict) -> None:
-            self.ours.wait_complete(state["id"])
-            self.ours.remove(state["id"])
+            ours.wait_complete(state["id"])
+            ours.remove(state["id"])
 
         return Contender(name, run, lambda: [api], after)
 
@@ -155,6 +156,24 @@ class UploadBench:
             contenders.append(self.tus_contender(f"tus {smallest}", p.sweep_size(smallest), smallest))
         contenders.append(self.sink_contender(f"nginx-sink {smallest}", p.sweep_size(smallest), smallest))
         return self.interleave(contenders, p.trials, "chunk sweep")
+
+    def fsync(self) -> dict:
+        """FT_FSYNC_CHUNKS=1 (every chunk fdatasync'ed, in a thread, before its answer) against
+        the default, on a second stack started for this table, interleaved round by round."""
+        p = self.plan
+        with OurStack(self.root / "ours-fsync", FT_FSYNC_CHUNKS="1") as synced:
+            fid = new_id("warm")
+            upload(synced.url, OursTarget(synced.token), fid, 16 * MiB, MiB, self.payload)
+            synced.wait_complete(fid)
+            synced.remove(fid)
+            contenders = []
+            for chunk in p.fsync_chunks:
+                for n in p.fsync_connections:
+                    contenders.append(self.ours_contender(f"ours {chunk} x{n}", p.fsync_size, chunk, n))
+                    contenders.append(
+                        self.ours_contender(f"ours fsync {chunk} x{n}", p.fsync_size, chunk, n, stack=synced)
+                    )
+            return self.interleave(contenders, p.trials, "FT_FSYNC_CHUNKS")
 
     def big(self) -> dict:
         """One large upload at a time: API/worker peak RSS; last chunk -> `complete` vs sha256sum."""

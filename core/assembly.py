@@ -14,22 +14,18 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import anyio
-from redis.asyncio.lock import Lock
-from redis.exceptions import LockError
 
 from core.checksums import crc32
-from core.state import Chunk
+from core.records import FileMeta, UploadState
+from core.state import Chunk, Lease, UploadRepository
+from core.storage import ByteReader, ByteStore
 from core.tus import build_concatenation, forget_parts, parts_of
-from core.uploads import UploadService
+from core.uploads import load
 
 READ_SIZE = 4 * 1024 * 1024
-
-
-def assembly_lock_key(file_id: str) -> str:
-    return f"ft:lock:assemble:{file_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +34,7 @@ class Verification:
     bad_chunk: Chunk | None
 
 
-def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
+def verify_file(source: ByteReader, chunks: list[Chunk], total: int) -> Verification:
     """One sequential pass: SHA-256 of the whole file and CRC-32 of each stored chunk."""
     digest = hashlib.sha256()
     buffer = bytearray(READ_SIZE)
@@ -46,98 +42,85 @@ def verify_file(path: Path, chunks: list[Chunk], total: int) -> Verification:
     ordered = sorted(chunks, key=lambda c: c.start)
     index, crc, offset = 0, 0, 0
     bad: Chunk | None = None
-    with open(path, "rb", buffering=0) as handle:
-        while offset < total:
-            n = handle.readinto(view[: min(READ_SIZE, total - offset)])
-            if not n:
-                raise ValueError(f"{path} is shorter than {total} bytes")
-            block = view[:n]
-            digest.update(block)
-            pos = 0
-            while pos < n and index < len(ordered):
-                chunk = ordered[index]
-                take = min(n - pos, chunk.end + 1 - (offset + pos))
-                crc = crc32(block[pos : pos + take], crc)
-                pos += take
-                if offset + pos == chunk.end + 1:
-                    if crc != chunk.crc32 and bad is None:
-                        bad = chunk
-                    index, crc = index + 1, 0
-            offset += n
+    while offset < total:
+        n = source.readinto(offset, view[: min(READ_SIZE, total - offset)])
+        if not n:
+            raise ValueError(f"the stored bytes are shorter than {total}")
+        block = view[:n]
+        digest.update(block)
+        pos = 0
+        while pos < n and index < len(ordered):
+            chunk = ordered[index]
+            take = min(n - pos, chunk.end + 1 - (offset + pos))
+            crc = crc32(block[pos : pos + take], crc)
+            pos += take
+            if offset + pos == chunk.end + 1:
+                if crc != chunk.crc32 and bad is None:
+                    bad = chunk
+                index, crc = index + 1, 0
+        offset += n
     return Verification(digest.hexdigest(), bad)
 
 
-async def assemble(service: UploadService, file_id: str, lease_seconds: float = 60.0) -> dict:
+async def assemble(
+    repo: UploadRepository, storage: ByteStore, file_id: str, lease_seconds: float = 60.0
+) -> dict[str, Any]:
     """Verify and publish `file_id`. Returns a small report (also the Celery task's result)."""
-    repo, storage = service.repo, service.storage
-    upload = await service.load(file_id)
+    upload = await load(repo, storage, file_id)
     if upload is None:
         return {"file_id": file_id, "result": "gone"}
-    if upload.state != "assembling":
+    if upload.state != UploadState.ASSEMBLING:
         return {"file_id": file_id, "result": f"nothing to do: {upload.state}"}
 
     # A run whose process was killed leaves its lease behind until it lapses, and its task is
     # redelivered at once (reject_on_worker_lost): wait up to one lease period for it. A live
     # run keeps renewing its lease, so a duplicate gives up after that and leaves the file to it.
-    lock = Lock(
-        repo.redis,
-        assembly_lock_key(file_id),
-        timeout=lease_seconds,
-        sleep=0.1,
-        blocking=True,
-        blocking_timeout=lease_seconds + 1,
-    )
-    if not await lock.acquire():
+    lease = repo.assembly_lease(file_id, lease_seconds)
+    if not await lease.acquire():
         return {"file_id": file_id, "result": "busy: another run holds the lease"}
     try:
-        upload = await service.load(file_id)  # another run may have finished while we waited
-        if upload is None or upload.state != "assembling":
+        upload = await load(repo, storage, file_id)  # another run may have finished while we waited
+        if upload is None or upload.state != UploadState.ASSEMBLING:
             return {"file_id": file_id, "result": f"nothing to do: {upload.state if upload else 'gone'}"}
         chunks = await repo.chunks(file_id)
         parts = parts_of(upload)
-        if parts and not storage.final_data(file_id).exists():
+        if parts and not await anyio.to_thread.run_sync(storage.has_final, file_id):
             try:
-                await anyio.to_thread.run_sync(build_concatenation, storage, file_id, parts)
+                await build_concatenation(storage, file_id, parts)
             except FileNotFoundError:
-                error = "a partial upload of this concatenation was removed before it was assembled"
-                await repo.transition(file_id, "assembling", state="failed", error=error)
-                return {"file_id": file_id, "result": "failed", "error": error}
-        source = storage.staging_data(file_id)
-        if not source.exists():
-            source = storage.final_data(file_id)  # a previous run moved it, then died
+                removed = "a partial upload of this concatenation was removed before it was assembled"
+                await repo.mark_failed(file_id, removed)
+                return {"file_id": file_id, "result": "failed", "error": removed}
         started = time.monotonic()
-        verification = await _verify_with_lease(lock, source, chunks, upload.total, lease_seconds)
-        error = None
+        source = await anyio.to_thread.run_sync(_staged_or_final, storage, file_id)
+        try:
+            verification = await _verify_with_lease(lease, source, chunks, upload.total, lease_seconds)
+        finally:
+            source.close()
+        error: str | None = None
         if (bad := verification.bad_chunk) is not None:
             error = f"stored bytes {bad.start}-{bad.end} no longer match their CRC-32; upload them again"
         elif upload.expected_sha256 and verification.sha256 != upload.expected_sha256:
             error = f"SHA-256 mismatch: expected {upload.expected_sha256}, got {verification.sha256}"
         if error is not None:
-            await repo.transition(file_id, "assembling", state="failed", error=error)
+            await repo.mark_failed(file_id, error)
             return {"file_id": file_id, "result": "failed", "error": error}
 
         completed_at = time.time()
-        meta = {
-            "file_id": file_id,
-            "owner": upload.owner,
-            "size": upload.total,
-            "sha256": verification.sha256,
-            "expected_sha256": upload.expected_sha256,
-            "file_name": upload.file_name,
-            "created_at": upload.created_at,
-            "completed_at": completed_at,
-        }
-        storage.publish(file_id, meta)
-        await repo.transition(
-            file_id,
-            "assembling",
-            state="complete",
+        meta = FileMeta(
+            file_id=file_id,
+            owner=upload.owner,
+            size=upload.total,
             sha256=verification.sha256,
-            completed_at=repr(completed_at),
-            updated_at=repr(completed_at),
+            expected_sha256=upload.expected_sha256,
+            file_name=upload.file_name,
+            created_at=upload.created_at,
+            completed_at=completed_at,
         )
-        storage.remove_staging(file_id)
-        await forget_parts(service, parts)
+        await anyio.to_thread.run_sync(storage.publish, file_id, meta.to_json())
+        await repo.mark_complete(file_id, verification.sha256, completed_at)
+        await anyio.to_thread.run_sync(storage.remove_staged, file_id)
+        await forget_parts(repo, storage, parts)
         return {
             "file_id": file_id,
             "result": "complete",
@@ -146,23 +129,30 @@ async def assemble(service: UploadService, file_id: str, lease_seconds: float = 
             "seconds": round(time.monotonic() - started, 3),
         }
     finally:
-        try:
-            await lock.release()
-        except LockError:
-            pass
+        await lease.release()
 
 
-async def _verify_with_lease(lock: Lock, path: Path, chunks: list[Chunk], total: int, lease: float) -> Verification:
+def _staged_or_final(storage: ByteStore, file_id: str) -> ByteReader:
+    """The staged bytes, or the final ones when a previous run published them, then died."""
+    try:
+        return storage.read_staged(file_id)
+    except FileNotFoundError:
+        return storage.read_final(file_id)
+
+
+async def _verify_with_lease(
+    lease: Lease, source: ByteReader, chunks: list[Chunk], total: int, lease_seconds: float
+) -> Verification:
     """Run the (blocking) verification in a thread while this task keeps the lease alive."""
     async with anyio.create_task_group() as group:
         result: list[Verification] = []
 
         async def renew() -> None:
             while True:
-                await anyio.sleep(lease / 3)
-                await lock.reacquire()
+                await anyio.sleep(lease_seconds / 3)
+                await lease.renew()
 
         group.start_soon(renew)
-        result.append(await anyio.to_thread.run_sync(verify_file, path, chunks, total))
+        result.append(await anyio.to_thread.run_sync(verify_file, source, chunks, total))
         group.cancel_scope.cancel()
     return result[0]

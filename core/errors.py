@@ -190,3 +190,8 @@ class Unavailable(TransferError):
     """A dependency (Redis) is down: the server's fault, not the client's."""
 
     code = "unavailable"
+
+
+class UnreadableRecord(Unavailable):
+    """An upload's record on disk cannot be read (written by a newer release, or damaged): the
+    upload is unavailable until an operator looks; nothing removes it meanwhile."""

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import math
-import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from core.errors import InvalidRequest, Unavailable
+import anyio
+import anyio.to_thread
+
+from core.errors import InvalidRequest, Unavailable, UnreadableRecord
 from core.file_ids import FILE_ID_PATTERN
 from core.maintenance import JobBusy, job_lock
-from core.state import Upload
-from core.uploads import UploadService, iso
+from core.records import UploadState
+from core.state import Upload, UploadRepository
+from core.storage import ByteStore
+from core.uploads import iso, restore_from_disk
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -54,25 +61,33 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     return score, file_id
 
 
-async def list_files(service: UploadService, owner_id: str | None, limit: int, cursor: str | None) -> FilesPage:
-    """A page of `owner_id`'s uploads (everybody's for None), newest first."""
+async def list_files(
+    repo: UploadRepository,
+    storage: ByteStore,
+    owner_id: str | None,
+    limit: int,
+    cursor: str | None,
+    enqueue_assembly: Callable[[str], object] | None = None,
+) -> FilesPage:
+    """A page of `owner_id`'s uploads (everybody's for None), newest first. The indexes are
+    rebuilt first if Redis lost them (uploads restored `assembling` go to `enqueue_assembly`)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be 1-{MAX_LIMIT}")
     before = decode_cursor(cursor) if cursor else None
     try:
-        await ensure_files_index(service)
+        await ensure_files_index(repo, storage, enqueue_assembly)
     except JobBusy:
         raise Unavailable("the files list is being rebuilt after a loss of Redis; retry in a minute") from None
-    entries = await service.repo.newest_first(owner_id, limit + 1, before)
+    entries = await repo.newest_first(owner_id, limit + 1, before)
     page, more = entries[:limit], len(entries) > limit
-    uploads = await service.repo.get_many([file_id for file_id, _ in page])
+    uploads = await repo.get_many([file_id for file_id, _ in page])
     # An entry whose upload is being removed right now is left out; the cursor still moves past it.
     items = [upload for upload in uploads if upload is not None]
     next_cursor = encode_cursor(page[-1][1], page[-1][0]) if more else None
     return FilesPage(items, next_cursor)
 
 
-def item_fields(upload: Upload) -> dict:
+def item_fields(upload: Upload) -> dict[str, Any]:
     """The list's view of one upload (CONTRACT 10)."""
     return {
         "file_id": upload.file_id,
@@ -82,16 +97,17 @@ def item_fields(upload: Upload) -> dict:
         "received_bytes": upload.received,
         "created_at": iso(upload.created_at),
         "updated_at": iso(upload.updated_at),
-        "sha256": upload.sha256 if upload.state == "complete" else None,
+        "sha256": upload.sha256 if upload.state == UploadState.COMPLETE else None,
     }
 
 
-async def ensure_files_index(service: UploadService) -> bool:
+async def ensure_files_index(
+    repo: UploadRepository, storage: ByteStore, enqueue_assembly: Callable[[str], object] | None = None
+) -> bool:
     """Rebuild the list indexes if Redis lost them; True when this call rebuilt them."""
-    repo = service.repo
     if await repo.files_indexed():
         return False
-    async with job_lock(repo.redis, "files-index", wait=REBUILD_WAIT) as keep:
+    async with job_lock(repo, "files-index", wait=REBUILD_WAIT) as keep:
         if await repo.files_indexed():  # another request rebuilt them while this one waited
             return False
         # Uploads Redis still has (not complete yet): index them from their hashes.
@@ -99,15 +115,12 @@ async def ensure_files_index(service: UploadService) -> bool:
             await keep()
             await repo.reindex(file_id)
         # Everything with a record on disk: index it, restoring it into Redis if it was lost.
-        for root in (service.storage.files_root, service.storage.staging_root):
-            for file_id in _record_dirs(root):
+        for listing in (storage.final_ids, storage.staged_ids):
+            for file_id in await anyio.to_thread.run_sync(listing):
                 await keep()
                 if not await repo.reindex(file_id):
-                    await service.restore_from_disk(file_id)
+                    # a record this release cannot read (logged) is not listed until it can be
+                    with contextlib.suppress(UnreadableRecord):
+                        await restore_from_disk(repo, storage, file_id, enqueue_assembly)
         await repo.mark_files_indexed()
     return True
-
-
-def _record_dirs(root) -> list[str]:
-    with os.scandir(root) as entries:
-        return [e.name for e in entries if e.is_dir() and _FILE_ID_RE.fullmatch(e.name)]

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from core.errors import InvalidLink
 from core.file_ids import validate_file_id
+from core.records import UploadState
 from core.state import Upload
 from core.uploads import CompletedFile, UploadService
 from core.users import User
@@ -76,7 +77,7 @@ class DownloadLinks:
         upload = await self.uploads.load(file_id)
         if (
             upload is None
-            or upload.state != "complete"
+            or upload.state != UploadState.COMPLETE
             or not hmac.compare_digest(_signature(self.key, upload, when), signature)
         ):
             raise InvalidLink("this download link is not valid for this file")

@@ -7,15 +7,20 @@ goes, so a worker killed mid-job does not block the next run for long.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from redis.asyncio.lock import Lock
+import anyio
+import anyio.to_thread
 
-from core.assembly import assembly_lock_key
-from core.uploads import UploadService
+from core.errors import UnreadableRecord
+from core.records import UploadState
+from core.state import UploadRepository
+from core.storage import ByteStore
+from core.uploads import restore_from_disk, write_manifest
 
 JOB_LOCK_TTL = 120.0
 
@@ -25,24 +30,26 @@ class JobBusy(Exception):
 
 
 @asynccontextmanager
-async def job_lock(redis, name: str, wait: float = 0.0):
-    lock = Lock(redis, f"ft:lock:job:{name}", timeout=JOB_LOCK_TTL, blocking=wait > 0, blocking_timeout=wait or None)
-    if not await lock.acquire():
+async def job_lock(
+    repo: UploadRepository, name: str, wait: float = 0.0
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Hold job `name`'s lease (JobBusy if another run holds it after `wait` seconds); yields
+    `keep`, to be awaited often: it renews the lease once a third of its TTL has passed."""
+    lease = repo.job_lease(name, JOB_LOCK_TTL, wait)
+    if not await lease.acquire():
         raise JobBusy(name)
     renewed = [time.monotonic()]
 
     async def keep() -> None:
         if time.monotonic() - renewed[0] > JOB_LOCK_TTL / 3:
-            await lock.reacquire()
+            await lease.renew()
             renewed[0] = time.monotonic()
 
     try:
         yield keep
     finally:
-        try:
-            await lock.release()
-        except Exception:
-            pass
+        with contextlib.suppress(Exception):  # Redis away: the lease lapses by itself
+            await lease.release()
 
 
 @dataclass
@@ -52,32 +59,39 @@ class CleanupReport:
 
 
 async def cleanup(
-    service: UploadService, older_than: float, now: float | None = None, wait_for_lock: float = 0.0
+    repo: UploadRepository,
+    storage: ByteStore,
+    older_than: float,
+    now: float | None = None,
+    wait_for_lock: float = 0.0,
+    enqueue_assembly: Callable[[str], object] | None = None,
 ) -> CleanupReport:
     """Remove uploads not complete with no activity for `older_than` seconds: bytes, state, manifest."""
     now = now if now is not None else time.time()
     cutoff = now - older_than
-    repo, storage = service.repo, service.storage
     report = CleanupReport()
-    async with job_lock(repo.redis, "cleanup", wait_for_lock) as keep:
+    async with job_lock(repo, "cleanup", wait_for_lock) as keep:
         # Uploads whose Redis state was lost but whose manifest survived are restored first,
         # so they are judged by their real last activity, like every other upload.
-        with os.scandir(storage.staging_root) as entries:
-            for entry in entries:
-                await keep()
-                if not entry.is_dir() or await repo.get(entry.name) is not None:
+        for file_id in await anyio.to_thread.run_sync(storage.staged_ids):
+            await keep()
+            if await repo.get(file_id) is not None:
+                continue
+            try:
+                if await restore_from_disk(repo, storage, file_id, enqueue_assembly):
                     continue
-                if await service.restore_from_disk(entry.name):
-                    continue
-                # No state, no manifest: bytes of a chunk that never completed. Leave recent ones
-                # alone (a first chunk may be streaming into it right now).
-                if entry.stat().st_mtime <= cutoff:
-                    report.freed_bytes += storage.remove_staging(entry.name)
+            except UnreadableRecord:
+                continue  # a record this release cannot read: left for an operator, never removed
+            # No state, no manifest: bytes of a chunk that never completed. Leave recent ones
+            # alone (a first chunk may be streaming into it right now).
+            modified_at = await anyio.to_thread.run_sync(storage.staged_modified_at, file_id)
+            if modified_at is not None and modified_at <= cutoff:
+                report.freed_bytes += await anyio.to_thread.run_sync(storage.remove_staged, file_id)
         async for file_id in repo.idle_since(cutoff):
             await keep()
             if await repo.expire_if_stale(file_id, cutoff) != "expired":
                 continue
-            report.freed_bytes += storage.remove_staging(file_id)
+            report.freed_bytes += await anyio.to_thread.run_sync(storage.remove_staged, file_id)
             await repo.forget(file_id)
             report.removed.append(file_id)
     return report
@@ -90,29 +104,33 @@ class PersistReport:
 
 
 async def persist(
-    service: UploadService, idle_for: float, assembly_grace: float, enqueue, now: float | None = None
+    repo: UploadRepository,
+    storage: ByteStore,
+    idle_for: float,
+    assembly_grace: float,
+    enqueue: Callable[[str], object],
+    now: float | None = None,
 ) -> PersistReport:
     """fsync idle uploads and write their manifests; re-enqueue assemblies nobody is running."""
     now = now if now is not None else time.time()
-    repo, storage = service.repo, service.storage
     report = PersistReport()
-    async with job_lock(repo.redis, "persist") as keep:
+    async with job_lock(repo, "persist") as keep:
         async for file_id in repo.idle_since(now - idle_for):
             await keep()
             upload = await repo.get(file_id)
-            if upload is None or upload.state not in ("uploading", "failed"):
+            if upload is None or upload.state not in (UploadState.UPLOADING, UploadState.FAILED):
                 continue
             if upload.persisted_at is not None and upload.persisted_at >= upload.updated_at:
                 continue  # nothing new since the last manifest
             chunks = await repo.chunks(file_id)
-            storage.sync_staging(file_id)
+            await anyio.to_thread.run_sync(storage.sync_staged, file_id)
             persisted_at = time.time()
-            service.write_manifest(upload, chunks, persisted_at=persisted_at)
+            await anyio.to_thread.run_sync(write_manifest, storage, upload, chunks, persisted_at)
             # The upload may have moved on meanwhile; the manifest is then merely conservative.
             await repo.mark_persisted(file_id, persisted_at)
             report.persisted.append(file_id)
         for file_id in await repo.assembling_since(now - assembly_grace):
-            if not await repo.redis.exists(assembly_lock_key(file_id)):
+            if not await repo.assembly_running(file_id):
                 enqueue(file_id)
                 report.requeued.append(file_id)
     return report

@@ -29,15 +29,36 @@ chunks), so one ZREVRANGEBYSCORE finds the only stored chunk that could overlap 
 new one. `next` (first missing byte) advances over contiguous chunks on commit.
 Numbers going back to Redis from Lua are formatted with %d: Lua's default
 formatting would turn large byte offsets into floats.
+
+Locks (leases with a TTL, renewed by their holder; see `Lease`):
+  ft:lock:assemble:<id>  the worker assembling an upload
+  ft:lock:job:<name>     a periodic job (cleanup, persist, files-index)
+
+No other module names these keys: callers get operations (restore from a record, take a
+lease, ...). Three small modules own keys of their own, each alone: core/login_throttle.py
+(`ft:login:*`), core/workers_registry.py (`ft:workers`) and core/jobs.py (`ft:task:*`, ids of
+tasks the API issued); celeryconfig.py prefixes Celery's and redbeat's keys (`ft:celery:`,
+`ft:redbeat`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, cast
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
+
+from core.records import Chunk, FileMeta, Manifest, TusFields, Upload, UploadState
+
+__all__ = ["Chunk", "Upload", "UploadState"]  # records re-exported: callers read them from here
 
 ACTIVITY_KEY = "ft:activity"
 ASSEMBLING_KEY = "ft:assembling"
@@ -174,7 +195,8 @@ local token, now, lease_until, create = ARGV[8], ARGV[9], ARGV[10], ARGV[11] == 
 local f = redis.call('HMGET', up, 'owner', 'total', 'state', 'error')
 if not f[1] then
   if not create then return {'absent'} end
-  local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], file_id, user, total, now, '1', {ARGV[12], ARGV[13], ARGV[14]})
+  local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], file_id, user, total, now, '1',
+                              {ARGV[12], ARGV[13], ARGV[14]})
   if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
   f = {user, total, 'uploading', false}
 end
@@ -226,7 +248,8 @@ _OPEN = (
     + _OPEN_UPLOAD
     + """
 if redis.call('EXISTS', up) == 1 then return summary('exists') end
-local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {ARGV[6], ARGV[7], ARGV[8]})
+local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+                            {ARGV[6], ARGV[7], ARGV[8]})
 if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
 return summary('created')
 """
@@ -459,7 +482,8 @@ _CREATE = (
     + """
 local file_id, owner, total, now, state, received = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if redis.call('EXISTS', up) == 1 then return {'exists'} end
-local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], file_id, owner, total, now, '0', {ARGV[9], ARGV[10], ARGV[11]})
+local refused = open_upload(KEYS[6], KEYS[7], KEYS[8], KEYS[9], file_id, owner, total, now, '0',
+                            {ARGV[9], ARGV[10], ARGV[11]})
 if refused then return {refused[1], '', '0', '0', '0', tostring(refused[2])} end
 redis.call('HSET', up, 'state', state, 'received', received, 'next', received)
 local extra = cjson.decode(ARGV[7])
@@ -519,108 +543,180 @@ NO_LIMITS = UploadLimits()
 
 # What the files list shows of each upload, read for a whole page by one script call.
 LIST_FIELDS = ("owner", "state", "total", "received", "name", "created_at", "updated_at", "sha256")
-_LIST_FIELDS = """
+_LIST_FIELDS = (
+    """
 local out = {}
 for i = 1, #KEYS do
-  local f = redis.call('HMGET', KEYS[i], %s)
-  for j = 1, %d do out[#out + 1] = f[j] or '' end
+  local f = redis.call('HMGET', KEYS[i], """
+    + ", ".join(f"'{name}'" for name in LIST_FIELDS)
+    + """)
+  for j = 1, """
+    + str(len(LIST_FIELDS))
+    + """ do out[#out + 1] = f[j] or '' end
 end
 return out
-""" % (", ".join(f"'{name}'" for name in LIST_FIELDS), len(LIST_FIELDS))
+"""
+)
 
 
-def _decoded(entries: list[tuple[bytes, float]]) -> list[tuple[str, float]]:
-    return [(member.decode(), score) for member, score in entries]
+def _decoded(entries: Sequence[Any]) -> list[tuple[str, float]]:
+    return [(_text(member), float(score)) for member, score in entries]
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    start: int
-    end: int
-    crc32: int
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
-    @classmethod
-    def parse(cls, member: bytes | str) -> Chunk:
-        text = member.decode() if isinstance(member, bytes) else member
-        start, end, crc = text.split(":")
-        return cls(int(start), int(end), int(crc))
 
-    @property
-    def member(self) -> str:
-        return f"{self.start}:{self.end}:{self.crc32}"
+class Outcome(StrEnum):
+    """What an operation on an upload's chunks or creation reports (the first item of the
+    scripts' `summary`); the refusals of a creation are those of `open_upload`."""
+
+    CLAIMED = "claimed"
+    DUPLICATE = "duplicate"
+    ABSENT = "absent"
+    NOT_FOUND = "not_found"
+    TOTAL_MISMATCH = "total_mismatch"
+    ALREADY_COMPLETE = "already_complete"
+    UPLOAD_FAILED = "upload_failed"
+    OVERLAP = "overlap"
+    TOO_MANY_CHUNKS = "too_many_chunks"
+    TOO_MANY_UPLOADS = "too_many_uploads"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    RATE_LIMITED = "rate_limited"
+    COMMITTED = "committed"
+    LOST = "lost"
+    CREATED = "created"
+    EXISTS = "exists"
+    DECLARED = "declared"
+    NOT_DEFERRED = "not_deferred"
+    TOO_SMALL = "too_small"
+
+
+# `expire_if_stale`: what the upload was found to be ("expired": it is now, and may be removed).
+Staleness = Literal["absent", "complete", "assembling", "expired", "fresh", "busy"]
+_STALENESS: frozenset[str] = frozenset(("absent", "complete", "assembling", "expired", "fresh", "busy"))
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """What a chunk operation reports back: the outcome and the upload's counters."""
+    """What a chunk operation reports back: the outcome and the upload's counters (`state` is
+    None when the operation found no upload to report on)."""
 
-    outcome: str
-    state: str = ""
+    outcome: Outcome
+    state: UploadState | None = None
     received: int = 0
     total: int = 0
     next_expected: int = 0
     extra: str = ""
 
     @classmethod
-    def from_reply(cls, reply: list) -> Progress:
+    def from_reply(cls, reply: Sequence[bytes | str | int]) -> Progress:
         values = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
         if len(values) == 1:
-            return cls(values[0])
+            return cls(Outcome(values[0]))
         outcome, state, received, total, nxt, extra = values
-        return cls(outcome, state, int(received), int(total), int(nxt), extra)
+        return cls(Outcome(outcome), UploadState(state) if state else None, int(received), int(total), int(nxt), extra)
 
 
-@dataclass(slots=True)
-class Upload:
-    file_id: str
-    owner: str
-    total: int
-    state: str
-    received: int
-    next_expected: int
-    file_name: str | None = None
-    expected_sha256: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    persisted_at: float | None = None
-    sha256: str | None = None
-    error: str | None = None
-    completed_at: float | None = None
-    fields: dict = field(default_factory=dict, repr=False)
+def _upload_from_hash(file_id: str, h: Mapping[str, str]) -> Upload:
 
-    @classmethod
-    def from_hash(cls, file_id: str, raw: dict) -> Upload:
-        h = {
-            k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()
-        }
+    def opt_float(name: str) -> float | None:
+        return float(h[name]) if h.get(name) else None
 
-        def opt_float(name: str) -> float | None:
-            return float(h[name]) if h.get(name) else None
+    return Upload(
+        file_id=file_id,
+        owner=h["owner"],
+        total=int(h["total"]),
+        state=UploadState(h["state"]),
+        received=int(h.get("received", 0)),
+        next_expected=int(h.get("next", 0)),
+        file_name=h.get("name") or None,
+        expected_sha256=h.get("sha256_expected") or None,
+        created_at=float(h.get("created_at", 0)),
+        updated_at=float(h.get("updated_at", 0)),
+        persisted_at=opt_float("persisted_at"),
+        sha256=h.get("sha256") or None,
+        error=h.get("error") or None,
+        completed_at=opt_float("completed_at"),
+        provisional=h.get("provisional") == "1",
+        tus=TusFields.from_strings(h),
+    )
 
-        return cls(
-            file_id=file_id,
-            owner=h["owner"],
-            total=int(h["total"]),
-            state=h["state"],
-            received=int(h.get("received", 0)),
-            next_expected=int(h.get("next", 0)),
-            file_name=h.get("name") or None,
-            expected_sha256=h.get("sha256_expected") or None,
-            created_at=float(h.get("created_at", 0)),
-            updated_at=float(h.get("updated_at", 0)),
-            persisted_at=opt_float("persisted_at"),
-            sha256=h.get("sha256") or None,
-            error=h.get("error") or None,
-            completed_at=opt_float("completed_at"),
-            fields=h,
-        )
+
+def _restore_fields(manifest: Manifest, now: float) -> dict[str, str]:
+    """The hash of an upload put back from its manifest."""
+    fields: dict[str, object] = {
+        "owner": manifest.owner,
+        "total": manifest.total,
+        "state": manifest.state,
+        "received": manifest.received,
+        "next": manifest.next_expected,
+        "name": manifest.file_name,
+        "sha256_expected": manifest.expected_sha256,
+        "created_at": repr(manifest.created_at),
+        "updated_at": repr(manifest.updated_at),
+        "persisted_at": repr(manifest.persisted_at) if manifest.persisted_at is not None else None,
+        "error": manifest.error,
+        "provisional": "0",
+        **manifest.tus.as_strings(),
+    }
+    if manifest.state == UploadState.ASSEMBLING:
+        fields["assembling_since"] = repr(now)
+    return {k: str(v) for k, v in fields.items() if v not in (None, "")}
+
+
+def _file_fields(meta: FileMeta) -> dict[str, str]:
+    """The hash of a complete file put back from its meta.json."""
+    fields: dict[str, object] = {
+        "owner": meta.owner,
+        "total": meta.size,
+        "state": UploadState.COMPLETE,
+        "received": meta.size,
+        "next": meta.size,
+        "name": meta.file_name,
+        "sha256": meta.sha256,
+        "sha256_expected": meta.expected_sha256,
+        "created_at": repr(meta.created_at),
+        "updated_at": repr(meta.completed_at),
+        "completed_at": repr(meta.completed_at),
+        "provisional": "0",
+    }
+    return {k: str(v) for k, v in fields.items() if v not in (None, "")}
+
+
+def assembly_lock_key(file_id: str) -> str:
+    return f"ft:lock:assemble:{file_id}"
+
+
+def job_lock_key(name: str) -> str:
+    return f"ft:lock:job:{name}"
+
+
+class Lease:
+    """A lock with a TTL, renewed by its holder while it works: a holder killed without
+    releasing it frees what it held once the TTL lapses."""
+
+    def __init__(self, lock: Lock) -> None:
+        self._lock = lock
+
+    async def acquire(self) -> bool:
+        return bool(await self._lock.acquire())
+
+    async def renew(self) -> None:
+        """Restart the TTL; LockError when the lease was lost meanwhile."""
+        await self._lock.reacquire()
+
+    async def release(self) -> None:
+        """Let go; a lease that lapsed (and may be someone else's now) is left alone."""
+        with contextlib.suppress(LockError):
+            await self._lock.release()
 
 
 class UploadRepository:
-    """The only code that knows the Redis layout of uploads."""
+    """The only code that knows the Redis layout of uploads (and of their locks)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
+        self.redis = redis  # tests look at keys through it; code elsewhere goes through the methods
         self._claim = redis.register_script(_CLAIM)
         self._open = redis.register_script(_OPEN)
         self._renew = redis.register_script(_RENEW)
@@ -746,8 +842,9 @@ class UploadRepository:
         now: float | None = None,
         keep_lease: float | None = None,
     ) -> Progress:
-        """Record a written chunk; its claim ends, and its disk hold with it. With `keep_lease`, the chunk is a prefix of the claim, which
-        keeps the rest of its range for that many more seconds (a tus PATCH still streaming)."""
+        """Record a written chunk; its claim ends, and its disk hold with it. With `keep_lease`,
+        the chunk is a prefix of the claim, which keeps the rest of its range for that many more
+        seconds (a tus PATCH still streaming)."""
         now = now if now is not None else time.time()
         keep_until = repr(now + keep_lease) if keep_lease is not None else ""
         reply = await self._commit(
@@ -772,9 +869,10 @@ class UploadRepository:
         file_id: str,
         owner: str,
         total: int,
-        fields: dict[str, str],
         limits: UploadLimits,
         *,
+        file_name: str | None = None,
+        tus: TusFields | None = None,
         complete_chunks: list[Chunk] | None = None,
         now: float | None = None,
     ) -> Progress:
@@ -783,10 +881,14 @@ class UploadRepository:
         tus final concatenation), ready for assembly. Outcomes: `created`, `exists` (the id is
         taken; nothing changed), or a refusal as `open_upload` gives."""
         now = now if now is not None else time.time()
+        tus = tus if tus is not None else TusFields()
         chunks = complete_chunks or []
-        state, received = ("assembling", total) if complete_chunks is not None else ("uploading", 0)
-        if total == 0 and complete_chunks is None and "tus_deferred" not in fields and "tus_concat" not in fields:
-            state = "assembling"  # nothing to wait for: an empty file
+        fields = tus.as_strings()
+        if file_name is not None:
+            fields["name"] = file_name
+        state, received = (UploadState.ASSEMBLING, total) if complete_chunks is not None else (UploadState.UPLOADING, 0)
+        if total == 0 and complete_chunks is None and not tus.deferred and tus.concat is None:
+            state = UploadState.ASSEMBLING  # nothing to wait for: an empty file
         reply = await self._create(
             keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner), owner_files_key(owner), ALL_FILES_KEY],
             args=[
@@ -822,14 +924,24 @@ class UploadRepository:
         raw = await self.redis.hgetall(upload_key(file_id))
         if not raw:
             return None
-        upload = Upload.from_hash(file_id, raw)
-        return None if upload.state == "expired" else upload
+        upload = _upload_from_hash(file_id, {_text(k): _text(v) for k, v in raw.items()})
+        return None if upload.state == UploadState.EXPIRED else upload
 
     async def chunks(self, file_id: str) -> list[Chunk]:
-        members = await self.redis.zrange(_keys(file_id)[1], 0, -1)
+        members = cast(list[bytes], await self.redis.zrange(_keys(file_id)[1], 0, -1))
         return [Chunk.parse(m) for m in members]
 
-    async def restore(self, file_id: str, fields: dict[str, str], chunks: list[Chunk]) -> bool:
+    async def restore_manifest(self, manifest: Manifest, now: float | None = None) -> bool:
+        """Put an upload back from its manifest, unless Redis knows it (then nothing changes).
+        An `assembling` one counts as assembling since `now`; its owner's quota counts it again."""
+        now = now if now is not None else time.time()
+        return await self._restore_hash(manifest.file_id, _restore_fields(manifest, now), manifest.chunks)
+
+    async def restore_file(self, meta: FileMeta) -> bool:
+        """Put a complete file back from its meta.json, unless Redis knows it."""
+        return await self._restore_hash(meta.file_id, _file_fields(meta), ())
+
+    async def _restore_hash(self, file_id: str, fields: dict[str, str], chunks: Sequence[Chunk]) -> bool:
         return bool(
             await self._restore(
                 keys=[*_keys(file_id), quota_key(fields["owner"]), ALL_FILES_KEY],
@@ -844,6 +956,18 @@ class UploadRepository:
         )
         return reply in (b"ok", "ok")
 
+    async def mark_complete(self, file_id: str, sha256: str, completed_at: float) -> bool:
+        """An assembled file is in place: `assembling` becomes `complete` (False if it was not assembling)."""
+        when = repr(completed_at)
+        complete = UploadState.COMPLETE
+        return await self.transition(
+            file_id, UploadState.ASSEMBLING, state=complete, sha256=sha256, completed_at=when, updated_at=when
+        )
+
+    async def mark_failed(self, file_id: str, error: str) -> bool:
+        """Verification failed: `assembling` becomes `failed`, with the reason."""
+        return await self.transition(file_id, UploadState.ASSEMBLING, state=UploadState.FAILED, error=error)
+
     async def mark_persisted(self, file_id: str, when: float) -> None:
         await self.redis.eval(
             "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'persisted_at', ARGV[1]) end",
@@ -852,15 +976,18 @@ class UploadRepository:
             repr(when),
         )
 
-    async def expire_if_stale(self, file_id: str, cutoff: float, now: float | None = None) -> str:
+    async def expire_if_stale(self, file_id: str, cutoff: float, now: float | None = None) -> Staleness:
         now = now if now is not None else time.time()
-        reply = await self._expire(keys=_keys(file_id), args=[repr(cutoff), file_id, repr(now)])
-        return reply.decode() if isinstance(reply, bytes) else reply
+        reply = _text(await self._expire(keys=_keys(file_id), args=[repr(cutoff), file_id, repr(now)]))
+        if reply not in _STALENESS:
+            raise ValueError(f"unexpected reply from the expiry script: {reply!r}")
+        return cast(Staleness, reply)
 
-    async def tombstone(self, file_id: str) -> str:
-        """Mark the upload `expired` so that nothing new lands in it; returns the state it had."""
-        reply = await self._tombstone(keys=[upload_key(file_id)])
-        return reply.decode() if isinstance(reply, bytes) else reply
+    async def tombstone(self, file_id: str) -> UploadState | None:
+        """Mark the upload `expired` so that nothing new lands in it; returns the state it had
+        (None: Redis did not know it). An `assembling` upload is left as it is."""
+        reply = _text(await self._tombstone(keys=[upload_key(file_id)]))
+        return None if reply == "absent" else UploadState(reply)
 
     async def forget(self, file_id: str) -> None:
         await self._forget(keys=_indexed_keys(file_id), args=["", file_id, OWNER_FILES_PREFIX])
@@ -876,10 +1003,10 @@ class UploadRepository:
     async def mark_files_indexed(self) -> None:
         await self.redis.set(FILES_INDEXED_KEY, repr(time.time()))
 
-    async def active_ids(self, batch: int = 1000):
+    async def active_ids(self, batch: int = 1000) -> AsyncIterator[str]:
         """Every upload not yet complete (the activity index), a batch at a time."""
         async for member, _ in self.redis.zscan_iter(ACTIVITY_KEY, count=batch):
-            yield member.decode()
+            yield _text(member)
 
     async def newest_first(
         self, owner_id: str | None, limit: int, before: tuple[float, str] | None
@@ -913,28 +1040,30 @@ class UploadRepository:
         uploads: list[Upload | None] = []
         for index, file_id in enumerate(file_ids):
             values = flat[index * width : (index + 1) * width]
-            fields = {name: value for name, value in zip(LIST_FIELDS, values) if value}
-            known = "owner" in fields and fields.get("state") not in (None, b"expired")
-            uploads.append(Upload.from_hash(file_id, fields) if known else None)
+            fields = {name: _text(value) for name, value in zip(LIST_FIELDS, values, strict=True) if value}
+            known = "owner" in fields and fields.get("state") not in (None, UploadState.EXPIRED)
+            uploads.append(_upload_from_hash(file_id, fields) if known else None)
         return uploads
 
     async def assembling_since(self, cutoff: float) -> list[str]:
         """Uploads that became `assembling` at or before `cutoff` (few: assembly is quick)."""
-        ids = await self.redis.zrangebyscore(ASSEMBLING_KEY, "-inf", repr(cutoff))
-        return [raw.decode() for raw in ids]
+        ids = cast(list[bytes], await self.redis.zrangebyscore(ASSEMBLING_KEY, "-inf", repr(cutoff)))
+        return [_text(raw) for raw in ids]
 
-    async def idle_since(self, cutoff: float, batch: int = 500):
+    async def idle_since(self, cutoff: float, batch: int = 500) -> AsyncIterator[str]:
         """File ids of uploads not complete whose last activity is at or before `cutoff`.
 
         Pages by score rather than offset, so that callers may remove entries as they go;
         never holds more than one batch in memory.
         """
-        low, seen_at_low = "-inf", set()
+        low, seen_at_low = "-inf", set[str]()
         while True:
-            page = await self.redis.zrangebyscore(
-                ACTIVITY_KEY, low, repr(cutoff), start=0, num=batch + len(seen_at_low), withscores=True
+            page = _decoded(
+                await self.redis.zrangebyscore(
+                    ACTIVITY_KEY, low, repr(cutoff), start=0, num=batch + len(seen_at_low), withscores=True
+                )
             )
-            fresh = [(m.decode(), score) for m, score in page if m.decode() not in seen_at_low]
+            fresh = [(m, score) for m, score in page if m not in seen_at_low]
             if not fresh:
                 return
             for file_id, _ in fresh:
@@ -944,6 +1073,31 @@ class UploadRepository:
                 seen_at_low if repr(last_score) == low else set()
             )
             low = repr(last_score)
+
+    # --- leases ----------------------------------------------------------------------
+    def assembly_lease(self, file_id: str, lease_seconds: float) -> Lease:
+        """The lease of the run assembling `file_id`: `acquire` waits up to one lease period
+        (a killed run's lease lapses within it), polling every 0.1 s."""
+        return Lease(
+            Lock(
+                self.redis,
+                assembly_lock_key(file_id),
+                timeout=lease_seconds,
+                sleep=0.1,
+                blocking=True,
+                blocking_timeout=lease_seconds + 1,
+            )
+        )
+
+    async def assembly_running(self, file_id: str) -> bool:
+        """Whether a run holds the assembly lease of `file_id` now."""
+        return bool(await self.redis.exists(assembly_lock_key(file_id)))
+
+    def job_lease(self, name: str, ttl: float, wait: float = 0.0) -> Lease:
+        """The lease of periodic job `name`; `acquire` waits up to `wait` seconds (0: not at all)."""
+        return Lease(
+            Lock(self.redis, job_lock_key(name), timeout=ttl, blocking=wait > 0, blocking_timeout=wait or None)
+        )
 
 
 # --- operator metrics (GET /metrics) ------------------------------------------------------------
@@ -956,10 +1110,10 @@ def _bucket(seconds: float) -> str:
     return next((repr(bound) for bound in ASSEMBLY_BUCKETS if seconds <= bound), "+Inf")
 
 
-def record_assembly(redis, seconds: float, outcome: str) -> None:
+def record_assembly(client: redis.Redis, seconds: float, outcome: str) -> None:
     """Add one assembly's duration (a worker, synchronous client): every worker on every node
     adds to the same hash, so one scrape of the API sees them all."""
-    pipe = redis.pipeline(transaction=True)
+    pipe = client.pipeline(transaction=True)
     pipe.hincrby(ASSEMBLY_METRICS_KEY, f"{outcome}:{_bucket(seconds)}", 1)
     pipe.hincrbyfloat(ASSEMBLY_METRICS_KEY, f"{outcome}:sum", seconds)
     pipe.execute()

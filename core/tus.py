@@ -11,7 +11,8 @@ is particular to it lives here:
 - deferred length: `total` holds the largest allowed size until a request declares it.
 - concatenation: partial uploads wait, complete, until a final takes them; the final is
   created with every part's chunks moved to its offsets, and a worker copies the parts'
-  bytes into it once (copy_file_range) before the usual verification.
+  bytes into it once (the store's own way when it has one: copy_file_range) before the usual
+  verification.
 
 The HTTP side (header names, status codes, the two protocols) is in api/routers/tus.py.
 """
@@ -20,15 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
-import json
-import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
+from typing import Protocol
 
 import anyio
 
@@ -49,8 +47,9 @@ from core.errors import (
     UploadLengthExceeded,
 )
 from core.file_ids import validate_file_id
-from core.state import Chunk, Progress, Upload
-from core.storage import write_at
+from core.records import TusConcat, TusFields, UploadState
+from core.state import Chunk, Outcome, Progress, Upload, UploadRepository
+from core.storage import ByteStore, StagedWriter, concatenate, open_staged
 from core.uploads import MAX_FILE_NAME_BYTES, UploadService, raise_refused_creation
 from core.users import User
 
@@ -126,7 +125,13 @@ class _Crc32:
         return self.value.to_bytes(4, "big")
 
 
-CHECKSUM_ALGORITHMS = {
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], _Hasher]] = {
     "sha1": hashlib.sha1,
     "md5": hashlib.md5,
     "crc32": _Crc32,
@@ -140,7 +145,7 @@ class Checksum:
     algorithm: str
     digest: bytes
 
-    def hasher(self):
+    def hasher(self) -> _Hasher:
         return CHECKSUM_ALGORITHMS[self.algorithm]()
 
 
@@ -213,7 +218,7 @@ class TusUpload:
     length: int | None
     metadata: str
     expires_at: float | None
-    state: str
+    state: UploadState
     concat: str | None
 
     @property
@@ -222,17 +227,17 @@ class TusUpload:
 
 
 def describe(upload: Upload, stale_after: int) -> TusUpload:
-    deferred = upload.fields.get("tus_deferred") == "1"
-    offset = upload.next_expected if upload.state == "uploading" else upload.total
-    concat = upload.fields.get("tus_concat") or None
-    if concat and concat != "partial":
-        concat = "final;" + " ".join(f"/files/{p}" for p in json.loads(upload.fields.get("tus_parts", "[]")))
+    tus = upload.tus
+    offset = upload.next_expected if upload.state == UploadState.UPLOADING else upload.total
+    concat: str | None = tus.concat
+    if concat == "final":
+        concat = "final;" + " ".join(f"/files/{p}" for p in tus.parts)
     return TusUpload(
         file_id=upload.file_id,
         offset=offset,
-        length=None if deferred else upload.total,
-        metadata=upload.fields.get("tus_metadata", ""),
-        expires_at=None if upload.state == "complete" else upload.updated_at + stale_after,
+        length=None if tus.deferred else upload.total,
+        metadata=tus.metadata,
+        expires_at=None if upload.state == UploadState.COMPLETE else upload.updated_at + stale_after,
         state=upload.state,
         concat=concat,
     )
@@ -254,33 +259,31 @@ class TusService:
                 f"files may be at most {self.settings.max_file_bytes} bytes",
                 max_file_bytes=self.settings.max_file_bytes,
             )
-        fields = self._fields(new)
-        if new.length is None:
-            fields["tus_deferred"] = "1"
+        concat: TusConcat | None = "partial" if new.concat == "partial" else None
+        tus = TusFields(encode_metadata(new.metadata), deferred=new.length is None, concat=concat)
         total = self.settings.max_file_bytes if new.length is None else new.length
-        file_id = await self._create(user, total, fields)
-        fd = self.storage.open_for_chunk(file_id, new.length)  # the staging file exists from now on
-        os.close(fd)
+        file_id = await self._create(user, total, file_name_from(new.metadata), tus)
+        await self._touch(file_id, new.length)  # the staging file exists from now on
         upload = await self.uploads.load_for(user, file_id)
-        if upload.state == "assembling":  # an empty file
+        if upload.state == UploadState.ASSEMBLING:  # an empty file
             await self.uploads.start_assembly(file_id)
         return describe(upload, self.settings.stale_after)
 
-    def _fields(self, new: NewUpload) -> dict[str, str]:
-        fields = {"tus_metadata": encode_metadata(new.metadata)}
-        if (name := file_name_from(new.metadata)) is not None:
-            fields["name"] = name
-        if new.concat == "partial":
-            fields["tus_concat"] = "partial"
-        return fields
-
-    async def _create(self, user: User, total: int, fields: dict[str, str], chunks: list[Chunk] | None = None) -> str:
+    async def _create(
+        self, user: User, total: int, file_name: str | None, tus: TusFields, chunks: list[Chunk] | None = None
+    ) -> str:
         while True:
             file_id = secrets.token_hex(16)
             progress = await self.repo.create(
-                file_id, user.owner_id, total, fields, self.uploads.limits, complete_chunks=chunks
+                file_id,
+                user.owner_id,
+                total,
+                self.uploads.limits,
+                file_name=file_name,
+                tus=tus,
+                complete_chunks=chunks,
             )
-            if progress.outcome == "created":
+            if progress.outcome == Outcome.CREATED:
                 return file_id
             raise_refused_creation(progress)  # else the id was taken: draw another
 
@@ -295,9 +298,9 @@ class TusService:
                 part = await self.uploads.load_for(user, part_id)
             except NotFound:
                 raise ConcatenationError(f"no partial upload {part_id}") from None
-            if part.fields.get("tus_concat") != "partial":
+            if part.tus.concat != "partial":
                 raise ConcatenationError(f"{part_id} is not a partial upload")
-            if part.state != "uploading" or part.fields.get("tus_deferred") == "1" or part.received != part.total:
+            if part.state != UploadState.UPLOADING or part.tus.deferred or part.received != part.total:
                 raise ConcatenationError(f"partial upload {part_id} is not finished")
             chunks += [Chunk(c.start + base, c.end + base, c.crc32) for c in await self.repo.chunks(part_id)]
             base += part.total
@@ -306,9 +309,8 @@ class TusService:
                 f"files may be at most {self.settings.max_file_bytes} bytes",
                 max_file_bytes=self.settings.max_file_bytes,
             )
-        fields = self._fields(NewUpload(None, new.metadata))
-        fields.update(tus_concat="final", tus_parts=json.dumps(ids))
-        file_id = await self._create(user, base, fields, chunks)
+        tus = TusFields(encode_metadata(new.metadata), concat="final", parts=tuple(ids))
+        file_id = await self._create(user, base, file_name_from(new.metadata), tus, chunks)
         await self.uploads.start_assembly(file_id)
         return describe(await self.uploads.load_for(user, file_id), self.settings.stale_after)
 
@@ -322,22 +324,24 @@ class TusService:
     # --- appending -----------------------------------------------------------------
     async def append(self, user: User, file_id: str, request: Append, body: AsyncIterator[bytes]) -> TusUpload:
         upload = await self.uploads.load_for(user, file_id)
-        if upload.fields.get("tus_concat") == "final":
+        if upload.tus.concat == "final":
             raise AlreadyComplete("a final concatenation takes no PATCH", state=upload.state)
         current = describe(upload, self.settings.stale_after)
         if request.offset != current.offset:
             raise OffsetMismatch(
                 f"the upload's offset is {current.offset}, not {request.offset}", upload_offset=current.offset
             )
-        if upload.state == "failed":
+        if upload.state == UploadState.FAILED:
             raise UploadFailed(f"the upload failed: {upload.error}", error=upload.error)
         length = current.length
         if request.upload_length is not None or (request.complete and request.content_length is not None):
             declared = (
-                request.upload_length if request.upload_length is not None else request.offset + request.content_length
+                request.upload_length
+                if request.upload_length is not None
+                else request.offset + (request.content_length or 0)
             )
             length = await self._declare(upload, current, declared)
-        if upload.state != "uploading" or request.content_length == 0:
+        if upload.state != UploadState.UPLOADING or request.content_length == 0:
             if request.content_length:
                 raise AlreadyComplete(f"the upload is {upload.state}", state=upload.state)
             return await self.info(user, file_id)
@@ -350,7 +354,11 @@ class TusService:
         # claim itself (one round trip), which renews both; a body that idles or trickles is dropped.
         token = secrets.token_hex(8)
         paced_body = paced(body, self.settings.body_idle_timeout, self.settings.body_min_rate)
-        end, last = await self._stream(upload, request, limit, length, paced_body, token)
+        try:
+            end, last = await self._stream(upload, request, limit, length, paced_body, token)
+        finally:
+            # Until free space is measured again, count what the body may have taken.
+            self.uploads.free_space.spent(self.storage.allocation_for(limit - request.offset))
         if request.complete and length is None:
             await self._declare(upload, current, end)
         if last is not None and current.length is not None:
@@ -359,7 +367,7 @@ class TusService:
             progress, when = last
             after = replace(
                 upload,
-                state=progress.state,
+                state=progress.state or upload.state,
                 received=progress.received,
                 total=progress.total,
                 next_expected=progress.next_expected,
@@ -369,7 +377,7 @@ class TusService:
             after = await self.repo.get(file_id)
         if after is None:  # deleted meanwhile (or Redis lost it): answered as HEAD would be
             return await self.info(user, file_id)
-        if after.state == "assembling":
+        if after.state == UploadState.ASSEMBLING:
             await self.uploads.start_assembly(file_id)
         return describe(after, self.settings.stale_after)
 
@@ -385,12 +393,16 @@ class TusService:
             )
         if total < current.offset:
             raise InvalidTusHeader(f"Upload-Length {total} is below the {current.offset} bytes already stored")
-        fd = self.storage.open_for_chunk(upload.file_id, total)
-        os.close(fd)
+        await self._touch(upload.file_id, total)
         progress = await self.repo.declare_length(upload.file_id, total)
-        if progress.outcome == "too_small":
+        if progress.outcome == Outcome.TOO_SMALL:
             raise InvalidTusHeader(f"Upload-Length {total} is below the {progress.received} bytes already stored")
         return total
+
+    async def _touch(self, file_id: str, total: int | None) -> None:
+        """Create the staged bytes (at `total` bytes when known), in a thread."""
+        writer = await open_staged(self.storage, file_id, total)
+        writer.close()
 
     async def _stream(
         self, upload: Upload, request: Append, limit: int, length: int | None, body: AsyncIterator[bytes], token: str
@@ -407,13 +419,14 @@ class TusService:
         )
         _refuse(progress, start)
         try:
-            self.uploads.check_free_disk(need, int(progress.extra or 0))
+            await self.uploads.check_free_disk(need, int(progress.extra or 0))
         except InsufficientStorage:
             await self.repo.release(file_id, token)
             raise
-        fd = self.storage.open_for_chunk(file_id, length)
+        writer = await open_staged(self.storage, file_id, length)
         segment = _Segment(start)
-        hasher = request.checksum.hasher() if request.checksum else None
+        checksum = request.checksum
+        hasher = checksum.hasher() if checksum is not None else None
         every = self.settings.tus_commit_bytes
         renew_at = time.monotonic() + lease / 3
         try:
@@ -426,42 +439,54 @@ class TusService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the PATCH stalled and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                write_at(fd, piece, segment.end)
-                segment.add(piece)
+                segment.add(piece, writer.write(piece, segment.end, segment.crc))
                 if hasher is not None:
                     hasher.update(piece)
                 elif segment.size >= every:
-                    await self._commit(file_id, token, segment, keep_lease=lease)
+                    await self._commit(file_id, token, segment, writer, keep_lease=lease)
                     renew_at = time.monotonic() + lease / 3
-            if hasher is not None and hasher.digest() != request.checksum.digest:
-                raise TusChecksumMismatch(f"the body does not match its Upload-Checksum ({request.checksum.algorithm})")
-            if self.settings.fsync_chunks:
-                os.fdatasync(fd)
-            last = await self._commit(file_id, token, segment)
+            if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
+                raise TusChecksumMismatch(f"the body does not match its Upload-Checksum ({checksum.algorithm})")
+            last = await self._commit(file_id, token, segment, writer, durable=self.settings.fsync_chunks)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if hasher is None:  # keep what arrived: the client resumes from there
-                    await self._commit(file_id, token, segment, quiet=True)
+                    await self._commit(file_id, token, segment, writer, quiet=True)
                 await self.repo.release(file_id, token)
             raise
         finally:
-            os.close(fd)
+            writer.close()
         if last is None:  # nothing to record: the claim (and its disk hold) is still there
             await self.repo.release(file_id, token)
         # else the final commit ended the claim and its disk hold (it keeps none: no keep_lease)
         return segment.end, last
 
     async def _commit(
-        self, file_id: str, token: str, segment: _Segment, keep_lease: float | None = None, quiet: bool = False
+        self,
+        file_id: str,
+        token: str,
+        segment: _Segment,
+        writer: StagedWriter,
+        durable: bool = False,
+        keep_lease: float | None = None,
+        quiet: bool = False,
     ) -> tuple[Progress, float] | None:
-        """Record the segment: what the commit returned and its time (None when it is empty)."""
+        """Record the segment's bytes as a chunk, once the store has them (`writer.commit`):
+        what the commit returned and its time (None when there was nothing to record).
+        `quiet`: after a failure, keep what can be kept and raise nothing."""
         if segment.size == 0:
             return None
+        try:
+            await writer.commit(durable)
+        except Exception:
+            if quiet:
+                return None
+            raise
         chunk = Chunk(segment.start, segment.end - 1, segment.crc)
         now = time.time()
         progress = await self.repo.commit(file_id, token, chunk, None, None, now=now, keep_lease=keep_lease)
         segment.restart()
-        if progress.outcome != "committed" and not quiet:
+        if progress.outcome != Outcome.COMMITTED and not quiet:
             raise Overlap("the PATCH lost its claim on the upload; send it again from the current offset")
         return progress, now
 
@@ -477,8 +502,9 @@ class _Segment:
     def size(self) -> int:
         return self.end - self.start
 
-    def add(self, piece: bytes) -> None:
-        self.crc = crc32(piece, self.crc)
+    def add(self, piece: bytes, crc: int) -> None:
+        """`piece` was stored after the segment's bytes; `crc` is the segment's CRC-32 with it."""
+        self.crc = crc
         self.end += len(piece)
 
     def restart(self) -> None:
@@ -487,13 +513,13 @@ class _Segment:
 
 def _refuse(progress: Progress, offset: int) -> None:
     match progress.outcome:
-        case "claimed":
+        case Outcome.CLAIMED:
             return
-        case "not_found" | "absent":
+        case Outcome.NOT_FOUND | Outcome.ABSENT:
             raise NotFound("no such upload")
-        case "already_complete":
+        case Outcome.ALREADY_COMPLETE:
             raise AlreadyComplete(f"the upload is {progress.state}", state=progress.state)
-        case "upload_failed":
+        case Outcome.UPLOAD_FAILED:
             raise UploadFailed(f"the upload failed: {progress.extra}", error=progress.extra)
         case _:  # overlap with a PATCH still writing, or a total that changed meanwhile
             raise OffsetMismatch(
@@ -505,50 +531,19 @@ def _refuse(progress: Progress, offset: int) -> None:
 # --- concatenation (run by the worker) ---------------------------------------------
 def parts_of(upload: Upload) -> list[str]:
     """The partial uploads a final concatenation is made of (empty for any other upload)."""
-    if upload.fields.get("tus_concat") != "final":
-        return []
-    return json.loads(upload.fields.get("tus_parts", "[]"))
+    return list(upload.tus.parts) if upload.tus.concat == "final" else []
 
 
-def build_concatenation(storage, file_id: str, parts: list[str]) -> None:
-    """Write the parts' staged bytes one after another into the final's staging file: one copy,
-    inside the kernel (copy_file_range, which also shares blocks on filesystems that can)."""
-    target = storage.staging_data(file_id)
-    target.parent.mkdir(exist_ok=True)
-    with open(target, "wb") as out:
-        offset = 0
-        for part in parts:
-            offset += _copy_into(storage.staging_data(part), out.fileno(), offset)
-        out.flush()
-        os.fsync(out.fileno())
+async def build_concatenation(storage: ByteStore, file_id: str, parts: list[str]) -> None:
+    """Write the parts' staged bytes one after another into the final's staged bytes: one
+    copy (inside the kernel when the store can: core/storage/base.py `concatenate`)."""
+    await concatenate(storage, file_id, parts)
 
 
-def _copy_into(source: Path, out_fd: int, offset: int) -> int:
-    with open(source, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        done = 0
-        try:
-            while done < size:
-                n = os.copy_file_range(handle.fileno(), out_fd, size - done, done, offset + done)
-                if n == 0:
-                    break
-                done += n
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-        while done < size:  # no copy_file_range here: one copy through user space
-            block = os.pread(handle.fileno(), min(4 * 1024 * 1024, size - done), done)
-            if not block:
-                raise OSError(f"{source} shrank while being copied")
-            os.pwrite(out_fd, block, offset + done)
-            done += len(block)
-    return size
-
-
-async def forget_parts(service: UploadService, parts: list[str]) -> None:
+async def forget_parts(repo: UploadRepository, storage: ByteStore, parts: list[str]) -> None:
     """The parts' bytes now live in the final file: remove them."""
     for part in parts:
-        if await service.repo.tombstone(part) in ("absent", "assembling"):
+        if await repo.tombstone(part) in (None, UploadState.ASSEMBLING):
             continue
-        await anyio.to_thread.run_sync(service.storage.remove_staging, part)
-        await service.repo.forget(part)
+        await anyio.to_thread.run_sync(storage.remove_staged, part)
+        await repo.forget(part)

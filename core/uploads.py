@@ -7,6 +7,10 @@ A chunk's bytes stream straight to their offset in the staging file while its CR
 is computed; the range is claimed in Redis first (so two writers never write the same
 bytes) and recorded only after the CRC matched. A failed or interrupted chunk
 releases its claim and leaves the upload as it was.
+
+The states and the records on disk (manifest, meta.json) are typed in core/records.py; their
+Redis form is the repository's (core/state.py). `restore_from_disk`, `load` and
+`write_manifest` are functions of (repository, storage), for the workers' jobs as well.
 """
 
 from __future__ import annotations
@@ -14,18 +18,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Annotated
 from urllib.parse import unquote
 
 import anyio
+from pydantic import BaseModel, Field
 
 from core import intervals
 from core.body_pace import paced
@@ -51,19 +55,20 @@ from core.errors import (
     TooManyUploads,
     TotalMismatch,
     TransferError,
+    UnreadableRecord,
     UploadFailed,
     UploadRateLimited,
 )
 from core.file_ids import validate_file_id
-from core.state import Chunk, Progress, Upload, UploadLimits, UploadRepository
-from core.storage import Storage, write_at
+from core.records import FileMeta, Manifest, RecordError, UploadState, VisibleState
+from core.state import Chunk, Outcome, Progress, Upload, UploadLimits, UploadRepository
+from core.storage import ByteStore, FileSource, FreeSpace, final_source, has_record, open_staged
 from core.users import User
 
 log = logging.getLogger("ft.uploads")
 RELEASE_RETRY_SECONDS = 0.5
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 MAX_FILE_NAME_BYTES = 1024
-MANIFEST_VERSION = 1
 # /status lists the first this many gaps (a client resumes from the first ones anyway); more
 # would make its answer, and the time to build it, grow with the number of chunks.
 MAX_MISSING_RANGES = 1000
@@ -81,9 +86,10 @@ class ChunkRequest:
 
 @dataclass(frozen=True, slots=True)
 class CompletedFile:
-    """What a download needs to know of a complete file."""
+    """What a download needs to know of a complete file: where its bytes come from (no path)."""
 
-    path: Path
+    file_id: str
+    source: FileSource
     size: int
     sha256: str
     completed_at: float
@@ -93,10 +99,33 @@ class CompletedFile:
 @dataclass(frozen=True, slots=True)
 class ChunkReceipt:
     file_id: str
-    state: str
+    state: UploadState
     received_bytes: int
     total_bytes: int
     next_expected_byte: int
+
+
+# The answer of GET /status/{file_id} (CONTRACT 5), and the router's response model: defined once.
+# (A comment, not a docstring: the schema in /openapi.json keeps the description it had, none.)
+class UploadStatus(BaseModel):
+    file_id: str
+    state: VisibleState
+    total_bytes: int | None = Field(description="null while a tus upload's length is deferred")
+    received_bytes: int
+    next_expected_byte: int
+    # [start, end_inclusive] pairs; not tuple[int, int], whose `prefixItems` schema trips some
+    # OpenAPI tools (schemathesis 4 among them).
+    missing_ranges: list[Annotated[list[int], Field(min_length=2, max_length=2)]]
+    missing_ranges_truncated: bool = Field(
+        False, description="true when there are more gaps than the first 1000 listed in missing_ranges"
+    )
+    file_name: str | None
+    created_at: str | None
+    updated_at: str | None
+    expires_at: str | None
+    persisted_at: str | None
+    sha256: str | None
+    error: str | None
 
 
 def iso(ts: float | None) -> str | None:
@@ -160,7 +189,7 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextmanager
-def _disk_full_is_507():
+def _disk_full_is_507() -> Iterator[None]:
     """A full disk (or quota) met while storing a chunk is the client's 507, never a 500."""
     try:
         yield
@@ -174,25 +203,25 @@ def _raise_for(progress: Progress) -> None:
     """Turn a refused claim into the contract's error."""
     counters = {"next_expected_byte": progress.next_expected}
     match progress.outcome:
-        case "not_found":
+        case Outcome.NOT_FOUND:
             raise NotFound("no such upload")
-        case "total_mismatch":
+        case Outcome.TOTAL_MISMATCH:
             raise TotalMismatch(
                 f"this upload's total is {progress.total} bytes", total_bytes=progress.total, **counters
             )
-        case "already_complete":
+        case Outcome.ALREADY_COMPLETE:
             raise AlreadyComplete(f"the upload is {progress.state}", state=progress.state)
-        case "upload_failed":
+        case Outcome.UPLOAD_FAILED:
             raise UploadFailed(f"the upload failed: {progress.extra}", error=progress.extra)
-        case "overlap" | "lost":
+        case Outcome.OVERLAP | Outcome.LOST:
             raise Overlap("the chunk overlaps bytes already stored or being written", **counters)
-        case "too_many_chunks":
+        case Outcome.TOO_MANY_CHUNKS:
             raise TooManyChunks(
                 f"this upload holds {progress.extra} chunks already; more only while they average "
                 "at least FT_MIN_AVERAGE_CHUNK_BYTES: send larger chunks",
                 max_chunks=int(progress.extra),
             )
-        case "too_many_uploads" | "quota_exceeded" | "rate_limited":
+        case Outcome.TOO_MANY_UPLOADS | Outcome.QUOTA_EXCEEDED | Outcome.RATE_LIMITED:
             raise_refused_creation(progress)
 
 
@@ -203,23 +232,24 @@ OPEN_UPLOADS_RETRY_AFTER = 60
 def raise_refused_creation(progress: Progress) -> None:
     """A new upload refused by its owner's limits (see `UploadRepository.open_upload`)."""
     match progress.outcome:
-        case "too_many_uploads":
+        case Outcome.TOO_MANY_UPLOADS:
             raise TooManyUploads(
                 f"you have {progress.extra} uploads that are not complete; finish or delete some first",
                 retry_after=OPEN_UPLOADS_RETRY_AFTER,
                 max_open_uploads=int(progress.extra),
             )
-        case "quota_exceeded":
+        case Outcome.QUOTA_EXCEEDED:
             raise QuotaExceeded(
                 "the declared sizes of your uploads that are not complete would exceed your quota; "
                 f"{progress.extra} bytes are left",
                 quota_bytes_left=int(progress.extra),
             )
-        case "rate_limited":
+        case Outcome.RATE_LIMITED:
             raise UploadRateLimited("you are creating uploads too fast; retry later", retry_after=int(progress.extra))
 
 
 def _receipt(file_id: str, progress: Progress) -> ChunkReceipt:
+    assert progress.state is not None, "a stored or duplicate chunk's upload has a state"
     return ChunkReceipt(file_id, progress.state, progress.received, progress.total, progress.next_expected)
 
 
@@ -228,7 +258,7 @@ class UploadService:
         self,
         settings: Settings,
         repo: UploadRepository,
-        storage: Storage,
+        storage: ByteStore,
         enqueue_assembly: Callable[[str], object] | None = None,
         on_chunk: Callable[[str], object] | None = None,
     ) -> None:
@@ -236,8 +266,9 @@ class UploadService:
         self.on_chunk = on_chunk or (lambda result: None)
         self.repo = repo
         self.storage = storage
+        self.free_space = FreeSpace(storage, settings.free_space_ttl)
         self.enqueue_assembly = enqueue_assembly
-        self._releasing: set[asyncio.Task] = set()  # claims whose release waits for Redis to return
+        self._releasing: set[asyncio.Task[None]] = set()  # claims whose release waits for Redis to return
         self.limits = UploadLimits(
             max_open_uploads=settings.max_open_uploads,
             max_open_bytes=settings.user_quota_bytes,
@@ -297,21 +328,24 @@ class UploadService:
         need = self.storage.allocation_for(content_range.length)
         # One round trip claims the range and holds its disk space; commit or release ends both.
         progress = await self._claim(user, file_id, chunk, content_range.total, token, need)
-        if progress.outcome == "duplicate":
+        if progress.outcome == Outcome.DUPLICATE:
             await self._drain(stream, chunk)
             return _receipt(file_id, progress), "retransmit"
         _raise_for(progress)
         try:
-            self.check_free_disk(need, int(progress.extra or 0))
+            await self.check_free_disk(need, int(progress.extra or 0))
             with _disk_full_is_507():
-                await self._write(file_id, stream, chunk, content_range.total, token)
+                try:
+                    await self._write(file_id, stream, chunk, content_range.total, token)
+                finally:
+                    self.free_space.spent(need)
             progress = await self.repo.commit(file_id, token, chunk, file_name, sha256)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.release_claim(file_id, token)
             raise
         _raise_for(progress)
-        if progress.state == "assembling":
+        if progress.state == UploadState.ASSEMBLING:
             await self.start_assembly(file_id)
         return _receipt(file_id, progress), "stored"
 
@@ -321,15 +355,17 @@ class UploadService:
         need = self.storage.allocation_for(length)
         held_by_others = await self.repo.reserve_disk(token, need, self.settings.claim_lease)
         try:
-            self.check_free_disk(need, held_by_others)
+            await self.check_free_disk(need, held_by_others)
         except InsufficientStorage:
             await self.release_disk(token)
             raise
 
-    def check_free_disk(self, need: int, held_by_others: int) -> None:
-        """Refuse a chunk whose `need` would take free space (measured after its hold was
-        placed) below the floor, counting what other chunks hold."""
-        if self.storage.free_bytes() - held_by_others - need < self.settings.min_free_bytes:
+    async def check_free_disk(self, need: int, held_by_others: int) -> None:
+        """Refuse a chunk whose `need` would take free space below the floor, counting what
+        other chunks hold (read after its own hold was placed). Free space is measured at
+        most every FT_FREE_SPACE_TTL seconds, in a thread, and again before a refusal
+        (core/storage/base.py FreeSpace)."""
+        if not await self.free_space.at_least(held_by_others + need + self.settings.min_free_bytes):
             raise InsufficientStorage("not enough free disk space to store this chunk; retry later")
 
     async def release_claim(self, file_id: str, token: str) -> None:
@@ -376,14 +412,15 @@ class UploadService:
             self.settings.claim_lease,
         )
         progress = await self.repo.claim(*args, create=False, limits=self.limits, disk_bytes=disk_bytes)
-        if progress.outcome == "absent":
+        if progress.outcome == Outcome.ABSENT:
             await self.restore_from_disk(file_id)
             progress = await self.repo.claim(*args, create=True, limits=self.limits, disk_bytes=disk_bytes)
         return progress
 
     async def _write(self, file_id: str, stream: _Body, chunk: Chunk, total: int, token: str) -> None:
-        """Stream the payload to its offset, computing the CRC as it goes; never buffer it whole."""
-        fd = self.storage.open_for_chunk(file_id, total)
+        """Stream the payload to its offset, computing the CRC as it goes; never buffer it whole.
+        Creating the file and syncing it run in a thread, off the event loop."""
+        writer = await open_staged(self.storage, file_id, total)
         try:
             offset, limit, crc = chunk.start, chunk.end + 1, 0
             lease = self.settings.claim_lease
@@ -397,8 +434,7 @@ class UploadService:
                     if not await self.repo.renew(file_id, token, lease):
                         raise Overlap("the chunk took too long and lost its claim; send it again")
                     renew_at = time.monotonic() + lease / 3
-                write_at(fd, piece, offset)
-                crc = crc32(piece, crc)
+                crc = writer.write(piece, offset, crc)
                 offset += len(piece)
             if offset != limit:
                 raise LengthMismatch(
@@ -406,10 +442,9 @@ class UploadService:
                 )
             if crc != chunk.crc32:
                 raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
-            if self.settings.fsync_chunks:
-                os.fdatasync(fd)
+            await writer.commit(durable=self.settings.fsync_chunks)
         finally:
-            os.close(fd)
+            writer.close()
 
     async def _drain(self, stream: _Body, chunk: Chunk) -> None:
         """A retransmission: read it (a client may not expect an early answer) and check it."""
@@ -443,10 +478,7 @@ class UploadService:
     # --- reading ---------------------------------------------------------------
     async def load(self, file_id: str) -> Upload | None:
         """The upload from Redis, else restored from its manifest on disk."""
-        upload = await self.repo.get(file_id)
-        if upload is None and await self.restore_from_disk(file_id):
-            upload = await self.repo.get(file_id)
-        return upload
+        return await load(self.repo, self.storage, file_id, self.enqueue_assembly)
 
     async def load_for(self, user: User, file_id: str) -> Upload:
         """The upload if `user` may see it; anyone else is told it does not exist."""
@@ -460,9 +492,9 @@ class UploadService:
         """Remove an upload or a complete file of `user`'s; returns the bytes freed."""
         await self.load_for(user, file_id)
         previous = await self.repo.tombstone(file_id)
-        if previous == "assembling":
+        if previous == UploadState.ASSEMBLING:
             raise Assembling("a worker is assembling this file; try again in a moment")
-        freed = await anyio.to_thread.run_sync(self.storage.remove_staging, file_id)
+        freed = await anyio.to_thread.run_sync(self.storage.remove_staged, file_id)
         freed += await anyio.to_thread.run_sync(self.storage.remove_final, file_id)
         await self.repo.forget(file_id)
         return freed
@@ -473,108 +505,90 @@ class UploadService:
     def as_completed(self, upload: Upload) -> CompletedFile:
         """What a download of `upload` serves; NotComplete unless it is complete."""
         file_id = upload.file_id
-        if upload.state != "complete" or not upload.sha256:
+        if upload.state != UploadState.COMPLETE or not upload.sha256:
             raise NotComplete(f"the file is {upload.state}, not complete", state=upload.state)
         return CompletedFile(
-            path=self.storage.final_data(file_id),
+            file_id=file_id,
+            source=final_source(self.storage, file_id),
             size=upload.total,
             sha256=upload.sha256,
             completed_at=upload.completed_at or upload.updated_at,
             file_name=upload.file_name or file_id,
         )
 
-    async def status(self, user: User, file_id: str) -> dict:
+    async def status(self, user: User, file_id: str) -> UploadStatus:
         upload = await self.load_for(user, file_id)
-        deferred = upload.fields.get("tus_deferred") == "1"  # a tus upload whose length is not known yet
-        if upload.state == "complete":
+        deferred = upload.tus.deferred  # a tus upload whose length is not known yet
+        complete = upload.state == UploadState.COMPLETE
+        if complete:
             missing: list[tuple[int, int]] = []
         else:
             received = [(c.start, c.end) for c in await self.repo.chunks(file_id)]
             missing = [] if deferred else intervals.missing(received, upload.total)
-        expires = None if upload.state == "complete" else upload.updated_at + self.settings.stale_after
-        return {
-            "file_id": file_id,
-            "state": upload.state,
-            "total_bytes": None if deferred else upload.total,
-            "received_bytes": upload.received,
-            "next_expected_byte": upload.next_expected,
-            "missing_ranges": [list(gap) for gap in missing[:MAX_MISSING_RANGES]],
-            "missing_ranges_truncated": len(missing) > MAX_MISSING_RANGES,
-            "file_name": upload.file_name,
-            "created_at": iso(upload.created_at),
-            "updated_at": iso(upload.updated_at),
-            "expires_at": iso(expires),
-            "persisted_at": iso(upload.persisted_at),
-            "sha256": upload.sha256 if upload.state == "complete" else None,
-            "error": upload.error if upload.state == "failed" else None,
-        }
+        expires = None if complete else upload.updated_at + self.settings.stale_after
+        return UploadStatus(
+            file_id=file_id,
+            state=upload.state,  # type: ignore[arg-type]  # a StrEnum value; `expired` is never loaded
+            total_bytes=None if deferred else upload.total,
+            received_bytes=upload.received,
+            next_expected_byte=upload.next_expected,
+            missing_ranges=[list(gap) for gap in missing[:MAX_MISSING_RANGES]],
+            missing_ranges_truncated=len(missing) > MAX_MISSING_RANGES,
+            file_name=upload.file_name,
+            created_at=iso(upload.created_at),
+            updated_at=iso(upload.updated_at),
+            expires_at=iso(expires),
+            persisted_at=iso(upload.persisted_at),
+            sha256=upload.sha256 if complete else None,
+            error=upload.error if upload.state == UploadState.FAILED else None,
+        )
 
     # --- durability --------------------------------------------------------------
     def write_manifest(self, upload: Upload, chunks: list[Chunk], persisted_at: float | None = None) -> None:
-        manifest = {
-            "version": MANIFEST_VERSION,
-            "file_id": upload.file_id,
-            "owner": upload.owner,
-            "total": upload.total,
-            "state": upload.state,
-            "file_name": upload.file_name,
-            "expected_sha256": upload.expected_sha256,
-            "created_at": upload.created_at,
-            "updated_at": upload.updated_at,
-            "persisted_at": persisted_at,
-            "error": upload.error,
-            "received_ranges": [list(r) for r in intervals.merge((c.start, c.end) for c in chunks)],
-            "chunks": [[c.start, c.end, c.crc32] for c in chunks],
-            # tus: Upload-Metadata, deferred length, concatenation (core/tus.py)
-            "tus": {k: v for k, v in upload.fields.items() if k.startswith("tus_")},
-        }
-        self.storage.write_manifest(upload.file_id, manifest)
+        write_manifest(self.storage, upload, chunks, persisted_at)
 
     async def restore_from_disk(self, file_id: str) -> bool:
-        """Put an upload that Redis lost back from disk: a final file's meta, else a manifest.
-        Most calls are for a new upload's first chunk, with nothing on disk: no thread then."""
-        if not self.storage.has_record(file_id):
+        return await restore_from_disk(self.repo, self.storage, file_id, self.enqueue_assembly)
+
+
+# --- durability: the records on disk, and Redis restored from them ---------------------------
+def write_manifest(storage: ByteStore, upload: Upload, chunks: list[Chunk], persisted_at: float | None = None) -> None:
+    """Record an upload beside its bytes, so that it survives the loss of Redis (blocking)."""
+    storage.write_manifest(upload.file_id, Manifest.of(upload, chunks, persisted_at).to_json())
+
+
+async def restore_from_disk(
+    repo: UploadRepository, storage: ByteStore, file_id: str, enqueue_assembly: Callable[[str], object] | None = None
+) -> bool:
+    """Put an upload that Redis lost back from disk: a final file's meta, else a manifest; an
+    upload restored `assembling` is queued for assembly again. Most calls are for a new
+    upload's first chunk, with nothing on disk: no thread then when the store can look without
+    waiting (two stats for the POSIX store). A record this release cannot
+    read (written by a newer one, or damaged) is a 503 for its upload, and is left alone."""
+    if not await has_record(storage, file_id):
+        return False
+    try:
+        raw_meta = await anyio.to_thread.run_sync(storage.read_meta, file_id)
+        if raw_meta is not None:
+            return await repo.restore_file(FileMeta.from_json(raw_meta, file_id))
+        raw = await anyio.to_thread.run_sync(storage.read_manifest, file_id)
+        if raw is None:
             return False
-        meta = await anyio.to_thread.run_sync(self.storage.read_final_meta, file_id)
-        if meta is not None:
-            fields = {
-                "owner": meta["owner"],
-                "total": meta["size"],
-                "state": "complete",
-                "received": meta["size"],
-                "next": meta["size"],
-                "name": meta.get("file_name") or "",
-                "sha256": meta["sha256"],
-                "sha256_expected": meta.get("expected_sha256") or "",
-                "created_at": meta["created_at"],
-                "updated_at": meta["completed_at"],
-                "completed_at": meta["completed_at"],
-                "provisional": "0",
-            }
-            return await self.repo.restore(file_id, {k: str(v) for k, v in fields.items()}, [])
-        manifest = await anyio.to_thread.run_sync(self.storage.read_manifest, file_id)
-        if manifest is None:
-            return False
-        chunks = [Chunk(s, e, crc) for s, e, crc in manifest["chunks"]]
-        received = sum(c.end - c.start + 1 for c in chunks)
-        fields = {
-            "owner": manifest["owner"],
-            "total": manifest["total"],
-            "state": manifest["state"],
-            "received": received,
-            "next": intervals.first_missing(((c.start, c.end) for c in chunks), manifest["total"]),
-            "name": manifest.get("file_name") or "",
-            "sha256_expected": manifest.get("expected_sha256") or "",
-            "created_at": manifest["created_at"],
-            "updated_at": manifest["updated_at"],
-            "persisted_at": manifest.get("persisted_at") or "",
-            "error": manifest.get("error") or "",
-            "provisional": "0",
-            **manifest.get("tus", {}),
-        }
-        if manifest["state"] == "assembling":
-            fields["assembling_since"] = time.time()
-        restored = await self.repo.restore(file_id, {k: str(v) for k, v in fields.items() if v != ""}, chunks)
-        if restored and manifest["state"] == "assembling" and self.enqueue_assembly is not None:
-            await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
-        return restored
+        manifest = Manifest.from_json(raw, file_id)
+    except RecordError as exc:
+        log.error("upload %s not restored from disk: %s", file_id, exc)
+        raise UnreadableRecord(f"the record of this upload on disk cannot be read ({exc})") from exc
+    restored = await repo.restore_manifest(manifest)
+    if restored and manifest.state == UploadState.ASSEMBLING and enqueue_assembly is not None:
+        await anyio.to_thread.run_sync(enqueue_assembly, file_id)
+    return restored
+
+
+async def load(
+    repo: UploadRepository, storage: ByteStore, file_id: str, enqueue_assembly: Callable[[str], object] | None = None
+) -> Upload | None:
+    """The upload from Redis, else restored from its records on disk."""
+    upload = await repo.get(file_id)
+    if upload is None and await restore_from_disk(repo, storage, file_id, enqueue_assembly):
+        upload = await repo.get(file_id)
+    return upload

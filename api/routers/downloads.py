@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -38,7 +38,7 @@ _CONDITIONALS = [
         ("If-Unmodified-Since", "HTTP date; 412 if modified since"),
     ]
 ]
-DOWNLOAD_ROUTE = {
+DOWNLOAD_ROUTE: dict[str, Any] = {
     "response_class": RangeFileResponse,
     "status_code": 200,
     "responses": {
@@ -69,7 +69,8 @@ DOWNLOAD_ROUTE = {
 
 
 async def get_links(request: Request) -> DownloadLinks:
-    return request.app.state.links
+    links: DownloadLinks = request.app.state.links
+    return links
 
 
 LinksDep = Annotated[DownloadLinks, Depends(get_links)]
@@ -108,9 +109,13 @@ async def download(
         found = await links.resolve(file_id, expires or "", sig or "")
     else:
         found = await uploads.completed_file(await user_for_token(request, token), file_id)
-    accel_uri = f"{settings.accel_prefix}/{file_id}/data" if settings.accel_redirect else None
+    source = found.source
+    # X-Accel-Redirect needs a file nginx can read: only a store with local paths has one.
+    accel_uri = None
+    if settings.accel_redirect and source.relative_path is not None:
+        accel_uri = f"{settings.accel_prefix}/{source.relative_path}"
     return RangeFileResponse(
-        found.path,
+        source,
         found.size,
         found.sha256,
         found.completed_at,

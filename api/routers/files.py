@@ -7,8 +7,9 @@ lives in a router of its own. GET /files/{file_id} answers exactly as GET /downl
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
@@ -16,9 +17,10 @@ from api.deps import CurrentUser, UserStoreDep
 from api.errors import documented_errors
 from api.routers import downloads
 from api.routers.downloads import LinksDep
-from api.routers.uploads import FileId, State, UploadServiceDep
+from api.routers.uploads import FileId, UploadServiceDep
 from core import files_list
 from core.errors import Forbidden, NotFound
+from core.records import VisibleState
 from core.uploads import iso
 from core.users import User, UserStore
 
@@ -28,7 +30,7 @@ router = APIRouter(tags=["files"])
 class FileItemModel(BaseModel):
     file_id: str
     file_name: str | None
-    state: State
+    state: VisibleState
     total_bytes: int
     received_bytes: int
     created_at: str | None
@@ -73,15 +75,16 @@ def _owner_names(users: UserStore) -> dict[str, str]:
     return {user.owner_id: user.name for user in users.list()}
 
 
-def _whose(user: User, users: UserStore, owner: str | None, everybody: bool) -> str | None:
-    """The owner id to list (None: everybody's), after checking the caller may see it."""
+async def _whose(user: User, users: UserStore, owner: str | None, everybody: bool) -> str | None:
+    """The owner id to list (None: everybody's), after checking the caller may see it. The
+    user store (SQLite) is read in a thread: never on the event loop."""
     if owner is None and not everybody:
         return user.owner_id
     if not user.is_admin:
         raise Forbidden("only admins may list other users' files (owner=, all=)")
-    if everybody:
+    if everybody or owner is None:  # owner is None here only when everybody
         return None
-    listed = users.get(owner)
+    listed = await anyio.to_thread.run_sync(users.get, owner)
     if listed is None:
         raise NotFound(f"no user named {owner!r}")
     return listed.owner_id
@@ -113,13 +116,13 @@ async def list_files(
     ] = None,
     owner: Annotated[str | None, Query(max_length=128, description="admins: this user's files")] = None,
     all: Annotated[bool, Query(description="admins: everybody's files")] = False,
-) -> dict:
-    owner_id = _whose(user, users, owner, all)
-    page = await files_list.list_files(uploads, owner_id, limit, cursor)
+) -> dict[str, Any]:
+    owner_id = await _whose(user, users, owner, all)
+    page = await files_list.list_files(uploads.repo, uploads.storage, owner_id, limit, cursor, uploads.enqueue_assembly)
     items = [files_list.item_fields(upload) for upload in page.items]
     if owner is not None or all:
-        names = _owner_names(users)
-        for item, upload in zip(items, page.items):
+        names = await anyio.to_thread.run_sync(_owner_names, users)
+        for item, upload in zip(items, page.items, strict=True):
             item["owner"] = names.get(upload.owner)
     return {"items": items, "next": page.next_cursor}
 
@@ -159,7 +162,7 @@ Example: `curl -X POST -H "Authorization: Bearer $TOKEN" localhost:8000/files/bi
         }
     ),
 )
-async def create_link(file_id: FileId, user: CurrentUser, links: LinksDep) -> dict:
+async def create_link(file_id: FileId, user: CurrentUser, links: LinksDep) -> dict[str, Any]:
     link = await links.mint(user, file_id)
     return {"url": link.url, "expires_at": iso(link.expires_at), "expires_in": links.ttl}
 

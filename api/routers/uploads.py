@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from api.deps import CurrentUser
 from api.errors import documented_errors
 from core.file_ids import FILE_ID_PATTERN
-from core.uploads import ChunkRequest, UploadService
+from core.records import VisibleState
+from core.uploads import ChunkRequest, UploadService, UploadStatus
 
 router = APIRouter(tags=["uploads"])
 
 
 async def get_upload_service(request: Request) -> UploadService:
-    return request.app.state.uploads
+    service: UploadService = request.app.state.uploads
+    return service
 
 
 UploadServiceDep = Annotated[UploadService, Depends(get_upload_service)]
@@ -29,36 +31,14 @@ FileId = Annotated[
         json_schema_extra={"pattern": f"^{FILE_ID_PATTERN}$", "minLength": 1, "maxLength": 128},
     ),
 ]
-State = Literal["uploading", "assembling", "complete", "failed"]
 
 
 class ChunkReceiptModel(BaseModel):
     file_id: str
-    state: State
+    state: VisibleState
     received_bytes: int
     total_bytes: int
     next_expected_byte: int
-
-
-class StatusModel(BaseModel):
-    file_id: str
-    state: State
-    total_bytes: int | None = Field(description="null while a tus upload's length is deferred")
-    received_bytes: int
-    next_expected_byte: int
-    # [start, end_inclusive] pairs; not tuple[int, int], whose `prefixItems` schema trips some
-    # OpenAPI tools (schemathesis 4 among them).
-    missing_ranges: list[Annotated[list[int], Field(min_length=2, max_length=2)]]
-    missing_ranges_truncated: bool = Field(
-        False, description="true when there are more gaps than the first 1000 listed in missing_ranges"
-    )
-    file_name: str | None
-    created_at: str | None
-    updated_at: str | None
-    expires_at: str | None
-    persisted_at: str | None
-    sha256: str | None
-    error: str | None
 
 
 UPLOAD_DESCRIPTION = """
@@ -106,7 +86,8 @@ _ERRORS = documented_errors(
         "invalid_file_name, invalid_sha256",
         404: "not_found: no such upload, or another user's",
         409: "overlap, total_mismatch, already_complete, upload_failed, too_many_chunks",
-        413: "chunk_too_large, file_too_large, quota_exceeded (a new upload would pass the user's declared-bytes quota)",
+        413: "chunk_too_large, file_too_large, "
+        "quota_exceeded (a new upload would pass the user's declared-bytes quota)",
         429: "too_many_uploads (the user's open uploads are at FT_MAX_OPEN_UPLOADS), "
         "rate_limited (uploads created faster than FT_UPLOAD_CREATE_RATE per minute)",
         507: "insufficient_storage",
@@ -178,10 +159,10 @@ once complete, `error` when failed.
 Example: `{"file_id": "hello.txt", "state": "uploading", "total_bytes": 12, "received_bytes": 6,
 "next_expected_byte": 6, "missing_ranges": [[6, 11]], ...}`
 """,
-    response_model=StatusModel,
+    response_model=UploadStatus,
     responses=documented_errors({400: "invalid_file_id", 404: "not_found: no such upload, or another user's"}),
 )
-async def upload_status(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep) -> dict:
+async def upload_status(file_id: FileId, user: CurrentUser, uploads: UploadServiceDep) -> UploadStatus:
     return await uploads.status(user, file_id)
 
 

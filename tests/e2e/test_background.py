@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from core.maintenance import job_lock
+from core.state import UploadRepository
 from ops.redis_server import free_port
 from tests.faults import (
     post_chunk,
@@ -107,7 +108,7 @@ def test_two_beats_never_run_a_job_twice(make_stack, processes, client):
     async def hold_the_lock():
         r = aioredis.Redis.from_url(stack.redis_url)
         try:
-            async with job_lock(r, "persist"):
+            async with job_lock(UploadRepository(r), "persist"):
                 assert post_chunk(client, stack.url, token, file_id, data[:10_000], 0, len(data)).status_code == 200
                 skipped_before = sum("skipped" in res for _, res in persist_runs(*workers))
                 await asyncio.to_thread(

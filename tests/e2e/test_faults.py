@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from core.assembly import assembly_lock_key
 from core.config import Settings
 from core.jobs import celery_client
+from core.state import assembly_lock_key
 from tests.faults import (
     BigFile,
     MiB,

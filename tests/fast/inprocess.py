@@ -17,8 +17,7 @@ from api.main import create_app
 from core import assembly
 from core.config import Settings
 from core.state import UploadRepository
-from core.storage import Storage
-from core.uploads import UploadService
+from core.storage import ByteStore, open_store
 from tests.support import JWT_SECRET
 
 
@@ -30,12 +29,13 @@ def fast_settings(data_dir: Path) -> Settings:
 class InProcessWorker:
     """Stands in for the Celery worker: `assemble(file_id)` queues the file, and a thread runs
     `core.assembly.assemble`, the domain function the `uploads.assemble` task wraps, with a Redis
-    client and an UploadService of its own, as the task does in its worker process. The API
+    client and a repository of its own, as the task does in its worker process. The API
     answers before the assembly ends, as it does with Celery: tests wait for `complete`."""
 
-    def __init__(self, settings: Settings, server: fakeredis.FakeServer) -> None:
+    def __init__(self, settings: Settings, server: fakeredis.FakeServer, store: ByteStore | None = None) -> None:
         self.settings = settings
         self.server = server
+        self.store = store  # None: a POSIX store on the settings' data dir, as the worker opens
         self.errors: list[BaseException] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="in-process-worker", daemon=True)
@@ -60,8 +60,9 @@ class InProcessWorker:
     async def _assemble(self, file_id: str) -> None:
         redis = fakeredis.FakeAsyncRedis(server=self.server)
         try:
-            service = UploadService(self.settings, UploadRepository(redis), Storage(self.settings), self.assemble)
-            await assembly.assemble(service, file_id, lease_seconds=self.settings.assembly_lease)
+            repo = UploadRepository(redis)
+            storage = self.store if self.store is not None else open_store(self.settings)
+            await assembly.assemble(repo, storage, file_id, lease_seconds=self.settings.assembly_lease)
         finally:
             await redis.aclose()
 
@@ -78,7 +79,13 @@ class InProcessWorker:
 def in_process_client(
     settings: Settings, server: fakeredis.FakeServer, worker: InProcessWorker
 ) -> Iterator[TestClient]:
-    """`create_app(settings)` on the fake server, its lifespan run, as a TestClient."""
-    app = create_app(settings, make_redis=lambda _: fakeredis.FakeAsyncRedis(server=server), make_jobs=lambda _: worker)
+    """`create_app(settings)` on the fake server, its lifespan run, as a TestClient; the app's
+    store is the worker's (a POSIX store on the data dir unless the worker was given one)."""
+    app = create_app(
+        settings,
+        make_redis=lambda _: fakeredis.FakeAsyncRedis(server=server),
+        make_jobs=lambda _: worker,
+        make_store=lambda s: worker.store if worker.store is not None else open_store(s),
+    )
     with TestClient(app) as client:
         yield client

@@ -9,16 +9,18 @@ fakeredis: all passed but the two concurrency tests, which open their own connec
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 
 import fakeredis
 import pytest
 
+from core.records import Manifest, TusFields, UploadState
 from core.state import (
     ACTIVITY_KEY,
     ALL_FILES_KEY,
     ASSEMBLING_KEY,
     DISK_RESERVED_KEY,
+    NO_LIMITS,
     Chunk,
     UploadLimits,
     UploadRepository,
@@ -57,7 +59,7 @@ async def put(
     total: int,
     owner: str = "alice",
     now: float = T0,
-    limits: UploadLimits = UploadLimits(),
+    limits: UploadLimits = NO_LIMITS,
 ):
     chunk = Chunk(start, end, (start * 31 + end) & 0xFFFFFFFF)
     token = f"t{start}-{end}"
@@ -73,7 +75,7 @@ def test_claim_commit_and_next_expected_over_out_of_order_chunks(run, fake_redis
         assert (await repo.claim("f", "alice", False, 0, 9, 30, 1, "x", LEASE, create=False)).outcome == "absent"
         claimed = await repo.claim("f", "alice", False, 10, 19, 30, 7, "a", LEASE, create=True, now=T0)
         assert (claimed.outcome, claimed.state, claimed.total) == ("claimed", "uploading", 30)
-        assert (await repo.get("f")).fields["provisional"] == "1"
+        assert (await repo.get("f")).provisional
         done = await repo.commit("f", "a", Chunk(10, 19, 7), "name.bin", "ab" * 32, now=T0 + 1)
         assert (done.outcome, done.received, done.next_expected) == ("committed", 10, 0)
         assert (await put(repo, "f", 0, 9, 30)).next_expected == 20  # over the chunk already there
@@ -206,24 +208,16 @@ def test_owner_indexes_list_newest_first_and_forget_removes_from_both(run):
 
 
 def test_restore_decodes_its_fields_with_cjson_and_counts_the_upload_again(run, fake_redis):
-    fields = {
-        "owner": "alice",
-        "total": str(TiB),
-        "state": "assembling",
-        "received": str(TiB),
-        "next": str(TiB),
-        "created_at": repr(T0),
-        "updated_at": repr(T0 + 1),
-        "assembling_since": repr(T0 + 1),
-        "name": "x.bin",
-    }
     chunks = [Chunk(0, TiB // 2 - 1, 1), Chunk(TiB // 2, TiB - 1, 2)]
+    manifest = Manifest("r", "alice", TiB, UploadState.ASSEMBLING, T0, T0 + 1, chunks=tuple(chunks), file_name="x.bin")
 
     async def scenario(repo):
-        assert await repo.restore("r", fields, chunks)
-        assert not await repo.restore("r", {**fields, "name": "other"}, chunks)  # Redis knew it: unchanged
+        assert await repo.restore_manifest(manifest, now=T0 + 1)
+        renamed = dataclasses.replace(manifest, file_name="other")
+        assert not await repo.restore_manifest(renamed, now=T0 + 2)  # Redis knew it: unchanged
         upload = await repo.get("r")
         assert (upload.state, upload.total, upload.file_name) == ("assembling", TiB, "x.bin")
+        assert (upload.received, upload.next_expected) == (TiB, TiB)
         assert await repo.chunks("r") == chunks
         assert await repo.open_uploads_of("alice") == (1, TiB)
         assert [f for f, _ in await repo.newest_first("alice", 10, None)] == ["r"]
@@ -234,11 +228,10 @@ def test_restore_decodes_its_fields_with_cjson_and_counts_the_upload_again(run, 
 
 def test_create_with_extra_fields_and_a_deferred_length(run):
     async def scenario(repo):
-        created = await repo.create(
-            "t", "alice", 1000, {"tus_deferred": "1", "tus_metadata": "filename eC5iaW4="}, UploadLimits(), now=T0
-        )
+        tus = TusFields("filename eC5iaW4=", deferred=True)
+        created = await repo.create("t", "alice", 1000, UploadLimits(), tus=tus, now=T0)
         assert (created.outcome, created.state) == ("created", "uploading")
-        assert (await repo.get("t")).fields["tus_metadata"] == "filename eC5iaW4="
+        assert (await repo.get("t")).tus == tus
         assert (await repo.declare_length("t", 10)).outcome == "declared"
         assert (await repo.declare_length("t", 10)).outcome == "not_deferred"
         assert (await put(repo, "t", 0, 9, 10)).state == "assembling"
@@ -246,12 +239,13 @@ def test_create_with_extra_fields_and_a_deferred_length(run):
             "cat",
             "alice",
             20,
-            {"tus_concat": json.dumps(["p1", "p2"])},
             UploadLimits(),
+            tus=TusFields(concat="final", parts=("p1", "p2")),
             complete_chunks=[Chunk(0, 9, 1), Chunk(10, 19, 2)],
             now=T0,
         )
         assert (final.outcome, final.state, final.received) == ("created", "assembling", 20)
+        assert (await repo.get("cat")).tus.parts == ("p1", "p2")
 
     run(scenario)
 

@@ -136,7 +136,7 @@ def test_last_chunk_stored_but_broker_refusing_is_200_and_persist_queues_the_ass
     async def scenario(env: Env):
         receipt = await env.send(env.user(), "last", b"y" * 1000, 0, 1000)
         report = await maintenance.persist(
-            env.service, idle_for=300, assembly_grace=0, enqueue=queued.append, now=time.time() + 1
+            env.repo, env.storage, idle_for=300, assembly_grace=0, enqueue=queued.append, now=time.time() + 1
         )
         return receipt, report
 
@@ -172,7 +172,7 @@ def test_open_upload_counts_uploads_and_declared_bytes_and_refuses_past_the_limi
     ]
     assert counted == (3, 1000) and other == "created"
     assert refused is not None and refused.total == 100  # the second try created it
-    assert created.owner == "alice" and created.state == "uploading" and created.fields["provisional"] == "0"
+    assert created.owner == "alice" and created.state == "uploading" and not created.provisional
 
 
 def test_quota_refusal_says_how_many_bytes_are_left(run, redis_db):
@@ -313,7 +313,7 @@ def test_status_lists_the_first_1000_gaps_and_says_there_are_more(run, redis_db)
         many = await env.service.status(user, "g")
         await env.send(user, "h", b"x" * 10, 0, 20)
         few = await env.service.status(user, "h")
-        return many, few
+        return many.model_dump(), few.model_dump()
 
     many, few = run(scenario)
     assert len(many["missing_ranges"]) == MAX_MISSING_RANGES == 1000

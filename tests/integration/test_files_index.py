@@ -34,7 +34,7 @@ class Env:
         await store_chunk(self.repo, self.storage, file_id, owner, start, end, total, now, payload, f"{file_id}.bin")
 
     async def ids(self, owner: str | None, limit: int = 100, cursor: str | None = None) -> tuple[list[str], str | None]:
-        page = await files_list.list_files(self.service, owner, limit, cursor)
+        page = await files_list.list_files(self.repo, self.storage, owner, limit, cursor)
         return [u.file_id for u in page.items], page.next_cursor
 
     async def walk(self, owner: str | None, limit: int, between_pages=None) -> list[str]:
@@ -127,7 +127,7 @@ def test_the_list_comes_back_from_disk_after_redis_lost_everything(run, redis_db
         # One complete file (files/<id>/meta.json), one persisted partial upload (a manifest),
         # one partial upload Redis never persisted (it is lost with Redis: nothing on disk).
         await env.put("done", "alice", 0, len(payload) - 1, len(payload), now=100.0, payload=payload)
-        report = await assembly.assemble(env.service, "done")
+        report = await assembly.assemble(env.repo, env.storage, "done")
         assert report["result"] == "complete"
         await env.start("partial", "alice", now=200.0)
         env.service.write_manifest(await env.repo.get("partial"), await env.repo.chunks("partial"))
@@ -135,9 +135,9 @@ def test_the_list_comes_back_from_disk_after_redis_lost_everything(run, redis_db
         assert (await env.ids(None))[0] == ["volatile", "partial", "done"]
 
         await env.repo.redis.flushdb()
-        assert await files_list.ensure_files_index(env.service)
-        assert not await files_list.ensure_files_index(env.service), "rebuilt twice"
-        page = await files_list.list_files(env.service, "alice", 10, None)
+        assert await files_list.ensure_files_index(env.repo, env.storage)
+        assert not await files_list.ensure_files_index(env.repo, env.storage), "rebuilt twice"
+        page = await files_list.list_files(env.repo, env.storage, "alice", 10, None)
         assert [(u.file_id, u.state, u.owner) for u in page.items] == [
             ("partial", "uploading", "alice"),
             ("done", "complete", "alice"),

@@ -15,8 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from core import maintenance
-from core.assembly import assembly_lock_key
-from core.state import ACTIVITY_KEY, Chunk, UploadRepository, upload_key
+from core.state import ACTIVITY_KEY, Chunk, UploadRepository, assembly_lock_key, upload_key
 from core.storage import Storage
 from core.uploads import UploadService
 
@@ -89,7 +88,7 @@ def test_cleanup_removes_exactly_the_stale_uploads(run, settings, redis_db):
         await env.put("abandoned", 0, 9, 100, now=now - 5 * DAY)
         dead = await env.repo.claim("abandoned", "alice", False, 10, 19, 100, 1, "dead", 60, True, now=now - 4 * DAY)
         assert dead.outcome == "claimed"
-        return await maintenance.cleanup(env.service, older_than=DAY, now=now)
+        return await maintenance.cleanup(env.repo, env.storage, older_than=DAY, now=now)
 
     report = run(scenario)
     assert sorted(report.removed) == ["abandoned", "edge", "stale-1", "stale-2"]
@@ -111,13 +110,13 @@ def test_cleanup_with_a_smaller_age_and_the_default_job_lock(run, settings):
     async def scenario(env: Env):
         await env.put("a", 0, 9, 100, now=now - 30)
         await env.put("b", 0, 9, 100, now=now - 5)
-        first = await maintenance.cleanup(env.service, older_than=10, now=now)
+        first = await maintenance.cleanup(env.repo, env.storage, older_than=10, now=now)
         # While another run holds the job's lock, a second one refuses to run at all.
-        async with maintenance.job_lock(env.repo.redis, "cleanup"):
+        async with maintenance.job_lock(env.repo, "cleanup"):
             with pytest.raises(maintenance.JobBusy):
-                await maintenance.cleanup(env.service, older_than=0, now=now)
+                await maintenance.cleanup(env.repo, env.storage, older_than=0, now=now)
         assert await env.repo.get("b") is not None
-        second = await maintenance.cleanup(env.service, older_than=0, now=now)
+        second = await maintenance.cleanup(env.repo, env.storage, older_than=0, now=now)
         return first, second
 
     first, second = run(scenario)
@@ -144,7 +143,7 @@ def test_cleanup_judges_uploads_known_only_from_disk(run, settings, redis_db):
         os.utime(storage.staging_dir(orphan), (now - age, now - age))
 
     async def scenario(env: Env):
-        return await maintenance.cleanup(env.service, older_than=DAY, now=now)
+        return await maintenance.cleanup(env.repo, env.storage, older_than=DAY, now=now)
 
     report = run(scenario)
     assert report.removed == ["old-manifest"]
@@ -173,7 +172,7 @@ def test_persist_writes_manifests_for_idle_uploads_only(run, settings, redis_db)
         await env.put("complete", 0, 99, 100, now=now - 900)
         assert await env.repo.transition("complete", "assembling", state="complete", sha256="00" * 32)
         return await maintenance.persist(
-            env.service, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now
+            env.repo, env.storage, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now
         )
 
     report = run(scenario)
@@ -193,13 +192,13 @@ def test_persist_skips_unchanged_uploads_and_rewrites_changed_ones(run, settings
 
     async def scenario(env: Env):
         await env.put("u", 0, 99, 1000, now=now - 600)
-        first = await maintenance.persist(env.service, 300, 60, env.enqueued.append, now=later)
+        first = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=later)
         mtime = (settings.staging_dir / "u" / "manifest.json").stat().st_mtime_ns
-        second = await maintenance.persist(env.service, 300, 60, env.enqueued.append, now=later)
+        second = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=later)
         assert (settings.staging_dir / "u" / "manifest.json").stat().st_mtime_ns == mtime
         # New activity after the manifest: persisted again, with the new chunk.
         await env.put("u", 100, 199, 1000, now=time.time() + 1)
-        third = await maintenance.persist(env.service, 300, 60, env.enqueued.append, now=later)
+        third = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=later)
         return first, second, third
 
     first, second, third = run(scenario)
@@ -216,7 +215,7 @@ def test_persist_re_enqueues_assemblies_whose_lease_lapsed(run, settings, redis_
         await env.put("recent", 0, 99, 100, now=now - 5)  # just became assembling: give it time
         await env.repo.redis.set(assembly_lock_key("running"), "someone", px=60_000)
         report = await maintenance.persist(
-            env.service, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now
+            env.repo, env.storage, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now
         )
         return report, list(env.enqueued)
 
@@ -230,11 +229,11 @@ def test_persist_is_exclusive(run, settings):
 
     async def scenario(env: Env):
         await env.put("u", 0, 9, 100, now=now - 600)
-        async with maintenance.job_lock(env.repo.redis, "persist"):
+        async with maintenance.job_lock(env.repo, "persist"):
             with pytest.raises(maintenance.JobBusy):
-                await maintenance.persist(env.service, 300, 60, env.enqueued.append, now=now)
+                await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=now)
         assert (await env.repo.get("u")).persisted_at is None
-        return await maintenance.persist(env.service, 300, 60, env.enqueued.append, now=now)
+        return await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=now)
 
     assert run(scenario).persisted == ["u"]
 
@@ -248,15 +247,15 @@ def test_concurrent_persist_runs_one_at_a_time(run, settings):
             await env.put(f"u{i}", 0, 9, 100, now=now - 600)
         clients = [aioredis.Redis.from_url(settings.redis_url) for _ in range(5)]
         try:
-            services = [UploadService(settings, UploadRepository(c), env.storage, env.enqueued.append) for c in clients]
+            repos = [UploadRepository(c) for c in clients]
 
-            async def one(service):
+            async def one(repo):
                 try:
-                    return await maintenance.persist(service, 300, 60, env.enqueued.append, now=now)
+                    return await maintenance.persist(repo, env.storage, 300, 60, env.enqueued.append, now=now)
                 except maintenance.JobBusy:
                     return None
 
-            return await asyncio.gather(*(one(s) for s in services))
+            return await asyncio.gather(*(one(r) for r in repos))
         finally:
             for c in clients:
                 await c.aclose()

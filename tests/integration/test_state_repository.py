@@ -67,11 +67,11 @@ def test_first_claim_creates_a_provisional_upload_and_commit_makes_it_real(run, 
         claimed = await repo.claim("f1", "alice", False, 0, 9, 100, 1, "tok", LEASE, create=True, now=1000.0)
         assert (claimed.outcome, claimed.state, claimed.received, claimed.total) == ("claimed", "uploading", 0, 100)
         up = await repo.get("f1")
-        assert up.owner == "alice" and up.fields["provisional"] == "1" and up.created_at == 1000.0
+        assert up.owner == "alice" and up.provisional and up.created_at == 1000.0
         done = await repo.commit("f1", "tok", Chunk(0, 9, 1), "name.bin", "ab" * 32, now=1001.0)
         assert (done.outcome, done.received, done.next_expected) == ("committed", 10, 10)
         up = await repo.get("f1")
-        assert up.fields["provisional"] == "0"
+        assert not up.provisional
         assert up.file_name == "name.bin" and up.expected_sha256 == "ab" * 32 and up.updated_at == 1001.0
         # Name and digest are remembered from the first chunk that has them.
         await put(repo, "f1", 10, 19, 100, name="other.bin", sha="cd" * 32)

@@ -14,6 +14,7 @@ import pytest
 
 from core.assembly import READ_SIZE, verify_file
 from core.state import Chunk
+from core.storage.posix import PosixReader
 
 R = READ_SIZE
 TOTAL = 2 * R + 1234
@@ -33,10 +34,20 @@ def chunks(data) -> list[Chunk]:
     return made[3:] + made[:3]
 
 
-def staged(tmp_path, content: bytes):
-    path = tmp_path / "data"
-    path.write_bytes(content)
-    return path
+@pytest.fixture
+def staged(tmp_path):
+    """staged(content): the content as a POSIX store reads a staged file (closed afterwards)."""
+    readers: list[PosixReader] = []
+
+    def make(content: bytes) -> PosixReader:
+        path = tmp_path / f"data{len(readers)}"
+        path.write_bytes(content)
+        readers.append(PosixReader(path))
+        return readers[-1]
+
+    yield make
+    for reader in readers:
+        reader.close()
 
 
 def damaged(data: bytes, *positions: int) -> bytes:
@@ -50,8 +61,8 @@ def owner_of(position: int) -> tuple[int, int]:
     return next((s, e) for s, e in EDGES if s <= position <= e)
 
 
-def test_intact_file_passes_with_its_sha256(tmp_path, data, chunks):
-    result = verify_file(staged(tmp_path, data), chunks, TOTAL)
+def test_intact_file_passes_with_its_sha256(staged, data, chunks):
+    result = verify_file(staged(data), chunks, TOTAL)
     assert result.bad_chunk is None
     assert result.sha256 == hashlib.sha256(data).hexdigest()
 
@@ -72,19 +83,19 @@ def test_intact_file_passes_with_its_sha256(tmp_path, data, chunks):
         TOTAL - 1,  # last byte of the file
     ],
 )
-def test_damaged_byte_is_pinned_to_its_chunk(tmp_path, data, chunks, position):
+def test_damaged_byte_is_pinned_to_its_chunk(staged, data, chunks, position):
     content = damaged(data, position)
-    result = verify_file(staged(tmp_path, content), chunks, TOTAL)
+    result = verify_file(staged(content), chunks, TOTAL)
     assert result.bad_chunk is not None, f"a flipped byte at {position} went unnoticed"
     assert (result.bad_chunk.start, result.bad_chunk.end) == owner_of(position)
     assert result.sha256 == hashlib.sha256(content).hexdigest()  # of what is on disk
 
 
-def test_first_of_several_damaged_chunks_is_reported(tmp_path, data, chunks):
-    result = verify_file(staged(tmp_path, damaged(data, 2 * R + 5, R + 50)), chunks, TOTAL)
+def test_first_of_several_damaged_chunks_is_reported(staged, data, chunks):
+    result = verify_file(staged(damaged(data, 2 * R + 5, R + 50)), chunks, TOTAL)
     assert (result.bad_chunk.start, result.bad_chunk.end) == owner_of(R + 50)
 
 
-def test_truncated_file_is_an_error_not_a_pass(tmp_path, data, chunks):
+def test_truncated_file_is_an_error_not_a_pass(staged, data, chunks):
     with pytest.raises(ValueError, match="shorter"):
-        verify_file(staged(tmp_path, data[: R + 10]), chunks, TOTAL)
+        verify_file(staged(data[: R + 10]), chunks, TOTAL)
