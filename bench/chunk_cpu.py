@@ -103,7 +103,8 @@ def main() -> None:
             results.append(cpu / chunks * 1e6)
             print(
                 f"run {run}: {chunks} chunks, {errors} errors {dict(tally.errors)}, API cpu {cpu:.2f}s "
-                f"= {cpu / chunks * 1e6:.0f} us/chunk (user {user / chunks * 1e6:.0f}, system {system / chunks * 1e6:.0f}), wall {wall:.1f}s, load {os.getloadavg()[0]:.1f}",
+                f"= {cpu / chunks * 1e6:.0f} us/chunk (user {user / chunks * 1e6:.0f}, "
+                f"system {system / chunks * 1e6:.0f}), wall {wall:.1f}s, load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
         results.sort()

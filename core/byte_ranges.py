@@ -169,7 +169,9 @@ def http_date(epoch: float) -> str:
     return formatdate(math.floor(epoch), usegmt=True)
 
 
-_MONTHS = {m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)}
+_MONTHS = {
+    m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)
+}
 _WKDAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _TIME = r"(\d\d):(\d\d):(\d\d)"
 _IMF_FIXDATE = re.compile(rf"{_WKDAY}, (\d\d) ([A-Z][a-z]{{2}}) (\d{{4}}) {_TIME} GMT", re.ASCII)

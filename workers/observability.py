@@ -75,7 +75,7 @@ def _task_finished(task_id=None, task=None, args=None, retval=None, state=None, 
 
 
 def _record_assembly(seconds: float, outcome: str) -> None:
-    global _redis
+    global _redis  # noqa: PLW0603 - one client per worker process, made on first use (after the fork)
     try:
         if _redis is None:
             _redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)

@@ -119,7 +119,7 @@ async def list_files(
     items = [files_list.item_fields(upload) for upload in page.items]
     if owner is not None or all:
         names = _owner_names(users)
-        for item, upload in zip(items, page.items):
+        for item, upload in zip(items, page.items, strict=True):
             item["owner"] = names.get(upload.owner)
     return {"items": items, "next": page.next_cursor}
 

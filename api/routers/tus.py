@@ -283,9 +283,10 @@ async def create_upload(request: Request, user: CurrentUser, tus: TusServiceDep)
     if protocol.is_draft:
         if length is None and protocol.complete(request):
             length = _content_length(request)  # the whole upload in this one request
-    elif concat is None or concat == "partial":
-        if (length is None) == (defer is None) or (defer is not None and defer.strip() != "1"):
-            raise InvalidTusHeader("send either Upload-Length or Upload-Defer-Length: 1")
+    elif concat in (None, "partial") and (
+        (length is None) == (defer is None) or (defer is not None and defer.strip() != "1")
+    ):
+        raise InvalidTusHeader("send either Upload-Length or Upload-Defer-Length: 1")
     with_body = _has_body(request)
     if with_body:
         protocol.check_content_type(request, appending=False)
@@ -358,7 +359,7 @@ class TusMiddleware:
     - every answer carries `Tus-Resumable: 1.0.0`, and the answers of tus's own methods
       `Cache-Control: no-store` (an offset must never come from a cache)."""
 
-    OVERRIDES = {"PATCH", "DELETE", "HEAD", "OPTIONS"}
+    OVERRIDES = frozenset({"PATCH", "DELETE", "HEAD", "OPTIONS"})
 
     def __init__(self, app) -> None:
         self.app = app

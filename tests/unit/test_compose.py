@@ -120,18 +120,19 @@ def test_env_names_are_settings(compose):
 def _local(command: list[str], port_map: dict[str, int]) -> list[str]:
     """The container command for this machine: our python, 127.0.0.1, free ports."""
     assert command[:2] == ["python", "-m"], command
-    args = [sys.executable] + command[1:]
+    args = [sys.executable, *command[1:]]
     out = []
     for i, arg in enumerate(args):
         if arg == "0.0.0.0" and args[i - 1] == "--host":
-            arg = "127.0.0.1"
+            out.append("127.0.0.1")
         elif args[i - 1] == "--port" and arg in port_map:
-            arg = str(port_map[arg])
+            out.append(str(port_map[arg]))
         elif arg.startswith("--address="):
-            arg = "--address=127.0.0.1"
+            out.append("--address=127.0.0.1")
         elif arg.startswith("--port="):
-            arg = f"--port={port_map[arg.split('=', 1)[1]]}"
-        out.append(arg)
+            out.append(f"--port={port_map[arg.split('=', 1)[1]]}")
+        else:
+            out.append(arg)
     return out
 
 
