@@ -7,6 +7,8 @@ never touches bodies, so downloads stream as before.
 
 from __future__ import annotations
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 # Inline styles stay allowed: Uppy and Swagger UI set style attributes. Scripts never are.
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -35,15 +37,15 @@ _NAMES = {name for name, _ in SECURITY_HEADERS}
 
 
 class SecurityHeaders:
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        async def send_with_headers(message) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [h for h in message.get("headers", []) if h[0].lower() not in _NAMES]
                 message = {**message, "headers": headers + SECURITY_HEADERS}

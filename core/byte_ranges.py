@@ -86,9 +86,10 @@ def parse_range(header: str | None, size: int) -> Ranges | None:
         if suffix:
             i += 1
         else:
-            start, i = number(i)
-            if start is None:
+            first, i = number(i)
+            if first is None:
                 return []
+            start = first
             i = skip_spaces(i)
             if i >= n or header[i] != "-":
                 return []
