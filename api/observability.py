@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Match
@@ -46,7 +47,7 @@ def _client_request_id(scope: Scope) -> str | None:
     return None
 
 
-def route_of(app, scope: Scope) -> tuple[str, dict]:
+def route_of(app: object, scope: Scope) -> tuple[str, dict[str, Any]]:
     """The route template and path parameters: from the router's own match when it left them in
     this scope, else matched again (a middleware inside may have passed a copy of the scope)."""
     route = scope.get("route")
@@ -66,7 +67,7 @@ def route_of(app, scope: Scope) -> tuple[str, dict]:
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp, router=None) -> None:
+    def __init__(self, app: ASGIApp, router: object = None) -> None:
         self.app = app
         self.router = router  # the FastAPI app, whose routes name the templates
 

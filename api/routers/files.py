@@ -7,7 +7,7 @@ lives in a router of its own. GET /files/{file_id} answers exactly as GET /downl
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
@@ -79,7 +79,7 @@ def _whose(user: User, users: UserStore, owner: str | None, everybody: bool) -> 
         return user.owner_id
     if not user.is_admin:
         raise Forbidden("only admins may list other users' files (owner=, all=)")
-    if everybody:
+    if everybody or owner is None:
         return None
     listed = users.get(owner)
     if listed is None:
@@ -113,7 +113,7 @@ async def list_files(
     ] = None,
     owner: Annotated[str | None, Query(max_length=128, description="admins: this user's files")] = None,
     all: Annotated[bool, Query(description="admins: everybody's files")] = False,
-) -> dict:
+) -> dict[str, Any]:
     owner_id = _whose(user, users, owner, all)
     page = await files_list.list_files(uploads, owner_id, limit, cursor)
     items = [files_list.item_fields(upload) for upload in page.items]
@@ -159,11 +159,13 @@ Example: `curl -X POST -H "Authorization: Bearer $TOKEN" localhost:8000/files/bi
         }
     ),
 )
-async def create_link(file_id: FileId, user: CurrentUser, links: LinksDep) -> dict:
+async def create_link(file_id: FileId, user: CurrentUser, links: LinksDep) -> dict[str, Any]:
     link = await links.mint(user, file_id)
     return {"url": link.url, "expires_at": iso(link.expires_at), "expires_in": links.ttl}
 
 
+# add_api_route's keyword arguments (each of its own type), as downloads.py gives them to its route.
+_DOWNLOAD_ROUTE: dict[str, Any] = downloads.DOWNLOAD_ROUTE
 router.add_api_route(
     "/files/{file_id}",
     downloads.download,
@@ -171,5 +173,5 @@ router.add_api_route(
     summary="Download a file (as GET /download/{file_id})",
     description="The same answer as `GET /download/{file_id}`, on the tus upload's own URL (as tusd does).\n"
     + downloads.DOWNLOAD_DESCRIPTION,
-    **downloads.DOWNLOAD_ROUTE,
+    **_DOWNLOAD_ROUTE,
 )
