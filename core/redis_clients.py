@@ -51,12 +51,11 @@ else:
 class _Waiting(_WaitingBase):
     """A blocking pool's wait that runs out is RedisBusy (mixed into the pools below)."""
 
-    async def get_connection(self, command_name: str | None = None, *keys: Any, **options: Any) -> AbstractConnection:
+    # Arguments passed on as given: redis-py deprecates passing a command name at all.
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         try:
             # redis-py leaves BlockingConnectionPool.get_connection unannotated.
-            connection: AbstractConnection = await super().get_connection(  # type: ignore[no-untyped-call]
-                command_name, *keys, **options
-            )
+            connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             return connection
         except redis.ConnectionError as exc:
             if isinstance(exc.__cause__, TimeoutError):  # the wait for a free connection ran out
