@@ -155,4 +155,6 @@ def async_redis(settings: Settings) -> aioredis.Redis:
         )
         return client
     pool = _WaitingPool.from_url(settings.redis_url, retry=retry, **_connection_options(settings))
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns its pool, so aclose() disconnects the pool's connections too
+    # (Redis(connection_pool=pool) would leave them open for the garbage collector).
+    return aioredis.Redis.from_pool(pool)
