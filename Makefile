@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
 
-.PHONY: run test test-fast test-slow bench venv clean web-assets
+.PHONY: run test test-fast test-slow bench venv clean web-assets lint
 
 venv: $(STAMP)
 
@@ -35,6 +35,13 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# What the code must pass before a commit: ruff's lint rules and format, mypy strict on core/ and
+# api/ (configuration in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The web page's browser assets (Uppy, Swagger UI): pinned in web/package-lock.json, copied into
 # api/static/vendor/ and committed there, so `make run` needs neither Node nor a network.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -23,7 +24,7 @@ APP_FACTORY = "api.main:create_served_app"
 GRACEFUL_SHUTDOWN = 10  # seconds running requests get at SIGTERM before their connections are cut
 
 
-def server_options(settings: Settings) -> dict:
+def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.run's arguments for these settings."""
     return {
         "factory": True,

@@ -12,7 +12,7 @@ from fastapi.security import OAuth2PasswordBearer
 from core.config import IPNetwork, Settings
 from core.errors import Forbidden, NotAuthenticated
 from core.tokens import decode_token
-from core.users import User, UserStore
+from core.users import RecentUsers, User, UserStore
 
 # OAuth2 password flow in the schema, so Swagger UI's Authorize button logs in at /token.
 _bearer = OAuth2PasswordBearer(tokenUrl="token", auto_error=False, description="a token from POST /token")
@@ -42,11 +42,13 @@ def client_address(peer: str, forwarded_for: Iterable[str], proxies: tuple[IPNet
 
 # Dependencies are `async def`: a plain `def` costs a thread-pool hop on every request.
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings  # app.state is untyped: api/main.py sets these
+    return settings
 
 
 async def get_user_store(request: Request) -> UserStore:
-    return request.app.state.users
+    users: UserStore = request.app.state.users
+    return users
 
 
 async def get_client_address(request: Request) -> str:
@@ -69,7 +71,8 @@ async def user_for_token(request: Request, token: str | None) -> User:
         raise NotAuthenticated("missing bearer token")
     settings: Settings = request.app.state.settings
     claims = decode_token(token.strip(), settings.jwt_key())
-    user = await request.app.state.recent_users.matching(claims.sub, claims.uid, claims.ver)
+    recent_users: RecentUsers = request.app.state.recent_users
+    user = await recent_users.matching(claims.sub, claims.uid, claims.ver)
     if user is None:
         raise NotAuthenticated("token no longer valid")
     return user

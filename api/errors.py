@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -98,14 +99,18 @@ _NOT_AUTHENTICATED = {
 }
 
 
-def documented_errors(codes: dict[int, str], *, authenticated: bool = True, redis: bool = True) -> dict:
+def documented_errors(
+    codes: dict[int, str], *, authenticated: bool = True, redis: bool = True
+) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for the error answers of one operation: each a JSON ErrorBody, with
     the headers that come with it. Any other 4xx (e.g. 405) has the same body: "4XX" says so,
     and keeps FastAPI from documenting a 422 that this API never sends (validation errors are
     400 `invalid_request`). The schema is inlined rather than given as `model`, which FastAPI
     would document under the route's media type (octet-stream for downloads)."""
     error_json = {"application/json": {"schema": ErrorBody.model_json_schema()}}
-    responses: dict = {"4XX": {"description": "any other client error", "content": error_json}}
+    responses: dict[int | str, dict[str, Any]] = {
+        "4XX": {"description": "any other client error", "content": error_json}
+    }
     if authenticated:
         responses[401] = {**_NOT_AUTHENTICATED, "content": error_json}
     if redis:
@@ -117,12 +122,14 @@ def documented_errors(codes: dict[int, str], *, authenticated: bool = True, redi
     return responses
 
 
-def error_response(status: int, code: str, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
+def error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     return JSONResponse({"code": code, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
 def unavailable_response(
-    retry_after: int, detail: str = "the state store (Redis) is unavailable; retry later", **extra
+    retry_after: int, detail: str = "the state store (Redis) is unavailable; retry later", **extra: Any
 ) -> JSONResponse:
     """503 `unavailable` (Redis down), with when to try again."""
     return error_response(503, "unavailable", detail, headers={"Retry-After": str(retry_after)}, **extra)

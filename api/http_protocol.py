@@ -27,7 +27,9 @@ import asyncio
 import json
 import resource
 from functools import cache
+from typing import Any
 
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from core.config import Settings
@@ -53,7 +55,7 @@ def connection_limit(configured: int) -> int:
     return max(1, min(configured, soft - FD_RESERVE))
 
 
-def overloaded_app(retry_after: int, close: bool):
+def overloaded_app(retry_after: int, close: bool) -> ASGI3Application:
     """The ASGI app that answers a request this process has no room for."""
     body = json.dumps(
         {"code": "overloaded", "detail": "the server is handling as many requests as it can; retry later"}
@@ -66,7 +68,7 @@ def overloaded_app(retry_after: int, close: bool):
     if close:
         headers.append((b"connection", b"close"))
 
-    async def app(scope, receive, send) -> None:
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -76,7 +78,7 @@ def overloaded_app(retry_after: int, close: bool):
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = serving_settings()
         self.header_timeout = settings.header_timeout
@@ -89,7 +91,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- head size and head timeout ------------------------------------------------------
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    # asyncio.Transport, as uvicorn's own override says (asyncio.Protocol's takes BaseTransport).
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
         self._start_head()
         super().connection_made(transport)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
@@ -82,7 +82,7 @@ def create_app(
     bootstrap_admin(settings, users)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = make_redis(settings)  # one bounded pool per process (core/redis_clients.py)
         app.state.login_throttle = LoginThrottle(settings, app.state.redis)
         app.state.jobs = make_jobs(settings)

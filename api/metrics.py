@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -22,7 +23,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
 
@@ -72,7 +73,7 @@ class _Snapshot:
     def __init__(self, snapshot: OperatorSnapshot | None) -> None:
         self.snapshot = snapshot
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         s = self.snapshot
         yield GaugeMetricFamily("ft_redis_up", "1 when Redis answered this scrape", value=int(s is not None))
         if s is None:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi.routing import iter_route_contexts
+from prometheus_client import Counter, Histogram
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,7 +51,7 @@ def _client_request_id(scope: Scope) -> str | None:
     return None
 
 
-def route_of(app, scope: Scope) -> tuple[str, dict]:
+def route_of(app: object, scope: Scope) -> tuple[str, dict[str, Any]]:
     """The route template and path parameters: from the router's own match when it left them in
     this scope, else matched again (a middleware inside may have passed a copy of the scope)."""
     route = scope.get("route")
@@ -68,13 +71,15 @@ def route_of(app, scope: Scope) -> tuple[str, dict]:
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp, router=None, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(self, app: ASGIApp, router: object = None, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.app = app
         self.router = router  # the FastAPI app, whose routes name the templates
         # Headers every answer gets, replacing any of the same names the app set.
         self.headers = list(headers)
         self._replaced = frozenset(name for name, _ in self.headers)
-        self._children: dict[tuple[str, str, str], tuple] = {}  # metric children by labels, made once
+        self._children: dict[
+            tuple[str, str, str], tuple[Counter, Histogram]
+        ] = {}  # metric children by labels, made once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -11,6 +11,7 @@ import argparse
 import getpass
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def data_dir(environ: dict[str, str]) -> Path:
     return Path(configured).resolve() if configured else PROJECT_ROOT / "data"
 
 
-def read_password(name: str, environ: dict[str, str], prompt: bool) -> tuple[str, str]:
+def read_password(name: str, environ: Mapping[str, str], prompt: bool) -> tuple[str, str]:
     """The new password and where it came from."""
     for variable in () if prompt else PASSWORD_VARIABLES:
         if environ.get(variable):

@@ -277,7 +277,7 @@ def upload_many(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(h, f)) for h, f in zip(https, file_ids)]
+    threads = [threading.Thread(target=run, args=(h, f)) for h, f in zip(https, file_ids, strict=True)]
     for t in threads:
         t.start()
     barrier.wait()

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -132,11 +133,11 @@ def resume_first_byte(work: Path, size: int, rounds: int, log: Callable[[str], N
 
             def upload(stop_after: int) -> float | None:
                 reporter = StopAfter(stop_after)
-                with Client(stack.url, ADMIN, PASSWORD, cache_dir=cache, reporter=reporter) as client:
-                    try:
-                        client.upload(src, "resume")
-                    except FirstByte:
-                        pass
+                with (
+                    Client(stack.url, ADMIN, PASSWORD, cache_dir=cache, reporter=reporter) as client,
+                    contextlib.suppress(FirstByte),
+                ):
+                    client.upload(src, "resume")
                 return reporter.first_byte[0] if reporter.first_byte else None
 
             upload(16 * MiB + 1)  # the first run: hashes, stores two 8 MiB chunks, is cut off

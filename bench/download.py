@@ -69,7 +69,7 @@ class DownloadBench:
                 self.accel.url,
                 f"/download/{self.file_id}",
                 self.auth,
-                lambda: self.accel.pids + [self.accel_api.pid],
+                lambda: [*self.accel.pids, self.accel_api.pid],
             ),
             "nginx": (self.nginx.url, f"/static/{self.file_id}/data", {}, lambda: self.nginx.pids),
         }
@@ -197,7 +197,7 @@ class DownloadBench:
                 if status != 206 or got != span[1] - span[0] + 1:
                     errors.append(f"{span}: {status} {got} (-1: wrong bytes)")
 
-        threads = [threading.Thread(target=fetch, args=(h, s)) for h, s in zip(https, spans)]
+        threads = [threading.Thread(target=fetch, args=(h, s)) for h, s in zip(https, spans, strict=True)]
         for t in threads:
             t.start()
         barrier.wait()

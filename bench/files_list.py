@@ -105,7 +105,7 @@ def page_load(url: str) -> list[str]:
                 context = browser.new_context()
                 page = context.new_page()
                 sizes: list[int] = []
-                page.on("requestfinished", lambda r: sizes.append(r.sizes()["responseBodySize"]))
+                page.on("requestfinished", lambda r, sizes=sizes: sizes.append(r.sizes()["responseBodySize"]))
                 started = time.perf_counter()
                 page.goto(url + path)
                 if path == "/":

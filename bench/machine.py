@@ -43,7 +43,7 @@ def filesystem(path: str) -> str:
     out = _run("findmnt", "-n", "-o", "FSTYPE,SOURCE,SIZE", "--target", path)
     if not out:
         return "unknown"
-    fstype, source, size = (out.split() + ["", "", ""])[:3]
+    fstype, source, size = [*out.split(), "", "", ""][:3]
     text = f"{fstype} on {source} ({size})"
     if source.startswith("/dev/"):
         name = os.path.basename(source)

@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 from bench.procs import machine_busy_seconds, self_cpu_seconds, tree_cpu_seconds  # noqa: E402
 from core.users import UserStore  # noqa: E402
 from ops.redis_server import free_port, start_redis  # noqa: E402
-from tests.support import (
+from tests.support import (  # noqa: E402
     balancer_nginx_conf,
     bearer,
     chunk_body,
@@ -143,7 +143,7 @@ def measure(root: Path, nodes: int, clients: int, bodies: list[tuple[str, bytes]
         latencies = asyncio.run(upload_all(url, token, clients, bodies, f"n{nodes}"))
         seconds = time.perf_counter() - started
         busy, client_cpu = machine_busy_seconds() - busy_before, self_cpu_seconds() - self_before
-        cpu = [tree_cpu_seconds([pid]) - before for pid, before in zip(watched, cpu_before)]
+        cpu = [tree_cpu_seconds([pid]) - before for pid, before in zip(watched, cpu_before, strict=True)]
 
         with httpx.Client(base_url=url, headers=bearer(token), timeout=30) as c:
 

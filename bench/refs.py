@@ -6,7 +6,8 @@ body through a 4 KiB stack buffer while the connection lingers (its access log s
 nginx read the whole body into `client_body_buffer_size` (16 MiB: an 8 MiB chunk stays in memory,
 no temp file) before the content phase; the content phase finds no file and `error_page 404 =204`
 answers 204 (from the named location, which is where the request is logged). The subrequest goes
-to an internal `return 204` location. Every sink request is logged with `$request_length`, and the benchmark checks that each one includes the whole body.
+to an internal `return 204` location. Every sink request is logged with `$request_length`, and
+the benchmark checks that each one includes the whole body.
 """
 
 from __future__ import annotations

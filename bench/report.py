@@ -34,7 +34,7 @@ def paired_ratios(a: list[float] | None, b: list[float] | None) -> list[float]:
     """a[i] / b[i] of the same round (interleaved runs), so slow phases of the machine cancel."""
     if not a or not b:
         return []
-    return [x / y for x, y in zip(a, b) if y]
+    return [x / y for x, y in zip(a, b, strict=False) if y]
 
 
 def ratio_cell(a, b) -> str:
@@ -302,9 +302,11 @@ class Report:
                 )
             big = tables.get("big", {}).get("ours")
             if big:
-                ratio = [a / b for a, b in zip(big["to_complete_s"], big["sha256sum_s"]) if b]
+                ratio = [a / b for a, b in zip(big["to_complete_s"], big["sha256sum_s"], strict=False) if b]
                 ratio_ssl = [
-                    a / b for a, b in zip(big["to_complete_s"], big.get("openssl_sha256_s", [])) if b == b and b
+                    a / b
+                    for a, b in zip(big["to_complete_s"], big.get("openssl_sha256_s", []), strict=False)
+                    if b == b and b
                 ]
                 self.add(
                     f"| {fs} | {size(p['big_size'])} | {spread(big['mbps'])} | {spread(big['api_rss_before_mib'])} MiB |"

@@ -82,7 +82,8 @@ def run_interleaved(
             series[contender.name].add(metrics)
             shown = f"{metrics['mbps']:7.0f} MB/s" if "mbps" in metrics else f"{seconds:7.3f} s"
             log(
-                f"  {label} trial {trial + 1}/{trials} {contender.name:<22} {shown}  server {metrics['server_cores']:.2f}"
-                f" client {metrics['client_cores']:.2f} others {metrics['foreign_cores']:.2f} cores"
+                f"  {label} trial {trial + 1}/{trials} {contender.name:<22} {shown}"
+                f"  server {metrics['server_cores']:.2f} client {metrics['client_cores']:.2f}"
+                f" others {metrics['foreign_cores']:.2f} cores"
             )
     return series

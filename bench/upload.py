@@ -225,7 +225,8 @@ class UploadBench:
             self.log(
                 f"  {self.fs} {p.big_size // MiB} MiB trial {trial + 1}/{p.big_trials}: {result.mbps:.0f} MB/s,"
                 f" API peak {api_peak:.0f} MiB (before {rss_before:.0f}), worker peak {worker_peak:.0f} MiB,"
-                f" last chunk -> complete {to_complete:.2f} s, sha256sum {sha_seconds:.2f} s, openssl {openssl_seconds:.2f} s"
+                f" last chunk -> complete {to_complete:.2f} s, sha256sum {sha_seconds:.2f} s,"
+                f" openssl {openssl_seconds:.2f} s"
             )
         return {"ours": {k: [r[k] for r in runs] for k in runs[0]}}
 

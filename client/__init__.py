@@ -5,4 +5,4 @@ from client import errors
 from client.api import Client, DownloadResult, UploadResult
 from client.errors import *  # noqa: F403 - every error class is part of the library's interface
 
-__all__ = ["Client", "DownloadResult", "UploadResult", *errors.__all__]
+__all__ = ["Client", "DownloadResult", "UploadResult", *errors.__all__]  # noqa: PLE0604 - a list of names

@@ -14,15 +14,12 @@ from client.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_COMPLETE, EXIT
 from client.progress import make_reporter
 from client.units import format_size, parse_size
 
-EPILOG = (
-    """\
-environment: FT_URL (default %s), FT_USERNAME, FT_PASSWORD, FT_CLIENT_CACHE_DIR (tokens and
+EPILOG = f"""\
+environment: FT_URL (default {DEFAULT_URL}), FT_USERNAME, FT_PASSWORD, FT_CLIENT_CACHE_DIR (tokens and
 the SHA-256 journal of uploaded files, default ~/.cache/ft-client).
 exit status: 0 complete and SHA-256 verified, 1 failed, 2 usage, 3 not complete, 4 auth,
 5 not found, 6 conflict (local file changed / id taken), 7 server unavailable or out of storage.
 """
-    % DEFAULT_URL
-)
 
 
 def _size(text: str) -> int:
@@ -45,7 +42,7 @@ def _positive(text: str) -> int:
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """Options accepted before and after the subcommand."""
     default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
-    parser.add_argument("--url", default=default(None), help="server (default: FT_URL or %s)" % DEFAULT_URL)
+    parser.add_argument("--url", default=default(None), help=f"server (default: FT_URL or {DEFAULT_URL})")
     parser.add_argument("--user", "-u", default=default(None), help="user name (default: FT_USERNAME)")
     parser.add_argument(
         "--quiet",

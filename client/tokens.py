@@ -9,6 +9,7 @@ $FT_CLIENT_CACHE_DIR, else $XDG_CACHE_HOME/ft-client, else ~/.cache/ft-client
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,10 +50,8 @@ def write_private_json(path: Path, data: dict[str, Any]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -110,10 +109,8 @@ class TokenCache:
         write_private_json(self._user_path(url), {"url": url, "username": username})
 
     def forget(self, url: str, username: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._token_path(url, username).unlink()
-        except FileNotFoundError:
-            pass
 
     def last_user(self, url: str) -> str | None:
         data = read_json(self._user_path(url))
@@ -145,10 +142,8 @@ class UploadStateStore:
         )
 
     def forget(self, url: str, username: str, file_id: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path(url, username, file_id).unlink()
-        except FileNotFoundError:
-            pass
 
 
 class HashJournal:

@@ -74,7 +74,7 @@ def format_size(n: float) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
@@ -117,8 +117,8 @@ def split_ranges(ranges, chunk_size: int) -> list[tuple[int, int]]:
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     pieces: list[tuple[int, int]] = []
-    for start, end in ranges:
-        start, end = int(start), int(end)
+    for first, last in ranges:
+        start, end = int(first), int(last)
         while start <= end:
             boundary = (start // chunk_size + 1) * chunk_size - 1
             stop = min(end, boundary)

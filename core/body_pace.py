@@ -24,11 +24,14 @@ async def paced(body: AsyncIterator[bytes], idle_timeout: float, min_rate: float
     """`body`'s pieces as they come; BodyStalled when it idles or trickles (see above)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("paced() cancels its own task's read: it must run in a task")
     pieces = body.__aiter__()
     started = loop.time()
     received = 0
     waiting_since: float | None = None
     stalled = False
+    timer: asyncio.TimerHandle
 
     def watch() -> None:
         nonlocal timer, stalled

@@ -86,9 +86,10 @@ def parse_range(header: str | None, size: int) -> Ranges | None:
         if suffix:
             i += 1
         else:
-            start, i = number(i)
-            if start is None:
+            first, i = number(i)
+            if first is None:
                 return []
+            start = first
             i = skip_spaces(i)
             if i >= n or header[i] != "-":
                 return []
@@ -169,7 +170,9 @@ def http_date(epoch: float) -> str:
     return formatdate(math.floor(epoch), usegmt=True)
 
 
-_MONTHS = {m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)}
+_MONTHS = {
+    m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)
+}
 _WKDAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _TIME = r"(\d\d):(\d\d):(\d\d)"
 _IMF_FIXDATE = re.compile(rf"{_WKDAY}, (\d\d) ([A-Z][a-z]{{2}}) (\d{{4}}) {_TIME} GMT", re.ASCII)

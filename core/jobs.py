@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,7 +46,7 @@ class Jobs:
         self.celery = celery_client(settings)
         self._keep = int(self.celery.conf.result_expires)
 
-    def _send(self, name: str, **options):
+    def _send(self, name: str, **options: Any) -> AsyncResult:
         """Celery reports an unreachable result store as a bare RuntimeError (its reconnect gave
         up); both it and a broker that is down are Redis being down: 503, not a 500."""
         if (current := request_id.get()) is not None:
@@ -58,12 +61,12 @@ class Jobs:
     def assemble(self, file_id: str) -> None:
         self._send(ASSEMBLE, args=[file_id])
 
-    def cleanup(self, older_than: int | None):
+    def cleanup(self, older_than: int | None) -> AsyncResult:
         result = self._send(CLEANUP, kwargs={"older_than": older_than, "wait_for_lock": True})
         self.celery.backend.client.set(_issued_key(result.id), 1, ex=self._keep)
         return result
 
-    def result(self, task_id: str):
+    def result(self, task_id: str) -> AsyncResult | None:
         """The task's AsyncResult, or None for an id this API never issued (or long expired)."""
         if not self.celery.backend.client.exists(_issued_key(task_id)):
             return None

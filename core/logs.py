@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+from typing import Any
 
 from core.request_context import request_id
 
@@ -18,7 +19,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _PLAIN = re.compile(r"[\w.:/{}@+=-]*")
 
 
-def _fields(record: logging.LogRecord) -> dict:
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = dict(getattr(record, "ft", None) or {})
     current = request_id.get()
     if current is not None:
@@ -72,7 +73,7 @@ def formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
-def logging_config(log_format: str, level: str, request_log: bool) -> dict:
+def logging_config(log_format: str, level: str, request_log: bool) -> dict[str, Any]:
     """dictConfig for the API (uvicorn applies it in every worker process): everything to stderr
     in one format; `ft.request` (one line per request) on or off by itself, whatever the level."""
     factory = "core.logs.JsonFormatter" if log_format == "json" else "core.logs.TextFormatter"

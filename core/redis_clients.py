@@ -17,10 +17,13 @@ are configured in celeryconfig.py from the same URL).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aiosentinel
 import redis.sentinel
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -37,12 +40,23 @@ class RedisBusy(redis.ConnectionError):
     is saturated, not down. Answered 503 `overloaded`, not `unavailable`."""
 
 
-class _Waiting:
+# For the type checker the mixin below is the blocking pool it is mixed into; at run time it is a
+# plain class, so that each pool's method order stays as its bases list it.
+if TYPE_CHECKING:
+    _WaitingBase = aioredis.BlockingConnectionPool
+else:
+    _WaitingBase = object
+
+
+class _Waiting(_WaitingBase):
     """A blocking pool's wait that runs out is RedisBusy (mixed into the pools below)."""
 
-    async def get_connection(self, *args, **kwargs):
+    # Arguments passed on as given: redis-py deprecates passing a command name at all.
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
         try:
-            return await super().get_connection(*args, **kwargs)
+            # redis-py leaves BlockingConnectionPool.get_connection unannotated.
+            connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            return connection
         except redis.ConnectionError as exc:
             if isinstance(exc.__cause__, TimeoutError):  # the wait for a free connection ran out
                 raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from exc
@@ -60,16 +74,18 @@ class _WaitingSentinelPool(_Waiting, aiosentinel.SentinelConnectionPool, aioredi
 class _SentinelRedis(redis.Redis):
     def close(self) -> None:
         super().close()
-        self.connection_pool.sentinel_manager.close()  # its connections to the sentinels
+        # master_for gives this class a sentinel pool; close its connections to the sentinels too.
+        cast(redis.sentinel.SentinelConnectionPool, self.connection_pool).sentinel_manager.close()
 
 
 class _AsyncSentinelRedis(aioredis.Redis):
-    async def aclose(self, *args, **kwargs) -> None:
-        await super().aclose(*args, **kwargs)
-        await self.connection_pool.sentinel_manager.aclose()
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        # As above: master_for gives this class a sentinel pool.
+        await cast(aiosentinel.SentinelConnectionPool, self.connection_pool).sentinel_manager.aclose()
 
 
-def _sentinel_options(target: SentinelTarget, options: dict) -> dict:
+def _sentinel_options(target: SentinelTarget, options: dict[str, Any]) -> dict[str, Any]:
     """Sentinel(...)'s arguments: the primary's credentials and database, and for the sentinels
     their own password and the same socket timeouts."""
     sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
@@ -85,27 +101,29 @@ def _sentinel_options(target: SentinelTarget, options: dict) -> dict:
     )
 
 
-def redis_client(url: str, **options) -> redis.Redis:
+def redis_client(url: str, **options: Any) -> redis.Redis:
     """A blocking client on `url`: a plain Redis, or the primary of a Sentinel-watched one."""
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
-    return redis.sentinel.Sentinel(**_sentinel_options(target, options)).master_for(
+    client: redis.Redis = redis.sentinel.Sentinel(**_sentinel_options(target, options)).master_for(
         target.master_name, redis_class=_SentinelRedis
     )
+    return client
 
 
-def async_client(url: str, **options) -> aioredis.Redis:
+def async_client(url: str, **options: Any) -> aioredis.Redis:
     """An event-loop client on `url` (a worker's task run); `aclose()` closes all it opened."""
     if not is_sentinel_url(url):
         return aioredis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
-    return aiosentinel.Sentinel(**_sentinel_options(target, options)).master_for(
+    client: aioredis.Redis = aiosentinel.Sentinel(**_sentinel_options(target, options)).master_for(
         target.master_name, redis_class=_AsyncSentinelRedis
     )
+    return client
 
 
-def _connection_options(settings: Settings) -> dict:
+def _connection_options(settings: Settings) -> dict[str, Any]:
     return {
         "max_connections": settings.redis_max_connections,
         "timeout": settings.redis_pool_timeout,
@@ -128,12 +146,15 @@ def async_redis(settings: Settings) -> aioredis.Redis:
         }
         sentinel = aiosentinel.Sentinel(**_sentinel_options(target, quick))
         # master_for's arguments override the Sentinel's for the primary's connections.
-        return sentinel.master_for(
+        client: aioredis.Redis = sentinel.master_for(
             target.master_name,
             redis_class=_AsyncSentinelRedis,
             connection_pool_class=_WaitingSentinelPool,
             retry=retry,
             **_connection_options(settings),
         )
+        return client
     pool = _WaitingPool.from_url(settings.redis_url, retry=retry, **_connection_options(settings))
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns its pool, so aclose() disconnects the pool's connections too
+    # (Redis(connection_pool=pool) would leave them open for the garbage collector).
+    return aioredis.Redis.from_pool(pool)

@@ -365,7 +365,7 @@ class TusService:
             # The length was known before this request, so only the counters changed: the last
             # commit returned them, and its time is the one stored (no read back from Redis).
             progress, when = last
-            after = replace(
+            after: Upload | None = replace(
                 upload,
                 state=progress.state or upload.state,
                 received=progress.received,

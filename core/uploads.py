@@ -528,7 +528,7 @@ class UploadService:
         expires = None if complete else upload.updated_at + self.settings.stale_after
         return UploadStatus(
             file_id=file_id,
-            state=upload.state,  # type: ignore[arg-type]  # a StrEnum value; `expired` is never loaded
+            state=upload.state,  # a StrEnum value; `expired` is never loaded
             total_bytes=None if deferred else upload.total,
             received_bytes=upload.received,
             next_expected_byte=upload.next_expected,

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import time
 
+import redis
+import redis.asyncio
+
 WORKERS_KEY = "ft:workers"
 HEARTBEAT_EVERY = 5.0
 HEARTBEAT_TTL = 3 * HEARTBEAT_EVERY
 
 
-def beat(redis, hostname: str, now: float | None = None) -> None:
-    redis.zadd(WORKERS_KEY, {hostname: now if now is not None else time.time()})
+def beat(client: redis.Redis, hostname: str, now: float | None = None) -> None:
+    client.zadd(WORKERS_KEY, {hostname: now if now is not None else time.time()})
 
 
-def forget(redis, hostname: str) -> None:
-    redis.zrem(WORKERS_KEY, hostname)
+def forget(client: redis.Redis, hostname: str) -> None:
+    client.zrem(WORKERS_KEY, hostname)
 
 
-async def count_live(redis, now: float | None = None) -> int:
+async def count_live(client: redis.asyncio.Redis, now: float | None = None) -> int:
     cutoff = (now if now is not None else time.time()) - HEARTBEAT_TTL
-    return await redis.zcount(WORKERS_KEY, cutoff, "+inf")
+    return await client.zcount(WORKERS_KEY, cutoff, "+inf")

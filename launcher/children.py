@@ -10,6 +10,7 @@ terminal, each line tagged with the child's name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -56,7 +57,7 @@ class Child:
         self.name = name
         self.log_path = log_path
         self.started_at = time.monotonic()
-        log = open(log_path, "ab")
+        log = open(log_path, "ab")  # noqa: SIM115 - closed below, or by the thread that copies the output
         try:
             self.popen = subprocess.Popen(
                 args,
@@ -66,7 +67,7 @@ class Child:
                 stdout=subprocess.PIPE if echo else log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),  # noqa: PLW1509 - only prctl, which needs the child
             )
         except BaseException:
             log.close()
@@ -90,10 +91,8 @@ class Child:
         return self.popen.poll()
 
     def signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def reap(self) -> None:
         """After the main process ended: kill what it left in its group (a uvicorn or Celery

@@ -87,7 +87,8 @@ def start_redis(
         args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "3600 1 300 100 60 10000"]
     else:
         args += ["--appendonly", "no", "--save", ""]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
+    # The pre-exec hook only calls prctl (nothing that takes a lock); there is no other way to set it.
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())  # noqa: PLW1509
     url = f"redis://{host}:{port}/0"
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -14,7 +15,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 import redis
 
 from tests.support import Proc, bearer, chunk_body, service_env, stop_all, wait_until, workers_command
@@ -101,10 +101,8 @@ def child_pids(pid: int) -> list[int]:
     """Direct children of `pid`, from /proc (Linux)."""
     children: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError):
             children += [int(c) for c in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            pass
     return children
 
 
@@ -188,14 +186,6 @@ class Processes:
 
     def stop_all(self) -> None:
         stop_all(reversed(self.started))
-
-
-@pytest.fixture
-def processes(make_stack):
-    """Depends on make_stack so that these stop before the stacks (and their databases) go."""
-    procs = Processes()
-    yield procs
-    procs.stop_all()
 
 
 _TASK_LINE = re.compile(r"Task (?P<name>[\w.]+)\[(?P<id>[0-9a-f-]+)\] (?P<what>received|succeeded|raised|retry)")

@@ -4,6 +4,7 @@ and records every request it saw and when."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -66,7 +67,7 @@ class FaultyProxy:
     def gaps(self, method: str, path_prefix: str) -> list[float]:
         """Seconds between consecutive requests of `method` whose path starts with `path_prefix`."""
         times = [s.at for s in self.of(method, path_prefix)]
-        return [later - earlier for earlier, later in zip(times, times[1:])]
+        return [later - earlier for earlier, later in itertools.pairwise(times)]
 
     def _record(self, method: str, path: str, content_range: str | None, status: int) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,18 +98,17 @@ class Proc:
     popen: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self) -> Proc:
-        log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(
-            self.args,
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.args,
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - only prctl, which needs the child
+            )
         return self
 
     @property
@@ -122,10 +121,8 @@ class Proc:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.alive():
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 15.0) -> None:
         if not self.alive():

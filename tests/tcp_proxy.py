@@ -7,6 +7,7 @@ of bytes: the link of a device that drops every few MiB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from urllib.parse import urlsplit
@@ -137,10 +138,8 @@ class TcpProxy:
             asyncio.ensure_future(pump(client_reader, server_writer, "up")),
             asyncio.ensure_future(pump(server_reader, client_writer, "down")),
         ]
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # the proxy is shutting down
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            pass  # the proxy is shutting down
         for task in tasks:
             task.cancel()
         for writer in (client_writer, server_writer):

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CurrentAdmin, SettingsDep
 from api.errors import documented_errors
 from core.errors import NotFound
+from core.jobs import Jobs
 
 router = APIRouter(tags=["admin"])
 
@@ -35,7 +36,7 @@ class TaskResultModel(BaseModel):
     error: str | None = None
 
 
-def _cleanup_body(result: dict) -> dict:
+def _cleanup_body(result: dict[str, Any]) -> dict[str, Any]:
     return {"removed": result.get("removed", []), "freed_bytes": result.get("freed_bytes", 0)}
 
 
@@ -69,7 +70,7 @@ async def run_cleanup(
     settings: SettingsDep,
     older_than: Annotated[int | None, Query(ge=0, le=10**9, description="seconds; default FT_STALE_AFTER")] = None,
 ) -> JSONResponse:
-    jobs = request.app.state.jobs
+    jobs: Jobs = request.app.state.jobs  # app.state is untyped: api/main.py sets it
     result = await run_in_threadpool(jobs.cleanup, older_than)
     try:
         report = await run_in_threadpool(result.get, timeout=settings.cleanup_wait, propagate=False)
@@ -89,12 +90,13 @@ async def run_cleanup(
     response_model_exclude_unset=True,
     responses=documented_errors({403: "forbidden: for admins only", 404: "not_found: no task with that id"}),
 )
-async def task_result(task_id: str, request: Request, admin: CurrentAdmin) -> dict:
-    result = await run_in_threadpool(request.app.state.jobs.result, task_id)
+async def task_result(task_id: str, request: Request, admin: CurrentAdmin) -> dict[str, Any]:
+    jobs: Jobs = request.app.state.jobs
+    result = await run_in_threadpool(jobs.result, task_id)
     if result is None:
         raise NotFound("no such task")
     state = await run_in_threadpool(lambda: result.state)
-    body: dict = {"task_id": task_id, "state": state.lower()}
+    body: dict[str, Any] = {"task_id": task_id, "state": state.lower()}
     if state == "SUCCESS":
         body["result"] = result.result
     elif state == "FAILURE":

@@ -49,7 +49,7 @@ Example: `curl -s localhost:8000/token -H 'content-type: application/json' -d '{
 
 Wrong credentials → 401 `invalid_credentials` (the same for an unknown user); too many failed
 attempts for a user or from an address → 429 `too_many_attempts` with `Retry-After`.
-""",
+""",  # noqa: E501 - the curl example is one command line, as a reader copies it
     response_model=TokenResponse,
     openapi_extra={
         "requestBody": {

@@ -20,9 +20,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from email.message import Message
 from email.utils import formatdate
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as ASGIMessage
 
 from api.deps import CurrentUser
 from api.errors import documented_errors
@@ -68,7 +70,8 @@ router = APIRouter(tags=["tus"])
 
 
 async def get_tus_service(request: Request) -> TusService:
-    return request.app.state.tus
+    tus: TusService = request.app.state.tus  # app.state is untyped: api/main.py sets it
+    return tus
 
 
 TusServiceDep = Annotated[TusService, Depends(get_tus_service)]
@@ -80,11 +83,13 @@ class Protocol:
 
     def __init__(self, request: Request) -> None:
         headers = request.headers
-        self.draft = headers.get("upload-draft-interop-version")
-        if self.draft is not None:
-            if self.draft.strip() not in DRAFT_VERSIONS:
+        draft = headers.get("upload-draft-interop-version")
+        # The IETF draft's interop version (spaces trimmed), or None for a tus 1.0.0 request.
+        self.draft = draft.strip() if draft is not None else None
+        if draft is not None:
+            if draft.strip() not in DRAFT_VERSIONS:
                 raise UnsupportedTusVersion(
-                    f"Upload-Draft-Interop-Version {self.draft!r} is not one of {', '.join(sorted(DRAFT_VERSIONS))}"
+                    f"Upload-Draft-Interop-Version {draft!r} is not one of {', '.join(sorted(DRAFT_VERSIONS))}"
                 )
         elif request.method != "OPTIONS" and headers.get("tus-resumable", "").strip() != TUS_VERSION:
             raise UnsupportedTusVersion(f"this server speaks tus {TUS_VERSION}: send Tus-Resumable: {TUS_VERSION}")
@@ -109,7 +114,7 @@ class Protocol:
         if not self.is_draft:
             if content_type != TUS_CONTENT_TYPE:
                 raise UnsupportedMediaType(f"a tus body must be Content-Type: {TUS_CONTENT_TYPE}")
-        elif appending and self.draft.strip() == "6" and content_type != DRAFT_CONTENT_TYPE:
+        elif appending and self.draft == "6" and content_type != DRAFT_CONTENT_TYPE:
             raise UnsupportedMediaType(f"an append of this draft version must be Content-Type: {DRAFT_CONTENT_TYPE}")
 
 
@@ -173,9 +178,9 @@ def _upload_headers(upload: TusUpload, protocol: Protocol) -> dict[str, str]:
         headers["Upload-Expires"] = formatdate(upload.expires_at, usegmt=True)
     if upload.concat:
         headers["Upload-Concat"] = upload.concat
-    if protocol.is_draft:
+    if protocol.draft is not None:
         headers["Upload-Complete"] = "?1" if upload.complete else "?0"
-        headers["Upload-Draft-Interop-Version"] = protocol.draft.strip()
+        headers["Upload-Draft-Interop-Version"] = protocol.draft
     return headers
 
 
@@ -206,7 +211,7 @@ _ERRORS = documented_errors(
 )
 
 
-def _header(name: str, description: str, required: bool = True, **schema) -> dict:
+def _header(name: str, description: str, required: bool = True, **schema: Any) -> dict[str, Any]:
     return {
         "name": name,
         "in": "header",
@@ -232,7 +237,7 @@ _CHECKSUM = _header(
 )
 
 
-def _documented(*parameters: dict) -> dict:
+def _documented(*parameters: dict[str, Any]) -> dict[str, Any]:
     """The tus headers of an operation. Bodies (application/offset+octet-stream) are said in
     the descriptions: OpenAPI tools cannot send that media type."""
     return {"parameters": list(parameters)}
@@ -283,9 +288,10 @@ async def create_upload(request: Request, user: CurrentUser, tus: TusServiceDep)
     if protocol.is_draft:
         if length is None and protocol.complete(request):
             length = _content_length(request)  # the whole upload in this one request
-    elif concat is None or concat == "partial":
-        if (length is None) == (defer is None) or (defer is not None and defer.strip() != "1"):
-            raise InvalidTusHeader("send either Upload-Length or Upload-Defer-Length: 1")
+    elif concat in (None, "partial") and (
+        (length is None) == (defer is None) or (defer is not None and defer.strip() != "1")
+    ):
+        raise InvalidTusHeader("send either Upload-Length or Upload-Defer-Length: 1")
     with_body = _has_body(request)
     if with_body:
         protocol.check_content_type(request, appending=False)
@@ -358,12 +364,12 @@ class TusMiddleware:
     - every answer carries `Tus-Resumable: 1.0.0`, and the answers of tus's own methods
       `Cache-Control: no-store` (an offset must never come from a cache)."""
 
-    OVERRIDES = {"PATCH", "DELETE", "HEAD", "OPTIONS"}
+    OVERRIDES = frozenset({"PATCH", "DELETE", "HEAD", "OPTIONS"})
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or not (path == "/files" or path.startswith("/files/")):
             await self.app(scope, receive, send)
@@ -379,7 +385,7 @@ class TusMiddleware:
         if scope["method"] != "GET":
             extra.append((b"cache-control", b"no-store"))
 
-        async def send_with_tus_headers(message) -> None:
+        async def send_with_tus_headers(message: ASGIMessage) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 added = [(name, value) for name, value in extra if name not in present]

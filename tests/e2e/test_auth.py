@@ -171,7 +171,7 @@ def test_token_issued_after_a_reset_works_at_once(stack):
 
 
 def test_password_reset_revokes_older_tokens(stack):
-    name, password = stack.add_user()
+    name, _password = stack.add_user()
     token = jwt.encode(_claims(stack, name, iat=int(time.time()) - 30), JWT_SECRET, algorithm="HS256")
     stack.users.set(name, "a new password", "user")
     _assert_not_authenticated(httpx.get(f"{stack.url}{PROTECTED}", headers=bearer(token)))

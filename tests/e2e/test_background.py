@@ -16,14 +16,22 @@ from core.maintenance import job_lock
 from core.state import UploadRepository
 from ops.redis_server import free_port
 from tests.faults import (
+    Processes,
     post_chunk,
-    processes,  # noqa: F401 - fixture
     status,
     wait_for_log,
 )
 from tests.support import new_id, wait_for_state, wait_until, workers_command
 
 FAST = {"FT_PERSIST_INTERVAL": "1", "FT_PERSIST_AFTER": "1"}
+
+
+@pytest.fixture
+def processes(make_stack):
+    """Depends on make_stack so that these stop before the stacks (and their databases) go."""
+    procs = Processes()
+    yield procs
+    procs.stop_all()
 
 
 def persist_runs(*workers) -> list[tuple[str, str]]:

@@ -8,6 +8,7 @@ the API sent (one flipped byte in a download), and records every request it saw 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 
@@ -56,7 +57,7 @@ def test_upload_retries_503_and_429_with_backoff_then_completes(stack, cli_env, 
 
     first = [s for s in proxy.of("POST", f"/upload/{file_id}") if s.content_range.startswith("bytes 0-")]
     assert [s.status for s in first] == [503, 503, 503, 429, 200]
-    gaps = [b.at - a.at for a, b in zip(first, first[1:])]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(first)]
     # Backoff: the n-th retry waits at least half of 0.25 s * 2^n (the client's default base), and
     # at least the 429's Retry-After. Only lower bounds: a loaded machine can only make them longer.
     for n, gap in enumerate(gaps[:3]):

@@ -163,7 +163,7 @@ def test_requests_over_the_inflight_limit_get_503_with_retry_after(api):
                 sock.sendall(get("/openapi.json"))
                 return read_answer(sock)
 
-            status, headers, body = wait_until(
+            _status, headers, body = wait_until(
                 lambda: (a := overloaded())[0] == 503 and a, timeout=10, what="a 503 while two requests are held"
             )
             assert headers["retry-after"] == "3"

@@ -84,12 +84,11 @@ def world(stack) -> World:
 def _requests_for(world: World, file_id: str) -> list[tuple[str, str, dict, bytes | None]]:
     """Every request a stranger could try on a file id: (method, path, headers, body)."""
     data = world.data
-    chunk = (
-        lambda s, e, total=len(data): (
-            {"Content-Range": f"bytes {s}-{e}/{total}", "Content-Type": "application/octet-stream"},
-            chunk_body(data[s : e + 1], s),
-        )
-    )
+
+    def chunk(s: int, e: int, total: int) -> tuple[dict, bytes]:
+        headers = {"Content-Range": f"bytes {s}-{e}/{total}", "Content-Type": "application/octet-stream"}
+        return headers, chunk_body(data[s : e + 1], s)
+
     requests = [
         ("GET", f"/status/{file_id}", {}, None),
         ("GET", f"/download/{file_id}", {}, None),
@@ -115,7 +114,7 @@ def test_strangers_get_the_same_404_as_for_a_missing_id(world):
     with httpx.Client(base_url=world.url, timeout=30) as c:
         for file_id in world.owned():
             for (method, path, headers, body), (_, missing_path, _, _) in zip(
-                _requests_for(world, file_id), _requests_for(world, world.missing)
+                _requests_for(world, file_id), _requests_for(world, world.missing), strict=True
             ):
                 if method == "POST":
                     continue  # a chunk for an id nobody has creates it: compared in the next test

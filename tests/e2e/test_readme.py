@@ -82,7 +82,7 @@ def test_readme_block_runs_as_pasted(readme_stack, tmp_path, index):
 
 def test_readme_block_fails_loudly_on_a_wrong_password(readme_stack, tmp_path):
     [block] = [b for b in BLOCKS if "/upload/" in b]
-    name, password = credentials(block)
+    _name, password = credentials(block)
     result = run_block(
         block.replace(f'"password":"{password}"', '"password":"not the password"'), readme_stack.url, tmp_path / "shell"
     )

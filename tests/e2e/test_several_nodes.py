@@ -186,7 +186,8 @@ def test_uploads_spread_over_nodes_survive_a_node_and_a_worker_killed(cluster, t
     token = cluster.token()
     tus_path = tmp_path / "tus.bin"
     tus_sha = random_file(tus_path, 12 * MiB)
-    tus_stream = open(tus_path, "rb")  # tuspy leaks a file it opens itself: this one is closed at teardown
+    # tuspy leaks a file it opens itself: this one is closed at teardown.
+    tus_stream = open(tus_path, "rb")  # noqa: SIM115
     request.addfinalizer(tus_stream.close)
     tus_uploader = tus_client.TusClient(f"{cluster.url}/files/", headers=bearer(token)).uploader(
         file_stream=tus_stream, chunk_size=MiB, retries=20, retry_delay=0.5
@@ -283,7 +284,7 @@ def test_nodes_count_the_client_address_nginx_forwards(cluster):
         assert fail_login(guesser, {"X-Forwarded-For": "127.0.0.77"}) == 429  # writing the header does not help
         # Another address, though the same balancer connects to the nodes for both.
         assert fail_login(bystander) == 401
-        answer = bystander.post("/token", json=dict(zip(("username", "password"), cluster.user)))
+        answer = bystander.post("/token", json=dict(zip(("username", "password"), cluster.user, strict=True)))
         assert answer.status_code == 200, answer.text
     logins = cluster.requests_by_node(r"^POST /token$")
     assert set(logins) == set(cluster.nodes), logins

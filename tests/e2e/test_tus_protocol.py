@@ -145,10 +145,7 @@ def test_patch_without_the_tus_content_type_is_415(stack, client, content_type):
 
 
 def checksum_header(algorithm: str, body: bytes) -> str:
-    if algorithm == "crc32":
-        digest = zlib.crc32(body).to_bytes(4, "big")
-    else:
-        digest = hashlib.new(algorithm, body).digest()
+    digest = zlib.crc32(body).to_bytes(4, "big") if algorithm == "crc32" else hashlib.new(algorithm, body).digest()
     return f"{algorithm} {base64.b64encode(digest).decode()}"
 
 
@@ -324,7 +321,7 @@ def test_concatenation_of_partial_uploads(stack, client):
     pieces = [data[: 100 * KiB], data[100 * KiB : 250 * KiB], data[250 * KiB :]]
     parts = [new_upload(client, stack, token, len(p), Upload_Concat="partial") for p in pieces]
     # sent in reverse order: partial uploads are independent
-    for url, piece in reversed(list(zip(parts, pieces))):
+    for url, piece in reversed(list(zip(parts, pieces, strict=True))):
         assert patch(client, url, token, 0, piece).status_code == 204
         assert client.head(url, headers={**bearer(token), **TUS}).headers["Upload-Concat"] == "partial"
     unfinished = new_upload(client, stack, token, 10, Upload_Concat="partial")
@@ -352,7 +349,7 @@ def test_concatenation_of_partial_uploads(stack, client):
     # the parts' bytes now live in the final file only
     for url in parts:
         wait_until(
-            lambda: client.head(url, headers={**bearer(token), **TUS}).status_code == 404,
+            lambda url=url: client.head(url, headers={**bearer(token), **TUS}).status_code == 404,
             timeout=10,
             what="the partial upload to be removed",
         )

@@ -57,7 +57,7 @@ def test_redis_down_is_503_unavailable(tmp_path, redis_server):
         tus_head = httpx.head(f"{url}/files/x", headers={**bearer(user), **tus_headers}, timeout=30)
         assert tus_head.status_code == 503
         # Every 503 says when to come back (FT_UNAVAILABLE_RETRY_AFTER, default 5 s).
-        for answer in answers + [head, tus_head]:
+        for answer in [*answers, head, tus_head]:
             assert answer.headers["retry-after"] == "5", answer
     finally:
         api.stop()

@@ -348,7 +348,7 @@ def check_uploaded(stack, client, token: str, url: str, data: bytes, name: str) 
 
 
 def test_uppy_pauses_and_resumes_from_the_servers_offset(stack, client, visit):
-    v, token, data, path, traffic, _ = start_upload(stack, visit, "paused.bin")
+    v, token, data, _path, traffic, _ = start_upload(stack, visit, "paused.bin")
     url = traffic.created[0]
     traffic.wait(lambda: offset(client, url, token) > 0, "the server to record part of the PATCH")
     v.page.screenshot(path=str(v.tmp_path / "uploading.png"), full_page=True)
@@ -400,7 +400,7 @@ def test_uppy_resumes_after_a_reload_once_the_file_is_picked_again(stack, client
 
 def test_a_small_file_resumes_after_a_reload_by_itself(stack, client, visit):
     """Up to 10 MiB Golden Retriever keeps the file itself (IndexedDB): nothing to pick again."""
-    v, token, data, path, traffic, _ = start_upload(stack, visit, "small.bin", 6 * MiB, MiB // 2)
+    v, token, data, _path, traffic, _ = start_upload(stack, visit, "small.bin", 6 * MiB, MiB // 2)
     page = v.page
     url = traffic.created[0]
     # The server records this PATCH only when it ends: wait on the browser's own progress.
@@ -420,7 +420,7 @@ def test_a_small_file_resumes_after_a_reload_by_itself(stack, client, visit):
 def test_another_user_of_the_browser_gets_nothing_restored(stack, client, visit):
     """Golden Retriever keeps its state in localStorage, which every tab of the browser shares:
     a second user signing in, in another tab, while the first one uploads, gets none of it."""
-    v, token, data, path, traffic, _ = start_upload(stack, visit, "left.bin", 6 * MiB, MiB // 2)
+    v, token, data, _path, traffic, _ = start_upload(stack, visit, "left.bin", 6 * MiB, MiB // 2)
     url = traffic.created[0]
     v.page.wait_for_function(
         "() => Number(document.querySelector('.uppy-StatusBar-progress')?.getAttribute('aria-valuenow')) >= 10"

@@ -49,7 +49,7 @@ def test_several_ranges_are_multipart_in_the_order_asked(client, alice, stored):
     boundary = re.fullmatch(r"multipart/byteranges; boundary=(\S+)", answer.headers["content-type"]).group(1)
     parts = answer.content.split(f"--{boundary}".encode())[1:-1]
     assert len(parts) == 2
-    for part, (start, end) in zip(parts, ((5000, 5009), (0, 9))):
+    for part, (start, end) in zip(parts, ((5000, 5009), (0, 9)), strict=True):
         head, _, body = part.partition(b"\r\n\r\n")
         assert f"Content-Range: bytes {start}-{end}/10000".encode() in head
         assert body.removesuffix(b"\r\n") == DATA[start : end + 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from urllib.parse import unquote
 
@@ -172,7 +173,7 @@ def test_coalesce_keeps_the_same_bytes_in_disjoint_ranges(ranges):
     asked_bytes = {b for start, end in ranges for b in range(start, end + 1)}
     assert {b for start, end in merged for b in range(start, end + 1)} == asked_bytes
     ordered = sorted(merged)
-    assert all(a[1] + 1 < b[0] for a, b in zip(ordered, ordered[1:]))  # neither overlap nor touch
+    assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(ordered))  # neither overlap nor touch
     # Each merged range stands where the first member it absorbed was asked.
     firsts = [min(i for i, (s, e) in enumerate(ranges) if start <= s and e <= end) for start, end in merged]
     assert firsts == sorted(firsts)
@@ -387,5 +388,5 @@ def test_empty_and_unencodable_names():
 def test_any_name_gives_a_safe_header(name):
     header = content_disposition(name)
     assert all(" " <= c <= "~" for c in header)  # printable ASCII: no CR, LF, NUL, DEL, non-ASCII
-    fallback, exact = split_disposition(header)
+    _fallback, exact = split_disposition(header)
     assert exact == "".join("_" if c < " " or "\x7f" <= c <= "\x9f" or "\ud800" <= c <= "\udfff" else c for c in name)

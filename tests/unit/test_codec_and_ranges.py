@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 import zlib
@@ -130,7 +131,7 @@ def test_merge_is_sorted_disjoint_and_covers_the_same_bytes(spans):
     merged = intervals.merge(spans)
     covered = {b for s, e in spans for b in range(s, e + 1)}
     assert {b for s, e in merged for b in range(s, e + 1)} == covered
-    for (s1, e1), (s2, e2) in zip(merged, merged[1:]):
+    for (_, e1), (s2, _) in itertools.pairwise(merged):
         assert e1 + 1 < s2  # disjoint and not touching
     assert intervals.covered_bytes(spans) == len(covered)
 
