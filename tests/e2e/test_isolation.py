@@ -7,13 +7,16 @@ answer for an id that nobody has (status, body and the headers that could tell t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import uuid
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from core.state import UploadRepository
 from tests.support import bearer, chunk_body, send_chunk, wait_for_state, wait_until
 
 # Headers whose presence or value could tell an existing file from a missing one.
@@ -190,15 +193,26 @@ ADMIN_ONLY = [
 
 
 def test_admin_only_endpoints_are_403_for_users_and_reveal_nothing(make_stack):
-    # A stack of its own whose POST /cleanup answers 202 at once, so that a user meets a real
-    # task id (an admin's cleanup) beside a made-up one: the two answers must be the same.
+    # A stack of its own whose POST /cleanup answers 202, so that a user meets a real task id
+    # (an admin's cleanup) beside a made-up one: the two answers must be the same. The test holds
+    # the cleanup job's lease while it asks, so the task waits for it (a quick worker could
+    # otherwise finish within the API's short wait and answer 200, with no task id).
     own = make_stack(FT_CLEANUP_WAIT="0.001")
     admin, user = own.token("admin"), own.token()
     partial = f"iso-part-{uuid.uuid4().hex[:8]}"
     data = os.urandom(1000)
     with httpx.Client(base_url=own.url, timeout=30) as c:
         assert send_chunk(c, own.url, user, partial, data, 0, 99).status_code == 200
-        r = c.post("/cleanup", params={"older_than": 10**9}, headers=bearer(admin))
+        loop = asyncio.new_event_loop()
+        redis = aioredis.Redis.from_url(own.redis_url)
+        lease = UploadRepository(redis).job_lease("cleanup", 60, 0)
+        try:
+            assert loop.run_until_complete(lease.acquire())
+            r = c.post("/cleanup", params={"older_than": 10**9}, headers=bearer(admin))
+        finally:
+            loop.run_until_complete(lease.release())
+            loop.run_until_complete(redis.aclose())
+            loop.close()
         assert r.status_code == 202, r.text
         ids = {"real_task": r.json()["task_id"], "made_up_task": str(uuid.uuid4())}
         # For the admin the two differ: the real task finishes, the made-up one does not exist.
