@@ -356,11 +356,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", default=os.environ.get("FT_BENCH_TMPFS_DIR", "/dev/shm"), help="data directories here")
     parser.add_argument("--deadline", type=float, default=180.0, help="seconds one run may take")
     parser.add_argument("--think-ms", type=float, default=THINK_MS, help="mean pause between a device's chunks")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="FT_NAME=VALUE",
+        help="a setting for our API and worker (e.g. FT_API_WORKERS=2); the stack ignores FT_ variables of this shell",
+    )
     args = parser.parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.env)
     counts = tuple(int(n) for n in args.devices.split(",") if n)
     servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
     results = bench_devices(
-        counts, servers, args.dir, lambda m: print(m, flush=True), args.deadline, think_ms=args.think_ms
+        counts, servers, args.dir, lambda m: print(m, flush=True), args.deadline, env=env, think_ms=args.think_ms
     )
     for name, rows in results.items():
         for row in rows.values():
