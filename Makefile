@@ -28,7 +28,7 @@ test: $(STAMP)
 # tests: the developer's loop. `make test` runs these too, and everything else. (The schemathesis
 # plugin only serves tests/e2e/test_schema_fuzz.py; not loading it saves a second of start-up.)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:schemathesis -m "not real_redis" tests/fast tests/unit $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=dev $(PY) -m pytest -q -p no:schemathesis -m "not real_redis" tests/fast tests/unit $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --run-slow $(PYTEST_ARGS)

@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import hypothesis
 import pytest
 import redis
 
 from core.config import Settings
 from ops.redis_server import free_port, start_redis
 from tests.support import JWT_SECRET, ROOT, Stack, own_stack, running_stack
+
+# Property tests: `make test` (and CI) runs hypothesis's usual 100 examples per property;
+# `make test-fast`, the developer's loop, a quarter of that (HYPOTHESIS_PROFILE=dev). Tests
+# that ask for more examples ask for a multiple of the profile's (`settings.default.max_examples`).
+hypothesis.settings.register_profile("dev", max_examples=25)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_addoption(parser):

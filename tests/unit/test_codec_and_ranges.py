@@ -146,7 +146,7 @@ def test_missing_is_the_exact_complement(spans, total):
     assert intervals.first_missing(spans, total) == first
 
 
-@settings(max_examples=200)
+@settings(max_examples=2 * settings.default.max_examples)  # 200 in `make test`
 @given(data=st.binary(min_size=1, max_size=3000), seed=st.integers(0, 2**32), chunk=st.integers(1, 700))
 def test_any_chunking_order_and_duplicates_reassemble_the_same_bytes(data, seed, chunk):
     """A model of the server: chunks with header+CRC checks, in any order, with repeats."""
