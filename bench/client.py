@@ -255,9 +255,18 @@ def upload(
 
 
 def upload_many(
-    base_url: str, target: Target, file_ids: list[str], total: int, chunk: int, payload: Payload
+    base_url: str,
+    target: Target,
+    file_ids: list[str],
+    total: int,
+    chunk: int,
+    payload: Payload,
+    rate: float | None = None,
 ) -> UploadResult:
-    """Several files at once, one connection (and thread) each; all chunk latencies."""
+    """Several files at once, one connection (and thread) each; all chunk latencies. With
+    `rate`, each sends that many chunks a second (a chunk that took longer is followed at
+    once), their starts spread over one period: a server that is not saturated shows each
+    chunk's own latency."""
     payload.prepare(total, chunk)
     https = [Http(base_url) for _ in file_ids]
     for h in https:
@@ -266,18 +275,25 @@ def upload_many(
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(file_ids) + 1)
 
-    def run(h: Http, file_id: str) -> None:
+    def run(h: Http, file_id: str, k: int) -> None:
         try:
             barrier.wait()
             ctx = target.begin(h, file_id, total)
+            next_at = time.perf_counter() + (k / len(file_ids) / rate if rate else 0.0)
             for s, e in chunk_ranges(total, chunk):
+                if rate:
+                    time.sleep(max(0.0, next_at - time.perf_counter()))
                 t0 = time.perf_counter()
                 target.send(h, ctx, file_id, s, e, total, payload)
                 latencies.append(time.perf_counter() - t0)
+                if rate:
+                    next_at = max(next_at + 1 / rate, time.perf_counter())
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(h, f)) for h, f in zip(https, file_ids, strict=True)]
+    threads = [
+        threading.Thread(target=run, args=(h, f, k)) for k, (h, f) in enumerate(zip(https, file_ids, strict=True))
+    ]
     for t in threads:
         t.start()
     barrier.wait()

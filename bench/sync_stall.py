@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.client import Http, KiB, MiB, OursTarget, Payload, UploadResult, chunk_ranges  # noqa: E402
+from bench.client import Http, KiB, MiB, OursTarget, Payload, UploadResult, upload_many  # noqa: E402
 from bench.upload import new_id, percentile  # noqa: E402
 from ops.redis_server import free_port, start_redis  # noqa: E402
 from tests.support import login, service_env, wait_until  # noqa: E402
@@ -222,46 +222,9 @@ class SlowUpload(threading.Thread):
 def paced_uploads(
     url: str, token: str, file_ids: list[str], total: int, chunk: int, payload: Payload, rate: float
 ) -> UploadResult:
-    """Several uploads at once, one connection (and thread) each, every one sending `rate`
-    chunks a second (a chunk that took longer is followed at once): the API is not saturated,
+    """Several uploads at once, each sending `rate` chunks a second: the API is not saturated,
     so a chunk's latency is its own work plus whatever held the event loop meanwhile."""
-    payload.prepare(total, chunk)
-    target = OursTarget(token)
-    https = [Http(url) for _ in file_ids]
-    for h in https:
-        h.conn.connect()
-    latencies: list[float] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(file_ids) + 1)
-
-    def run(h: Http, file_id: str, k: int) -> None:
-        try:
-            barrier.wait()
-            next_at = time.perf_counter() + k / len(file_ids) / rate  # spread the starts over one period
-            for s, e in chunk_ranges(total, chunk):
-                time.sleep(max(0.0, next_at - time.perf_counter()))
-                t0 = time.perf_counter()
-                target.send(h, None, file_id, s, e, total, payload)
-                latencies.append(time.perf_counter() - t0)
-                next_at = max(next_at + 1 / rate, time.perf_counter())
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=run, args=(h, f, k)) for k, (h, f) in enumerate(zip(https, file_ids, strict=True))
-    ]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - started
-    for h in https:
-        h.close()
-    if errors:
-        raise errors[0]
-    return UploadResult(total * len(file_ids), seconds, latencies)
+    return upload_many(url, OursTarget(token), file_ids, total, chunk, payload, rate=rate)
 
 
 def phase(api: Api, payload: Payload, args: argparse.Namespace, disk_dir: Path | None) -> dict:
