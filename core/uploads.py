@@ -349,17 +349,6 @@ class UploadService:
             await self.start_assembly(file_id)
         return _receipt(file_id, progress), "stored"
 
-    async def reserve_disk(self, token: str, length: int) -> None:
-        """Hold the disk space this chunk will take before writing a byte of it: a free-space
-        check alone lets every one of many parallel chunks pass on the same free bytes."""
-        need = self.storage.allocation_for(length)
-        held_by_others = await self.repo.reserve_disk(token, need, self.settings.claim_lease)
-        try:
-            await self.check_free_disk(need, held_by_others)
-        except InsufficientStorage:
-            await self.release_disk(token)
-            raise
-
     async def check_free_disk(self, need: int, held_by_others: int) -> None:
         """Refuse a chunk whose `need` would take free space below the floor, counting what
         other chunks hold (read after its own hold was placed). Free space is measured at
@@ -390,14 +379,6 @@ class UploadService:
                 return
             except Exception:
                 continue
-
-    async def release_disk(self, token: str) -> None:
-        """The chunk's bytes are on disk now (or never will be): free space speaks for itself."""
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.repo.release_disk(token)
-            except Exception as exc:
-                log.warning("disk reservation %s not released: %s", token, exc)
 
     async def _claim(self, user: User, file_id: str, chunk: Chunk, total: int, token: str, disk_bytes: int) -> Progress:
         args = (
