@@ -107,7 +107,10 @@ class Settings(BaseSettings):
     max_chunk_bytes: int = Field(64 * MiB, gt=0)
     min_free_bytes: int = Field(1 * GiB, ge=0)
     free_space_ttl: float = Field(
-        1.0, ge=0, description="seconds a free-space measure is reused (this process's writes counted meanwhile)"
+        1.0,
+        ge=0,
+        description="seconds a free-space measure is reused (this process's writes counted meanwhile; "
+        "an older one is still used while a new one is taken; 0: a measure per chunk)",
     )
     claim_lease: int = Field(60, gt=0, description="seconds an in-flight chunk holds its range")
     # Per user (0: no limit); README "Fair use" says why these defaults

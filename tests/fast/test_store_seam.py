@@ -14,6 +14,7 @@ import base64
 import hashlib
 import os
 import re
+import time
 
 import fakeredis
 import pytest
@@ -202,3 +203,32 @@ def test_free_space_is_measured_once_a_ttl_counts_own_writes_and_refuses_only_on
         assert not await FreeSpace(store, max_age=0).at_least(100) and len(measures) == 4
 
     asyncio.run(scenario())
+
+
+def test_an_old_free_space_estimate_is_answered_at_once_and_measured_again_behind_it(store):
+    """Past its age the estimate still answers (no chunk queues behind the measuring thread)
+    while one new measure runs in the background; the answers after it use that measure."""
+
+    async def scenario() -> None:
+        measures = []
+        real = store.free_bytes
+
+        def counting() -> int:
+            measures.append(1)
+            return real()
+
+        store.free_bytes = counting  # type: ignore[method-assign]
+        store.capacity = 1000
+        free = FreeSpace(store, max_age=0.05)
+        assert await free.bytes() == 1000 and len(measures) == 1  # the first measure is waited for
+        store.capacity = 800
+        while time.monotonic() < free._expires:  # noqa: ASYNC110 - the estimate's age passing
+            await asyncio.sleep(0.01)
+        answers = [await free.bytes() for _ in range(5)]
+        assert answers == [1000] * 5 and len(measures) == 1  # old estimate; one measure under way
+        while len(measures) < 2 or free._refreshing is not None:  # noqa: ASYNC110 - the refresh is a task of ours
+            await asyncio.sleep(0.001)
+        assert len(measures) == 2 and await free.bytes() == 800
+        assert not await free.at_least(900) and len(measures) >= 3  # a refusal still measures anew
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
