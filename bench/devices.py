@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.procs import descendants, peak_rss_mib, reset_peak  # noqa: E402
+from bench.procs import descendants, peak_rss_mib, reset_peak, self_cpu_seconds, tree_cpu_seconds  # noqa: E402
 from core.chunk_header import encode_header  # noqa: E402
 
 KiB, MiB = 1024, 1024 * 1024
@@ -254,13 +254,34 @@ def peak_rss_of(pids: list[int]) -> float:
 
 
 def measure(
-    url: str, protocol, count: int, payload: Payload, pids: list[int], run_id: str, deadline: float, think_ms: float
+    url: str,
+    protocol,
+    count: int,
+    payload: Payload,
+    pids: list[int],
+    run_id: str,
+    deadline: float,
+    think_ms: float,
+    cpu_groups: dict[str, list[int]] | None = None,
+    settle=None,
 ) -> dict:
+    """One run; besides its figures, the CPU each process group (`cpu_groups`, with their
+    children) and this client spent per completed upload, up to the end of `settle(row)` (ours:
+    until the worker assembled them all): on a machine of two cores the sum of those is what
+    bounds uploads per second."""
     for pid in pids:
         for p in descendants(pid):
             reset_peak(p)
+    groups = cpu_groups or {"server": pids}
+    before = {name: tree_cpu_seconds(group) for name, group in groups.items()}
+    client_before = self_cpu_seconds()
     row = uvloop.run(run_devices(url, protocol, count, payload, run_id, deadline, think_ms))
     row["peak_rss_mib"] = peak_rss_of(pids)
+    if settle is not None:
+        settle(row)
+    spent = {name: tree_cpu_seconds(group) - before[name] for name, group in groups.items()}
+    spent["client"] = self_cpu_seconds() - client_before
+    row["cpu_ms_per_upload"] = {name: 1000 * s / max(row["completed"], 1) for name, s in spent.items()}
     return row
 
 
@@ -279,6 +300,18 @@ def wait_all_complete(stack, uploaded: list[str], deadline: float) -> tuple[int,
         if pending:
             time.sleep(0.2)
     return complete, time.monotonic() - started
+
+
+def wait_worker_idle(stack, deadline: float, quiet: float = 1.0) -> None:
+    """Until the worker spent no CPU for `quiet` seconds (its assemblies done), or `deadline`."""
+    ends = time.monotonic() + deadline
+    last = tree_cpu_seconds([stack.worker.pid])
+    while time.monotonic() < ends:
+        time.sleep(quiet)
+        now = tree_cpu_seconds([stack.worker.pid])
+        if now - last < 0.02:  # two clock ticks: heartbeats, not assemblies
+            return
+        last = now
 
 
 def ours_tus_available(stack) -> bool:
@@ -307,8 +340,9 @@ def bench_devices(
         targets = []
         if "ours" in servers or "ours-tus" in servers:
             stack = exits.enter_context(OurStack(root / "ours", **(env or {})))
+            ours_cpu = {"api": [stack.api.pid], "worker": [stack.worker.pid], "redis": [stack.redis.pid]}
             if "ours" in servers:
-                targets.append((OurChunks(stack.token), stack.url, [stack.api.pid], stack))
+                targets.append((OurChunks(stack.token), stack.url, [stack.api.pid], stack, ours_cpu))
             if "ours-tus" in servers and ours_tus_available(stack):
                 targets.append(
                     (
@@ -316,19 +350,32 @@ def bench_devices(
                         stack.url,
                         [stack.api.pid],
                         stack,
+                        ours_cpu,
                     )
                 )
         if "tus" in servers and tus_install(log) is not None:
             tus = exits.enter_context(TusServer(root / "tus-store", root / "tus.log"))
-            targets.append((TusChunks("tus"), tus.url, tus.pids, None))
+            targets.append((TusChunks("tus"), tus.url, tus.pids, None, {"server": tus.pids}))
         for count in counts:
-            for protocol, url, pids, stack in targets:
+            for protocol, url, pids, stack, cpu_groups in targets:
                 run_id = f"dev{count}-{protocol.name}-{os.urandom(3).hex()}"
                 log(f"devices: {count} x {protocol.name} ...")
-                row = measure(url, protocol, count, payload, pids, run_id, deadline, think_ms)
-                uploaded = row.pop("completed_ids")
+                settle = None
                 if stack is not None and protocol.name == "ours":
-                    row["complete"], row["complete_after_s"] = wait_all_complete(stack, uploaded, deadline)
+
+                    def settle(row: dict, stack=stack) -> None:
+                        row["complete"], row["complete_after_s"] = wait_all_complete(
+                            stack, row["completed_ids"], deadline
+                        )
+
+                elif stack is not None:  # our tus endpoint: its ids are the server's; wait for a quiet worker
+
+                    def settle(row: dict, stack=stack) -> None:
+                        wait_worker_idle(stack, deadline)
+
+                row = measure(url, protocol, count, payload, pids, run_id, deadline, think_ms, cpu_groups, settle)
+                row.pop("completed_ids")
+                if stack is not None and protocol.name == "ours":
                     for i in range(count):
                         stack.remove(f"{run_id}-{i}")
                 log(f"  {describe(protocol.name, row)}")
@@ -342,10 +389,11 @@ def describe(name: str, row: dict) -> str:
     errors = ", ".join(f"{k}: {v}" for k, v in row["errors"].items()) or "none"
     complete = f", {row['complete']} complete after {row['complete_after_s']:.1f} s" if "complete" in row else ""
     p50, p99 = row["p50_ms"] or 0.0, row["p99_ms"] or 0.0
+    cpu = " ".join(f"{k} {v:.1f}" for k, v in row.get("cpu_ms_per_upload", {}).items())
     return (
         f"{name:8s} {row['devices']:5d} devices: {row['completed']}/{row['devices']} uploads in {row['seconds']:.1f} s"
         f" = {row['uploads_per_s']:.1f}/s, chunk p50 {p50:.0f} ms p99 {p99:.0f} ms, errors {errors},"
-        f" peak RSS {row['peak_rss_mib']:.0f} MiB{complete}"
+        f" peak RSS {row['peak_rss_mib']:.0f} MiB{complete}; CPU ms per upload: {cpu}"
     )
 
 

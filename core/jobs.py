@@ -59,7 +59,9 @@ class Jobs:
             raise Unavailable("the task queue (Redis) is unavailable; retry later") from exc
 
     def assemble(self, file_id: str) -> None:
-        self._send(ASSEMBLE, args=[file_id])
+        """Queued and forgotten: the outcome is the upload's state, so no result is awaited (with
+        a result wanted, Celery would subscribe this process to every assembly's result channel)."""
+        self._send(ASSEMBLE, args=[file_id], ignore_result=True)
 
     def cleanup(self, older_than: int | None) -> AsyncResult:
         result = self._send(CLEANUP, kwargs={"older_than": older_than, "wait_for_lock": True})

@@ -441,16 +441,21 @@ class UploadService:
             raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
 
     async def start_assembly(self, file_id: str) -> None:
-        """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue."""
+        """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue:
+        both in one thread hop (each hop is a wake-up of a busy event loop)."""
         upload = await self.repo.get(file_id)
+        chunks = await self.repo.chunks(file_id) if upload is not None else []
+        await anyio.to_thread.run_sync(self._record_and_enqueue, file_id, upload, chunks)
+
+    def _record_and_enqueue(self, file_id: str, upload: Upload | None, chunks: list[Chunk]) -> None:
         if upload is not None:
             try:
-                await anyio.to_thread.run_sync(self.write_manifest, upload, await self.repo.chunks(file_id))
+                self.write_manifest(upload, chunks)
             except OSError as exc:  # e.g. a full disk: the chunk is stored; assembly must still start
                 log.warning("no manifest for %s before assembly: %s", file_id, exc)
         if self.enqueue_assembly is not None:
             try:
-                await anyio.to_thread.run_sync(self.enqueue_assembly, file_id)
+                self.enqueue_assembly(file_id)
             except Exception as exc:
                 # The chunk is stored and the upload is `assembling`, in the set that the persist
                 # job sweeps: it enqueues every assembly nobody runs once FT_ASSEMBLY_LEASE passed.
