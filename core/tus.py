@@ -452,7 +452,9 @@ class TusService:
             with anyio.CancelScope(shield=True):
                 if hasher is None:  # keep what arrived: the client resumes from there
                     await self._commit(file_id, token, segment, writer, quiet=True)
-                await self.repo.release(file_id, token)
+                # Tried again in the background while Redis is away (a failover), as a chunk's is:
+                # a claim left standing would refuse the client's resume (409) for the whole lease.
+                await self.uploads.release_claim(file_id, token)
             raise
         finally:
             writer.close()

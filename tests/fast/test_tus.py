@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 
 from tests.support import wait_for_state
 
@@ -90,3 +91,30 @@ def test_delete_terminates_and_the_upload_is_gone(client, alice):
     assert client.delete(f"/files/{file_id}", headers={**alice.headers, **TUS}).status_code == 204
     assert client.head(f"/files/{file_id}", headers={**alice.headers, **TUS}).status_code == 404
     assert client.get(f"/status/{file_id}", headers=alice.headers).status_code == 404
+
+
+def test_a_failed_patch_whose_release_meets_no_redis_is_released_in_the_background(client, alice):
+    """As a chunk's: a PATCH that fails while Redis is away (a failover) leaves its claim to a
+    background retry, so the client's resume is not refused (409) for the whole claim lease."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    repo = client.app.state.uploads.repo
+    real_release, failures = repo.release, []
+
+    async def release_once_unreachable(file_id: str, token: str):
+        if not failures:
+            failures.append(token)
+            raise RedisConnectionError("Redis is failing over")
+        return await real_release(file_id, token)
+
+    repo.release = release_once_unreachable
+    data = os.urandom(30_000)
+    file_id = create(client, alice, len(data))
+    wrong = base64.b64encode(hashlib.sha1(b"other bytes").digest()).decode()
+    refused = patch(client, alice, file_id, 0, data, **{"Upload-Checksum": f"sha1 {wrong}"})
+    assert refused.status_code == 460 and failures  # its release met no Redis
+    deadline = time.monotonic() + 10  # the claim lease is 60 s: only the background retry frees it sooner
+    while (resumed := patch(client, alice, file_id, 0, data)).status_code == 409 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert resumed.status_code == 204, resumed.text
+    assert resumed.headers["upload-offset"] == str(len(data))
