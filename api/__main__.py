@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from core.config import Settings
+from core.config import Settings, settings_or_exit
 from core.logs import logging_config
 
 PROTOCOL = "api.http_protocol:BoundedHttpToolsProtocol"
@@ -58,7 +58,7 @@ def prepare_multiprocess_metrics(settings: Settings) -> None:
 
 
 def main() -> int:
-    settings = Settings()
+    settings = settings_or_exit("python -m api")
     prepare_multiprocess_metrics(settings)
     uvicorn.run(APP_FACTORY, **server_options(settings))
     return 0

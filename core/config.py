@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.redis_url import is_sentinel_url, parse_sentinel_url
@@ -206,3 +207,25 @@ class Settings(BaseSettings):
                 "(`make run` generates one under FT_DATA_DIR when none is set)"
             )
         return secret
+
+
+def describe_invalid(exc: ValidationError) -> list[str]:
+    """One line per refused FT_ variable, as the user spells it: `FT_PORT: Input should be ...`.
+    (The values are not repeated: a secret's would end up in a log.)"""
+    lines = []
+    for error in exc.errors():
+        name = "FT_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "FT_ settings"
+        lines.append(f"{name}: {error['msg']}")
+    return lines
+
+
+def settings_or_exit(program: str) -> Settings:
+    """Settings(), or a short message naming each bad variable and exit status 2: what a person
+    starting `program` needs, instead of pydantic's traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(f"{program}: invalid configuration", file=sys.stderr)
+        for line in describe_invalid(exc):
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2) from None

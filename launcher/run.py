@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.config import MIN_JWT_SECRET_BYTES, Settings
+from core.config import MIN_JWT_SECRET_BYTES, Settings, describe_invalid
 from launcher.children import Child, say
 from launcher.data_dir import PRIVATE_UMASK, DataDirBusy, DataDirLock, make_private
 from launcher.disk_reserve import DiskReserve
@@ -305,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        say(f"error: invalid FT_ settings:\n{exc}")
+        say("error: invalid configuration")
+        for line in describe_invalid(exc):
+            say(f"  {line}")
         return 2
     launch = Launch(settings, args.verbose or settings.verbose, stopper)
     lock = DataDirLock(launch.data_dir)

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from core.config import Settings
+from core.config import Settings, settings_or_exit
 from workers import flower
 from workers.celery_app import create_app
 
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
-    settings = Settings()
+    settings = settings_or_exit(f"python -m workers {command}")
     app = create_app(settings)
     try:
         if command == "flower":

@@ -81,3 +81,13 @@ def test_usage_and_a_flower_without_credentials_are_refused(monkeypatch, capsys)
     assert "refusing to start Flower without basic auth" in capsys.readouterr().err
     assert workers_main(["worker", "--no-such-option"]) == 2  # Celery's message, not a traceback
     assert "no-such-option" in capsys.readouterr().err
+
+
+def test_bad_settings_are_named_in_one_line_each_not_a_traceback():
+    for argv in (["-m", "api"], ["-m", "workers", "worker"], ["-m", "workers", "beat"]):
+        result = _python(*argv, FT_PORT="not-a-port", FT_API_WORKERS="0", FT_JWT_SECRET="s3cret-value-not-echoed")
+        assert result.returncode == 2, (argv, result.stderr)
+        assert "Traceback" not in result.stderr and "invalid configuration" in result.stderr
+        assert "FT_PORT: Input should be a valid integer" in result.stderr
+        assert "FT_API_WORKERS: Input should be greater than or equal to 1" in result.stderr
+        assert "not-a-port" not in result.stderr  # values are not repeated (a secret's could be)
