@@ -486,9 +486,12 @@ class Report:
             " answer read. Ours: POST /upload with the chunk header (then the worker assembles every file:"
             " `complete` counts them); tus: @tus/server + @tus/file-store, POST then PATCHes.",
             "",
+            "CPU per upload: CPU seconds each process (with its children) spent during the run, over the uploads"
+            " completed; ours until the worker had assembled them. On two cores their sum bounds uploads/s.",
+            "",
             "| devices | server | uploads done | uploads/s | errors | chunk p50 ms | chunk p99 ms | max ms |"
-            " server peak RSS | files complete |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            " server peak RSS | files complete | CPU ms per upload |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         )
         names = {"ours": "ours", "ours-tus": "ours (tus /files/)", "tus": "@tus/server"}
         counts = sorted({int(n) for rows in runs.values() for n in rows})
@@ -502,7 +505,7 @@ class Report:
                 self.add(
                     f"| {count} | {names.get(name, name)} | {row['completed']}/{count} |"
                     f" {row['uploads_per_s']:.1f} | {errors} | {row['p50_ms'] or 0:.0f} | {row['p99_ms'] or 0:.0f} |"
-                    f" {row['max_ms'] or 0:.0f} | {row['peak_rss_mib']:.0f} MiB | {complete} |"
+                    f" {row['max_ms'] or 0:.0f} | {row['peak_rss_mib']:.0f} MiB | {complete} | {cpu_cell(row)} |"
                 )
         self.add("")
 
@@ -553,3 +556,12 @@ class Report:
         self.tus()
         self.notes()
         return "\n".join(self.lines).rstrip() + "\n"
+
+
+def cpu_cell(row: dict) -> str:
+    """`api 31 + worker 11 + redis 4 (client 5)`: the server side summed, the load generator apart."""
+    cpu = row.get("cpu_ms_per_upload")
+    if not cpu:
+        return "–"
+    server = " + ".join(f"{name} {ms:.0f}" for name, ms in cpu.items() if name != "client")
+    return f"{server} (client {cpu.get('client', 0):.0f})"

@@ -17,6 +17,7 @@ are configured in celeryconfig.py from the same URL).
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -49,18 +50,44 @@ else:
 
 
 class _Waiting(_WaitingBase):
-    """A blocking pool's wait that runs out is RedisBusy (mixed into the pools below)."""
+    """A blocking pool whose waiters are served first come, first served, and whose wait that
+    runs out is RedisBusy (mixed into the pools below).
+
+    redis-py's blocking pool waits on a Condition: a waiter that is notified must take the
+    lock again behind requests that just arrived, which find the freed connection first, and
+    it then waits again at the back. With a thousand devices on 64 connections some requests
+    waited 6 s for a connection while most waited one. A FIFO semaphore of `max_connections`
+    permits in front of it hands connections out in order of asking; the pool's own wait is
+    then never taken."""
+
+    _permits: asyncio.Semaphore | None = None
 
     # Arguments passed on as given: redis-py deprecates passing a command name at all.
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        if self._permits is None:
+            self._permits = asyncio.Semaphore(self.max_connections)
+        permits = self._permits
+        try:
+            async with asyncio.timeout(self.timeout):
+                await permits.acquire()
+        except TimeoutError:
+            raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from None
         try:
             # redis-py leaves BlockingConnectionPool.get_connection unannotated.
             connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             return connection
-        except redis.ConnectionError as exc:
-            if isinstance(exc.__cause__, TimeoutError):  # the wait for a free connection ran out
+        except BaseException as exc:
+            permits.release()
+            if isinstance(exc, redis.ConnectionError) and isinstance(exc.__cause__, TimeoutError):
                 raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from exc
             raise
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            if self._permits is not None:
+                self._permits.release()
 
 
 class _WaitingPool(_Waiting, aioredis.BlockingConnectionPool):

@@ -87,6 +87,33 @@ def test_disk_reservations_count_other_chunks_until_released_or_lapsed(run, redi
     assert sorted(run(scenario)) == [b"e"]
 
 
+def test_the_held_bytes_count_stays_the_sum_of_the_holds(run, redis_db):
+    """What a claim is told others hold is a running count (not a walk over every hold): after
+    holds placed again under the same token, released, committed, lapsed and swept, it is still
+    the sum of the holds that remain; a hold an earlier release left without a lease is removed
+    without taking the count below zero."""
+
+    async def scenario(env: Env):
+        repo, now = env.repo, time.time()
+        await repo.redis.hset(DISK_RESERVED_KEY, "legacy", f"7:{now + 60}")  # no lease entry, no count
+        await repo.reserve_disk("a", 100, 60, now=now)
+        await repo.reserve_disk("a", 300, 60, now=now)  # placed again: replaces, does not add
+        await repo.reserve_disk("b", 50, 1, now=now)  # lapses
+        for i in range(3):
+            claimed = await repo.claim(f"u{i}", "alice", False, 0, 9, 10, 1, f"t{i}", 60, True, disk_bytes=10)
+            assert claimed.outcome == "claimed"
+        await repo.commit("u0", "t0", Chunk(0, 9, 1), None, None)
+        assert await repo.release("u1", "t1")
+        await repo.release_disk("legacy")
+        assert await repo.reserve_disk("c", 1, 60, now=now + 5) == 300 + 10  # b swept: a and t2 remain
+        holds = await repo.redis.hgetall(DISK_RESERVED_KEY)
+        total = int(await repo.redis.get(DISK_RESERVED_KEY + ":total"))
+        return sorted(holds), sum(int(v.split(b":")[0]) for v in holds.values()), total
+
+    tokens, summed, counted = run(scenario)
+    assert tokens == [b"a", b"c", b"t2"] and summed == counted == 300 + 10 + 1
+
+
 def test_renewing_a_claim_renews_its_disk_reservation(run, redis_db):
     async def scenario(env: Env):
         repo, now = env.repo, time.time()

@@ -59,3 +59,32 @@ def test_a_redis_that_is_down_fails_fast_and_is_not_busy():
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_connections_go_to_waiters_in_the_order_they_asked(redis_db, redis_server):
+    """A request that arrives while others wait queues behind them: it does not take the
+    connection that was just freed for the first of them (redis-py's own Condition lets it)."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/1"
+
+    async def run():
+        client = async_redis(settings_for(url, redis_max_connections=1, redis_pool_timeout=5))
+        pool, served = client.connection_pool, []
+        held = await pool.get_connection()
+
+        async def request(name: str) -> None:
+            connection = await pool.get_connection()
+            served.append(name)
+            await asyncio.sleep(0)  # hold it for a moment, as a command would
+            await pool.release(connection)
+
+        waiting = [asyncio.create_task(request(f"waiter {i}")) for i in range(5)]
+        for _ in range(5):  # each task runs up to its wait within a turn of the loop (no I/O: none connects)
+            await asyncio.sleep(0)
+        release = asyncio.create_task(pool.release(held))
+        late = asyncio.create_task(request("late arrival"))  # asks while the freed connection is handed on
+        await asyncio.gather(release, late, *waiting)
+        assert served == [f"waiter {i}" for i in range(5)] + ["late arrival"]
+        assert await client.ping() is True  # the connection came back
+        await client.aclose()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
