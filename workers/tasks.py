@@ -17,7 +17,8 @@ from typing import Any
 
 from celery import Task, shared_task
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import assembly, maintenance
 from core.config import Settings
@@ -38,9 +39,10 @@ class _ProcessLoop(threading.local):
     A loop and a connection made per task run cost more than a small assembly itself: a
     connect, redis-py's driver-version lookup, a fresh thread pool (about a third of a 1 MiB
     upload's assembly CPU). They are made on first use in each process (after the prefork
-    pool's fork, never inherited). A run that raises anything but a Redis, OS or domain error
-    (TransferError) may have left the loop broken (a time limit is raised into whatever runs):
-    both are dropped then, and the next run starts afresh."""
+    pool's fork, never inherited). A run that raises anything but an OS or domain error
+    (TransferError) drops both, and the next run starts afresh: a time limit is raised into
+    whatever runs and may leave the loop broken, and after a Redis error the pooled connections
+    may lead to a primary that failed over (the task is retried, with a fresh client)."""
 
     def __init__(self) -> None:
         self._pid = 0
@@ -66,9 +68,7 @@ class _ProcessLoop(threading.local):
 
         try:
             return runner.run(main())
-        except Exception as exc:
-            if not isinstance(exc, (RedisError, OSError, TransferError)):
-                self.reset()
+        except (OSError, TransferError):  # the disk's or the upload's: loop and client are fine
             raise
         except BaseException:
             self.reset()
@@ -100,10 +100,25 @@ def _run(task: Task, job: Job) -> dict[str, Any]:
     return _process_loop.run(app.settings, job, enqueue_assembly)
 
 
+# Redis away (restarting, failing over to a replica) is retried with backoff, each time with a
+# fresh client (`_ProcessLoop`); an assembly that still cannot run is queued again by the persist
+# sweep once its lease lapsed. The longest wait is far below the broker's visibility timeout.
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
+
+
 # No result stored: an assembly's outcome is the upload's state (GET /status), which nobody reads
 # from Celery's backend; Flower still shows it from the worker's task events. Storing it (and the
 # STARTED state task_track_started adds) cost two Redis writes and a publish per upload.
-@shared_task(name=ASSEMBLE, bind=True, ignore_result=True)
+@shared_task(
+    name=ASSEMBLE,
+    bind=True,
+    ignore_result=True,
+    autoretry_for=REDIS_AWAY,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=False,
+    max_retries=8,
+)
 def assemble(self: Task, file_id: str) -> dict[str, Any]:
     return _run(
         self, lambda repo, storage, s, _: assembly.assemble(repo, storage, file_id, lease_seconds=s.assembly_lease)

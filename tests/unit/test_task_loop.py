@@ -9,8 +9,11 @@ import threading
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config import Settings
+from core.errors import NotFound
+from workers.celery_app import create_app
 from workers.tasks import _ProcessLoop
 
 
@@ -63,14 +66,28 @@ def test_an_unexpected_error_starts_the_next_run_afresh(loop, tmp_path, error):
     assert seen[0][1] is not seen[1][1]
 
 
-@pytest.mark.parametrize("error", [RedisConnectionError("away"), OSError(28, "full")])
-def test_redis_and_disk_errors_keep_the_loop(loop, tmp_path, error):
+@pytest.mark.parametrize("error", [OSError(28, "full"), NotFound("no such upload")])
+def test_disk_and_domain_errors_keep_the_loop(loop, tmp_path, error):
     seen, settings = [], _settings(tmp_path)
     loop.run(settings, _probe(seen), lambda file_id: None)
     with pytest.raises(type(error)):
         loop.run(settings, _failing(error), lambda file_id: None)
     loop.run(settings, _probe(seen), lambda file_id: None)
     assert seen[0][0] is seen[1][0] and seen[0][1] is seen[1][1]
+
+
+def test_a_redis_error_gets_a_fresh_client_and_the_assembly_is_retried(loop, tmp_path):
+    """Pooled connections may lead to a primary that failed over: the next run connects anew
+    (asking the sentinels), and the assemble task is retried on such errors, with backoff."""
+    seen, settings = [], _settings(tmp_path)
+    loop.run(settings, _probe(seen), lambda file_id: None)
+    with pytest.raises(RedisConnectionError):
+        loop.run(settings, _failing(RedisConnectionError("Connection closed by server.")), lambda file_id: None)
+    loop.run(settings, _probe(seen), lambda file_id: None)
+    assert seen[0][1] is not seen[1][1]
+    task = create_app(settings).tasks["uploads.assemble"]
+    assert set(task.autoretry_for) >= {RedisConnectionError, RedisTimeoutError} and task.max_retries >= 3
+    assert task.retry_backoff_max < settings.task_visibility_timeout
 
 
 def test_another_apps_settings_get_their_own_client(loop, tmp_path):
