@@ -61,11 +61,12 @@ class _Waiting(_WaitingBase):
     then never taken."""
 
     _permits: asyncio.Semaphore | None = None
+    _granted: set[AbstractConnection] | None = None  # connections handed out under a permit
 
     # Arguments passed on as given: redis-py deprecates passing a command name at all.
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        if self._permits is None:
-            self._permits = asyncio.Semaphore(self.max_connections)
+        if self._permits is None or self._granted is None:
+            self._permits, self._granted = asyncio.Semaphore(self.max_connections), set()
         permits = self._permits
         try:
             async with asyncio.timeout(self.timeout):
@@ -73,20 +74,23 @@ class _Waiting(_WaitingBase):
         except TimeoutError:
             raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from None
         try:
-            # redis-py leaves BlockingConnectionPool.get_connection unannotated.
+            # redis-py leaves BlockingConnectionPool.get_connection unannotated. When its connect
+            # fails it releases the connection itself: not granted yet, so no permit goes back twice.
             connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-            return connection
         except BaseException as exc:
             permits.release()
             if isinstance(exc, redis.ConnectionError) and isinstance(exc.__cause__, TimeoutError):
                 raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from exc
             raise
+        self._granted.add(connection)
+        return connection
 
     async def release(self, connection: AbstractConnection) -> None:
         try:
             await super().release(connection)
         finally:
-            if self._permits is not None:
+            if self._granted is not None and self._permits is not None and connection in self._granted:
+                self._granted.discard(connection)
                 self._permits.release()
 
 

@@ -88,3 +88,27 @@ def test_connections_go_to_waiters_in_the_order_they_asked(redis_db, redis_serve
         await client.aclose()
 
     asyncio.run(asyncio.wait_for(run(), 30))
+
+
+def test_failed_connects_give_their_permit_back_once(redis_db, redis_server):
+    """redis-py releases a connection whose connect failed itself: that must not count as a second
+    return of its permit (the pool would then let more requests past than it has connections and
+    its waiters would no longer be served in order). Looked at from inside: nothing outside shows
+    it until the next overload."""
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    up = redis_server.url.rsplit("/", 1)[0] + "/1"
+
+    async def run():
+        for url, expect_error in ((down, True), (up, False)):
+            client = async_redis(settings_for(url, redis_max_connections=2))
+            for _ in range(5):
+                if expect_error:
+                    with pytest.raises(redis.ConnectionError):
+                        await client.ping()
+                else:
+                    assert await asyncio.gather(client.ping(), client.ping(), client.ping()) == [True] * 3
+            pool = client.connection_pool
+            assert pool._permits._value == 2 and not pool._granted
+            await client.aclose()
+
+    asyncio.run(asyncio.wait_for(run(), 60))
