@@ -68,11 +68,14 @@ class _Waiting(_WaitingBase):
         if self._permits is None or self._granted is None:
             self._permits, self._granted = asyncio.Semaphore(self.max_connections), set()
         permits = self._permits
-        try:
-            async with asyncio.timeout(self.timeout):
-                await permits.acquire()
-        except TimeoutError:
-            raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from None
+        if permits.locked():  # a wait: bounded by the pool timeout (no timer when a permit is free)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await permits.acquire()
+            except TimeoutError:
+                raise self._busy() from None
+        else:
+            await permits.acquire()
         try:
             # redis-py leaves BlockingConnectionPool.get_connection unannotated. When its connect
             # fails it releases the connection itself: not granted yet, so no permit goes back twice.
@@ -80,7 +83,7 @@ class _Waiting(_WaitingBase):
         except BaseException as exc:
             permits.release()
             if isinstance(exc, redis.ConnectionError) and isinstance(exc.__cause__, TimeoutError):
-                raise RedisBusy(f"no Redis connection came free within {self.timeout:g} s") from exc
+                raise self._busy() from exc
             raise
         self._granted.add(connection)
         return connection
@@ -89,9 +92,12 @@ class _Waiting(_WaitingBase):
         try:
             await super().release(connection)
         finally:
-            if self._granted is not None and self._permits is not None and connection in self._granted:
+            if self._permits is not None and self._granted is not None and connection in self._granted:
                 self._granted.discard(connection)
                 self._permits.release()
+
+    def _busy(self) -> RedisBusy:
+        return RedisBusy(f"no Redis connection came free within {self.timeout:g} s")
 
 
 class _WaitingPool(_Waiting, aioredis.BlockingConnectionPool):
