@@ -179,16 +179,22 @@ def test_persist_writes_manifests_to_the_store_and_an_upload_returns_from_them(
     assert re.fullmatch(r"[0-9a-f]{64}", store.finals["idle"].meta["sha256"])
 
 
+def count_measures(store: MemoryStore) -> list[int]:
+    """The store's free-space measures from now on, one entry each."""
+    measures: list[int] = []
+    real = store.free_bytes
+
+    def counting() -> int:
+        measures.append(1)
+        return real()
+
+    store.free_bytes = counting  # type: ignore[method-assign]
+    return measures
+
+
 def test_free_space_is_measured_once_a_ttl_counts_own_writes_and_refuses_only_on_a_new_measure(store):
     async def scenario() -> None:
-        measures = []
-        real = store.free_bytes
-
-        def counting() -> int:
-            measures.append(1)
-            return real()
-
-        store.free_bytes = counting  # type: ignore[method-assign]
+        measures = count_measures(store)
         store.capacity = 1000
         free = FreeSpace(store, max_age=3600)
         assert await free.bytes() == 1000 and await free.bytes() == 1000 and len(measures) == 1
@@ -210,14 +216,7 @@ def test_an_old_free_space_estimate_is_answered_at_once_and_measured_again_behin
     while one new measure runs in the background; the answers after it use that measure."""
 
     async def scenario() -> None:
-        measures = []
-        real = store.free_bytes
-
-        def counting() -> int:
-            measures.append(1)
-            return real()
-
-        store.free_bytes = counting  # type: ignore[method-assign]
+        measures = count_measures(store)
         store.capacity = 1000
         free = FreeSpace(store, max_age=0.05)
         assert await free.bytes() == 1000 and len(measures) == 1  # the first measure is waited for
