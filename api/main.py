@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from api import metrics
 from api.errors import install_error_handlers
+from api.fast_lane import FastLane, Lane
 from api.observability import RequestObserver
 from api.routers import admin, auth, downloads, files, health, tus, uploads, web
 from api.security_headers import SECURITY_HEADERS
@@ -22,6 +23,7 @@ from core.jobs import Jobs
 from core.links import DownloadLinks
 from core.login_throttle import LoginThrottle
 from core.redis_clients import async_redis
+from core.redis_mux import SharedConnection
 from core.state import UploadRepository
 from core.storage import ByteStore, open_store
 from core.tus import TusService
@@ -70,11 +72,14 @@ def create_app(
     make_redis: Callable[[Settings], aioredis.Redis] = async_redis,
     make_jobs: Callable[[Settings], Jobs] = Jobs,
     make_store: Callable[[Settings], ByteStore] = open_store,
+    fast_lane: bool = True,
 ) -> FastAPI:
     """The app for `settings` (the environment's when None). `make_redis` and `make_jobs` build
     the Redis client and the task sender at start-up, `make_store` the byte store; the
     in-process tests (tests/fast) hand in a fakeredis client, a stand-in that runs the assembly
-    in the test process, and (tests/fast/test_store_seam.py) a store without local files."""
+    in the test process, and (tests/fast/test_store_seam.py) a store without local files.
+    `fast_lane=False` serves the chunk and tus PATCH operations through their FastAPI routes
+    only (api/fast_lane.py; tests/fast/test_fast_lane.py compares the two)."""
     settings = settings or Settings()
     settings.jwt_key()  # refuse to start with a missing or short secret
     settings.ensure_dirs()
@@ -84,11 +89,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = make_redis(settings)  # one bounded pool per process (core/redis_clients.py)
+        shared = SharedConnection(app.state.redis)  # and one connection of it for every chunk's scripts
         app.state.login_throttle = LoginThrottle(settings, app.state.redis)
         app.state.jobs = make_jobs(settings)
         app.state.uploads = UploadService(
             settings,
-            UploadRepository(app.state.redis),
+            UploadRepository(app.state.redis, shared),
             make_store(settings),
             app.state.jobs.assemble,
             on_chunk=metrics.count_chunk,
@@ -98,6 +104,7 @@ def create_app(
         try:
             yield
         finally:
+            await shared.aclose()
             await app.state.redis.aclose()
 
     app = FastAPI(
@@ -121,6 +128,9 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(metrics.router)
     app.include_router(tus.router)
+    if fast_lane:  # innermost of ours: TusMiddleware, CORS and the observer wrap it as they wrap the routes
+        lanes = (Lane("POST", "/upload/", uploads.answer_chunk), Lane("PATCH", "/files/", tus.answer_append))
+        app.add_middleware(FastLane, lanes=lanes)
     app.add_middleware(tus.TusMiddleware)
     if settings.cors_origin_list:
         # Browsers on these origins may call the API (tus-js-client, Uppy); bearer tokens, no cookies.

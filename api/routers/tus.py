@@ -44,6 +44,7 @@ from core.tus import (
     parse_metadata,
     parse_size,
 )
+from core.users import User
 
 TUS_CONTENT_TYPE = "application/offset+octet-stream"
 DRAFT_CONTENT_TYPE = "application/partial-upload"  # draft-05 (interop version 6)
@@ -328,9 +329,15 @@ async def upload_offset(file_id: FileId, request: Request, user: CurrentUser, tu
     responses=_ERRORS,
     openapi_extra=_documented(_TUS_RESUMABLE, _OFFSET, _CHECKSUM),
 )
-async def append_to_upload(file_id: FileId, request: Request, user: CurrentUser, tus: TusServiceDep) -> Response:
+async def append_to_upload(file_id: FileId, request: Request, user: CurrentUser) -> Response:
     """Append the body (application/offset+octet-stream) at Upload-Offset. A body cut off
     keeps every byte that arrived."""
+    return await answer_append(request, user, file_id)
+
+
+async def answer_append(request: Request, user: User, file_id: str) -> Response:
+    """The operation itself, also served by the fast lane (api/fast_lane.py)."""
+    tus: TusService = request.app.state.tus
     validate_file_id(file_id)
     protocol = Protocol(request)
     offset = parse_size(request.headers.get("upload-offset"), "Upload-Offset")

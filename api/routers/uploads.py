@@ -12,6 +12,7 @@ from api.errors import documented_errors
 from core.file_ids import FILE_ID_PATTERN
 from core.records import VisibleState
 from core.uploads import ChunkRequest, UploadService, UploadStatus
+from core.users import User
 
 router = APIRouter(tags=["uploads"])
 
@@ -132,7 +133,13 @@ _ERRORS = documented_errors(
         },
     },
 )
-async def upload_chunk(file_id: FileId, request: Request, user: CurrentUser, uploads: UploadServiceDep) -> Response:
+async def upload_chunk(file_id: FileId, request: Request, user: CurrentUser) -> Response:
+    return await answer_chunk(request, user, file_id)
+
+
+async def answer_chunk(request: Request, user: User, file_id: str) -> Response:
+    """The operation itself, also served by the fast lane (api/fast_lane.py)."""
+    uploads: UploadService = request.app.state.uploads
     headers = request.headers
     chunk = ChunkRequest(
         content_range=headers.get("content-range"),

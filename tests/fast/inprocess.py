@@ -77,7 +77,7 @@ class InProcessWorker:
 
 @contextmanager
 def in_process_client(
-    settings: Settings, server: fakeredis.FakeServer, worker: InProcessWorker
+    settings: Settings, server: fakeredis.FakeServer, worker: InProcessWorker, fast_lane: bool = True
 ) -> Iterator[TestClient]:
     """`create_app(settings)` on the fake server, its lifespan run, as a TestClient; the app's
     store is the worker's (a POSIX store on the data dir unless the worker was given one)."""
@@ -86,6 +86,7 @@ def in_process_client(
         make_redis=lambda _: fakeredis.FakeAsyncRedis(server=server),
         make_jobs=lambda _: worker,
         make_store=lambda s: worker.store if worker.store is not None else open_store(s),
+        fast_lane=fast_lane,
     )
     with TestClient(app) as client:
         yield client
