@@ -54,9 +54,11 @@ from typing import Any, Literal, cast
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
+from redis.commands.core import AsyncScript
 from redis.exceptions import LockError
 
 from core.records import Chunk, FileMeta, Manifest, TusFields, Upload, UploadState
+from core.redis_mux import SharedConnection
 
 __all__ = ["Chunk", "Upload", "UploadState"]  # records re-exported: callers read them from here
 
@@ -735,8 +737,12 @@ class Lease:
 class UploadRepository:
     """The only code that knows the Redis layout of uploads (and of their locks)."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, shared: SharedConnection | None = None) -> None:
+        """With `shared` (the API's), a chunk's two scripts, claim and commit, run on that one
+        connection with every other request's (core/redis_mux.py); everything else, and every
+        script without it, through `redis`'s pool."""
         self.redis = redis  # tests look at keys through it; code elsewhere goes through the methods
+        self._shared = shared
         self._claim = redis.register_script(_CLAIM)
         self._open = redis.register_script(_OPEN)
         self._renew = redis.register_script(_RENEW)
@@ -778,7 +784,8 @@ class UploadRepository:
         `reserve_disk` would (extra: the bytes other chunks hold; measure free space after), in
         the same round trip; `commit` and `release` let go of it."""
         now = now if now is not None else time.time()
-        reply = await self._claim(
+        reply = await self._hot(
+            self._claim,
             keys=[
                 *_keys(file_id),
                 quota_key(user),
@@ -805,6 +812,11 @@ class UploadRepository:
             ],
         )
         return Progress.from_reply(reply)
+
+    async def _hot(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
+        if self._shared is not None:
+            return await self._shared.run_script(script, keys, args)
+        return await script(keys=keys, args=args)
 
     async def open_upload(
         self,
@@ -868,7 +880,8 @@ class UploadRepository:
         seconds (a tus PATCH still streaming)."""
         now = now if now is not None else time.time()
         keep_until = repr(now + keep_lease) if keep_lease is not None else ""
-        reply = await self._commit(
+        reply = await self._hot(
+            self._commit,
             keys=[*_keys(file_id), DISK_RESERVED_KEY],
             args=[
                 file_id,

@@ -1,0 +1,111 @@
+"""core/redis_mux.py against a real redis-server: many callers on one connection each get their
+own reply, whatever happens to the others (an error reply, a caller that gives up, a connection
+killed under them, a script cache flushed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+
+from core.config import Settings
+from core.redis_clients import async_redis
+from core.redis_mux import SharedConnection
+
+ECHO = "if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end return {KEYS[1], ARGV[1]}"
+
+
+def run_shared(redis_server, body) -> None:
+    """`body(shared, client)` on a shared connection of the API's own client kind."""
+    url = redis_server.url.rsplit("/", 1)[0] + "/1"
+
+    async def run():
+        client = async_redis(Settings(redis_url=url, redis_socket_timeout=5))
+        shared = SharedConnection(client)
+        try:
+            await body(shared, client)
+        finally:
+            await shared.aclose()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_concurrent_callers_get_their_own_replies_on_one_connection(redis_db, redis_server):
+    async def body(shared, client):
+        script = client.register_script(ECHO)
+        replies = await asyncio.gather(*(shared.run_script(script, [f"k{i}"], [str(i)]) for i in range(500)))
+        assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(500)]
+        ids = await asyncio.gather(*(shared.execute("CLIENT", "ID") for _ in range(50)))
+        assert len(set(ids)) == 1  # every command went over the same connection
+
+    run_shared(redis_server, body)
+
+
+def test_an_error_reply_fails_its_own_command_only(redis_db, redis_server):
+    async def body(shared, client):
+        script = client.register_script(ECHO)
+        args = ["a", "fail", "b", "fail", "c"]
+        replies = await asyncio.gather(*(shared.run_script(script, ["k"], [a]) for a in args), return_exceptions=True)
+        assert replies[0] == [b"k", b"a"] and replies[2] == [b"k", b"b"] and replies[4] == [b"k", b"c"]
+        assert all(isinstance(replies[i], redis.ResponseError) for i in (1, 3))
+        assert "asked to fail" in str(replies[1])
+
+    run_shared(redis_server, body)
+
+
+def test_a_caller_that_gives_up_leaves_the_order_of_replies_intact(redis_db, redis_server):
+    async def body(shared, client):
+        script = client.register_script(ECHO)
+        blocked = asyncio.create_task(shared.execute("BLPOP", "ft-test-nothing", "0.5"))
+        await asyncio.sleep(0.05)
+        behind = [asyncio.create_task(shared.run_script(script, ["k"], [str(i)])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        blocked.cancel()  # its reply (nil, in 0.5 s) still comes, first, and is dropped
+        assert await asyncio.gather(*behind) == [[b"k", str(i).encode()] for i in range(3)]
+        assert await shared.execute("ECHO", "after") == b"after"
+
+    run_shared(redis_server, body)
+
+
+def test_a_killed_connection_fails_over_to_a_new_one(redis_db, redis_server):
+    async def body(shared, client):
+        first = await shared.execute("CLIENT", "ID")
+        in_flight = asyncio.create_task(shared.execute("BLPOP", "ft-test-nothing", "0.3"))
+        await asyncio.sleep(0.1)
+        assert redis_db.client_kill_filter(_id=first) == 1
+        # Failed with its connection, then sent once more on a new one (as redis-py's own retry).
+        assert await in_flight is None
+        second = await shared.execute("CLIENT", "ID")
+        assert second != first
+        assert [c for c in redis_db.client_list() if int(c["id"]) == first] == []
+
+    run_shared(redis_server, body)
+
+
+def test_a_flushed_script_cache_is_filled_again(redis_db, redis_server):
+    async def body(shared, client):
+        script = client.register_script(ECHO)
+        assert await shared.run_script(script, ["k"], ["1"]) == [b"k", b"1"]
+        await client.script_flush()
+        assert await shared.run_script(script, ["k"], ["2"]) == [b"k", b"2"]
+
+    run_shared(redis_server, body)
+
+
+def test_a_redis_that_is_gone_fails_every_caller_and_none_hangs(redis_server):
+    async def body(shared, client):
+        await shared.execute("PING")
+        await client.connection_pool.disconnect()
+        redis_server.proc.terminate()
+        redis_server.proc.wait(10)
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(shared.execute("PING") for _ in range(20)), return_exceptions=True), 10
+            )
+            assert all(isinstance(r, redis.ConnectionError) for r in results), results
+        finally:
+            redis_server.restart()
+        assert await shared.execute("PING") == b"PONG"
+
+    run_shared(redis_server, body)
