@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import queue
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -16,6 +21,7 @@ from core.errors import Unavailable
 from core.request_context import TASK_HEADER, request_id
 
 _REDIS_DOWN = (OperationalError, RedisConnectionError, RedisTimeoutError)
+log = logging.getLogger("ft.jobs")
 
 ASSEMBLE = "uploads.assemble"
 CLEANUP = "uploads.cleanup"
@@ -73,3 +79,35 @@ class Jobs:
         if not self.celery.backend.client.exists(_issued_key(task_id)):
             return None
         return self.celery.AsyncResult(task_id)
+
+
+class BackgroundSender:
+    """Sends assemblies from one thread of its own, in the order asked, so that no request waits
+    for the broker. A last chunk's answer waited for `send_task` (a few ms of kombu, tens of ms
+    on a busy process), and a thousand devices finishing together queued their sends on the
+    shared thread pool, ahead of the chunks that needed a thread: the last chunk took 2.5-4 s at
+    p50 against 0.8 s for the others. A send that fails is logged and left to the persist job,
+    which queues every assembly nobody runs (as when the send failed in the request); the
+    request id of the request that asked goes with it (the task's log lines repeat it)."""
+
+    def __init__(self, send: Callable[[str], object]) -> None:
+        self._send = send
+        self._queue: queue.SimpleQueue[tuple[contextvars.Context, str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="assembly-sender", daemon=True)
+        self._thread.start()
+
+    def submit(self, file_id: str) -> None:
+        self._queue.put((contextvars.copy_context(), file_id))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what was asked (for up to `timeout` seconds), then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            context, file_id = item
+            try:
+                context.run(self._send, file_id)
+            except Exception as exc:
+                log.warning("assembly of %s not queued (%s); the persist job will queue it", file_id, exc)

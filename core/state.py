@@ -43,6 +43,7 @@ tasks the API issued); celeryconfig.py prefixes Celery's and redbeat's keys (`ft
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -964,6 +965,26 @@ class UploadRepository:
     async def chunks(self, file_id: str) -> list[Chunk]:
         members = cast(list[bytes], await self.redis.zrange(_keys(file_id)[1], 0, -1))
         return [Chunk.parse(m) for m in members]
+
+    async def upload_and_chunks(self, file_id: str) -> tuple[Upload | None, list[Chunk]]:
+        """`get` and `chunks` at once, for the manifest a last chunk writes. On the shared
+        connection when there is one: the last chunks of a thousand devices finishing together
+        waited seconds for a pooled connection here, on a loop too busy to hand them out."""
+        if self._shared is None:
+            upload = await self.get(file_id)
+            return upload, (await self.chunks(file_id) if upload is not None else [])
+        keys = _keys(file_id)
+        flat, members = await asyncio.gather(
+            self._shared.execute("HGETALL", keys[0]), self._shared.execute("ZRANGE", keys[1], 0, -1)
+        )
+        if not flat:
+            return None, []
+        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)  # RESP3, RESP2
+        fields = {_text(name): _text(value) for name, value in pairs}
+        upload = _upload_from_hash(file_id, fields)
+        if upload.state == UploadState.EXPIRED:
+            return None, []
+        return upload, [Chunk.parse(m) for m in members]
 
     async def restore_manifest(self, manifest: Manifest, now: float | None = None) -> bool:
         """Put an upload back from its manifest, unless Redis knows it (then nothing changes).

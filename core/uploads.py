@@ -441,10 +441,10 @@ class UploadService:
             raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
 
     async def start_assembly(self, file_id: str) -> None:
-        """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue:
-        both in one thread hop (each hop is a wake-up of a busy event loop)."""
-        upload = await self.repo.get(file_id)
-        chunks = await self.repo.chunks(file_id) if upload is not None else []
+        """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue
+        (the API's enqueue only hands the file to its sender thread, core/jobs.py): both in one
+        thread hop (each hop is a wake-up of a busy event loop)."""
+        upload, chunks = await self.repo.upload_and_chunks(file_id)
         await anyio.to_thread.run_sync(self._record_and_enqueue, file_id, upload, chunks)
 
     def _record_and_enqueue(self, file_id: str, upload: Upload | None, chunks: list[Chunk]) -> None:

@@ -12,6 +12,7 @@ import zlib
 import pytest
 import redis.asyncio as aioredis
 
+from core.redis_mux import SharedConnection
 from core.state import ACTIVITY_KEY, ASSEMBLING_KEY, Chunk, UploadRepository, upload_key
 from core.storage import Storage
 from core.uploads import UploadService
@@ -438,3 +439,26 @@ def test_restore_of_a_complete_file_from_its_meta(run, settings, redis_db):
     assert (up.state, up.total, up.received, up.next_expected, up.sha256) == ("complete", size, size, size, "12" * 32)
     assert up.file_name == "x.iso" and up.completed_at == 20.0
     assert redis_db.zscore(ACTIVITY_KEY, "done") is None  # complete files are never "idle"
+
+
+def test_upload_and_chunks_reads_the_same_through_the_shared_connection(settings, redis_db):
+    """The manifest a last chunk writes comes from `upload_and_chunks`: through the API's shared
+    connection (raw replies, parsed here) it must read what `get` and `chunks` read."""
+
+    async def main():
+        client = aioredis.Redis.from_url(settings.redis_url)
+        shared = SharedConnection(client)
+        try:
+            pooled, muxed = UploadRepository(client), UploadRepository(client, shared)
+            await put(pooled, "f1", 0, 9, 20)
+            await put(pooled, "f1", 10, 19, 20)
+            expected = (await pooled.get("f1"), await pooled.chunks("f1"))
+            assert expected[0] is not None and len(expected[1]) == 2
+            assert await muxed.upload_and_chunks("f1") == expected
+            assert await pooled.upload_and_chunks("f1") == expected
+            assert await muxed.upload_and_chunks("nothing") == (None, [])
+        finally:
+            await shared.aclose()
+            await client.aclose()
+
+    asyncio.run(main())
