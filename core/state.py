@@ -956,11 +956,21 @@ class UploadRepository:
         )
 
     async def get(self, file_id: str) -> Upload | None:
-        raw = await self.redis.hgetall(upload_key(file_id))
-        if not raw:
+        fields = await self._hash(upload_key(file_id))
+        if not fields:
             return None
-        upload = _upload_from_hash(file_id, {_text(k): _text(v) for k, v in raw.items()})
+        upload = _upload_from_hash(file_id, fields)
         return None if upload.state == UploadState.EXPIRED else upload
+
+    async def _hash(self, key: str) -> dict[str, str]:
+        """HGETALL, on the shared connection when there is one (a tus PATCH reads its upload
+        first: on a busy loop the pool's extra turns cost more than the command)."""
+        if self._shared is None:
+            raw = await self.redis.hgetall(key)
+            return {_text(k): _text(v) for k, v in raw.items()}
+        flat = await self._shared.execute("HGETALL", key)  # a raw reply: RESP2 pairs, RESP3 a map
+        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+        return {_text(name): _text(value) for name, value in pairs}
 
     async def chunks(self, file_id: str) -> list[Chunk]:
         members = cast(list[bytes], await self.redis.zrange(_keys(file_id)[1], 0, -1))
@@ -973,18 +983,10 @@ class UploadRepository:
         if self._shared is None:
             upload = await self.get(file_id)
             return upload, (await self.chunks(file_id) if upload is not None else [])
-        keys = _keys(file_id)
-        flat, members = await asyncio.gather(
-            self._shared.execute("HGETALL", keys[0]), self._shared.execute("ZRANGE", keys[1], 0, -1)
+        upload, members = await asyncio.gather(
+            self.get(file_id), self._shared.execute("ZRANGE", _keys(file_id)[1], 0, -1)
         )
-        if not flat:
-            return None, []
-        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)  # RESP3, RESP2
-        fields = {_text(name): _text(value) for name, value in pairs}
-        upload = _upload_from_hash(file_id, fields)
-        if upload.state == UploadState.EXPIRED:
-            return None, []
-        return upload, [Chunk.parse(m) for m in members]
+        return (upload, [Chunk.parse(m) for m in members]) if upload is not None else (None, [])
 
     async def restore_manifest(self, manifest: Manifest, now: float | None = None) -> bool:
         """Put an upload back from its manifest, unless Redis knows it (then nothing changes).

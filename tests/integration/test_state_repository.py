@@ -441,9 +441,10 @@ def test_restore_of_a_complete_file_from_its_meta(run, settings, redis_db):
     assert redis_db.zscore(ACTIVITY_KEY, "done") is None  # complete files are never "idle"
 
 
-def test_upload_and_chunks_reads_the_same_through_the_shared_connection(settings, redis_db):
-    """The manifest a last chunk writes comes from `upload_and_chunks`: through the API's shared
-    connection (raw replies, parsed here) it must read what `get` and `chunks` read."""
+def test_reads_through_the_shared_connection_are_the_pools(settings, redis_db):
+    """`get` (every tus PATCH, every status) and `upload_and_chunks` (the manifest a last chunk
+    writes) read through the API's shared connection, whose replies are raw and parsed here:
+    they must read what the pool's client reads."""
 
     async def main():
         client = aioredis.Redis.from_url(settings.redis_url)
@@ -455,6 +456,7 @@ def test_upload_and_chunks_reads_the_same_through_the_shared_connection(settings
             expected = (await pooled.get("f1"), await pooled.chunks("f1"))
             assert expected[0] is not None and len(expected[1]) == 2
             assert await muxed.upload_and_chunks("f1") == expected
+            assert await muxed.get("f1") == expected[0]
             assert await pooled.upload_and_chunks("f1") == expected
             assert await muxed.upload_and_chunks("nothing") == (None, [])
         finally:
