@@ -231,3 +231,40 @@ def test_an_old_free_space_estimate_is_answered_at_once_and_measured_again_behin
         assert not await free.at_least(900) and len(measures) >= 3  # a refusal still measures anew
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_callers_that_need_a_measure_all_wait_for_the_same_one_and_wake_together(store):
+    """A new process's first chunks, or refusals, all need a measure at once: one measure
+    answers them all, and they go on in the same turn of the event loop (not one turn each, as
+    behind a lock: 256 first chunks waited up to 2 s for their turn)."""
+
+    async def scenario() -> None:
+        measures = count_measures(store)
+        store.capacity = 1000
+        loop = asyncio.get_running_loop()
+        turn = 0
+
+        def tick() -> None:
+            nonlocal turn
+            turn += 1
+            loop.call_soon(tick)
+
+        tick()
+        free = FreeSpace(store, max_age=3600)
+
+        async def first_call() -> int:
+            await free.bytes()
+            return turn
+
+        turns = await asyncio.gather(*(first_call() for _ in range(200)))
+        assert len(measures) == 1 and len(set(turns)) == 1
+        store.capacity = 10  # the estimate (1000) says no to 5000: a refusal waits for a new measure
+
+        async def refusal() -> tuple[bool, int]:
+            return await free.at_least(5000), turn
+
+        refusals = await asyncio.gather(*(refusal() for _ in range(200)))
+        assert not any(answer for answer, _ in refusals) and len(measures) == 2  # one measure for all
+        assert len({when for _, when in refusals}) == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
