@@ -72,6 +72,8 @@ async def run_cleanup(
 ) -> JSONResponse:
     jobs: Jobs = request.app.state.jobs  # app.state is untyped: api/main.py sets it
     result = await run_in_threadpool(jobs.cleanup, older_than)
+    if settings.cleanup_wait <= 0:  # no wait: always 202 (a get with timeout 0 still takes a result already in)
+        return JSONResponse({"task_id": result.id}, status_code=202)
     try:
         report = await run_in_threadpool(result.get, timeout=settings.cleanup_wait, propagate=False)
     except CeleryTimeout:
