@@ -3,7 +3,8 @@
 Everything comes from Settings (FT_HOST, FT_PORT, FT_API_WORKERS, FT_KEEPALIVE_TIMEOUT, ...):
 uvicorn on uvloop with our bounded httptools protocol (api/http_protocol.py), which adds the
 head-size cap, the header-read timeout and the 503 + Retry-After answers when a process is
-saturated. Each worker process builds the app with `api.main:create_served_app` (a factory, as
+saturated, and with listening sockets that take every queued connection at once
+(api/listener.py). Each worker process builds the app with `api.main:create_served_app` (a factory, as
 `uvicorn --factory api.main:create_served_app` would) and reads the same environment.
 """
 
@@ -20,6 +21,7 @@ from core.config import Settings, settings_or_exit
 from core.logs import logging_config
 
 PROTOCOL = "api.http_protocol:BoundedHttpToolsProtocol"
+LOOP = "api.listener:new_event_loop"
 APP_FACTORY = "api.main:create_served_app"
 GRACEFUL_SHUTDOWN = 10  # seconds running requests get at SIGTERM before their connections are cut
 
@@ -31,7 +33,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "workers": settings.api_workers,
-        "loop": "uvloop",
+        "loop": LOOP,
         "http": PROTOCOL,
         "backlog": settings.backlog,
         "timeout_keep_alive": settings.keepalive_timeout,

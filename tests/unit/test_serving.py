@@ -6,7 +6,7 @@ import resource
 
 import uvicorn
 
-from api.__main__ import APP_FACTORY, PROTOCOL, server_options
+from api.__main__ import APP_FACTORY, LOOP, PROTOCOL, server_options
 from api.http_protocol import FD_RESERVE, BoundedHttpToolsProtocol, connection_limit
 from core.config import Settings
 
@@ -17,7 +17,7 @@ def test_server_options_come_from_settings():
     assert options["factory"] is True
     assert (options["host"], options["port"], options["workers"]) == ("0.0.0.0", 8123, 3)
     assert (options["timeout_keep_alive"], options["backlog"], options["log_level"]) == (7, 99, "warning")
-    assert options["loop"] == "uvloop" and options["http"] == PROTOCOL
+    assert options["loop"] == LOOP and options["http"] == PROTOCOL
     assert options["limit_concurrency"] is None  # ours answers it, with JSON and Retry-After
 
 
