@@ -63,6 +63,7 @@ from core.file_ids import validate_file_id
 from core.records import FileMeta, Manifest, RecordError, UploadState, VisibleState
 from core.state import Chunk, Outcome, Progress, Upload, UploadLimits, UploadRepository
 from core.storage import ByteStore, FileSource, FreeSpace, final_source, has_record, open_staged
+from core.threads import run_blocking
 from core.users import User
 
 log = logging.getLogger("ft.uploads")
@@ -445,7 +446,7 @@ class UploadService:
         (the API's enqueue only hands the file to its sender thread, core/jobs.py): both in one
         thread hop (each hop is a wake-up of a busy event loop)."""
         upload, chunks = await self.repo.upload_and_chunks(file_id)
-        await anyio.to_thread.run_sync(self._record_and_enqueue, file_id, upload, chunks)
+        await run_blocking(self._record_and_enqueue, file_id, upload, chunks)
 
     def _record_and_enqueue(self, file_id: str, upload: Upload | None, chunks: list[Chunk]) -> None:
         if upload is not None:

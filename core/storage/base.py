@@ -6,7 +6,8 @@ the first store; another one (an object store, docs/STORAGE.md) is one more modu
 more line in `open_store`.
 
 The calling convention is the same for every method: it may block (disk, network), so code
-on the event loop calls it through `anyio.to_thread.run_sync`. The exceptions are the
+on the event loop calls it in a thread (`core.threads.run_blocking` on the chunk path,
+`anyio.to_thread.run_sync` elsewhere). The exceptions are the
 writer's: `StagedWriter.write` is called for each piece of a request body as it arrives and
 must only copy bytes into something fast (the page cache, a buffer); `StagedWriter.commit`
 is a coroutine that leaves the loop itself when it has to wait.
@@ -40,6 +41,7 @@ import anyio
 import anyio.to_thread
 
 from core.checksums import crc32
+from core.threads import run_blocking
 
 log = logging.getLogger("ft.storage")
 
@@ -193,7 +195,7 @@ async def has_record(store: ByteStore, file_id: str) -> bool:
     """`store.has_record` for code on the event loop (every new upload's first chunk asks)."""
     if isinstance(store, QuickMetadata):
         return store.has_record(file_id)
-    return await anyio.to_thread.run_sync(store.has_record, file_id)
+    return await run_blocking(store.has_record, file_id)
 
 
 async def open_staged(store: ByteStore, file_id: str, total: int | None) -> StagedWriter:
@@ -203,7 +205,7 @@ async def open_staged(store: ByteStore, file_id: str, total: int | None) -> Stag
         writer = store.open_staged_nowait(file_id, total)
         if writer is not None:
             return writer
-    return await anyio.to_thread.run_sync(store.open_staged, file_id, total)
+    return await run_blocking(store.open_staged, file_id, total)
 
 
 @runtime_checkable
@@ -330,7 +332,7 @@ class FreeSpace:
         try:
             spent_before = self._spent
             started = time.monotonic()
-            measured = await anyio.to_thread.run_sync(self._store.free_bytes)
+            measured = await run_blocking(self._store.free_bytes)
             self._measured, self._measured_at = measured, started
             # Writes that ended while measuring may or may not be in it: keep counting them.
             self._spent -= spent_before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -87,6 +88,67 @@ def test_recent_users_refuse_late_but_never_wrongly(tmp_path):
         assert (await recent.matching("dave", newer.id, 1)).token_version == 1  # new token at once
 
     asyncio.run(scenario())
+
+
+class GatedStore(UserStore):
+    """A store whose reads from other threads (the cache's) are counted, and held after reading
+    until `release` is set."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.reads = 0
+        self.read = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def get(self, name: str):
+        user = super().get(name)
+        if threading.current_thread() is threading.main_thread():
+            return user  # the store's own read, in set()
+        self.reads += 1
+        self.read.set()
+        assert self.release.wait(timeout=20)
+        return user
+
+
+def test_recent_users_that_miss_together_share_one_read(tmp_path):
+    store = GatedStore(tmp_path / "users.sqlite3")
+    recent = RecentUsers(store, ttl=60)
+    user = store.set("erin", "pw")
+    store.release.clear()
+
+    async def scenario():
+        callers = [asyncio.create_task(recent.matching("erin", user.id, 0)) for _ in range(200)]
+        await asyncio.sleep(0)  # every caller has missed the cache and asked
+        store.release.set()
+        return await asyncio.gather(*callers)
+
+    assert asyncio.run(scenario()) == [user] * 200
+    assert store.reads == 1
+
+
+def test_a_token_newer_than_the_shared_read_is_read_again(tmp_path):
+    """A caller that joins a read begun before its token's password change must not be refused
+    on that read's answer: it reads once more."""
+    store = GatedStore(tmp_path / "users.sqlite3")
+    recent = RecentUsers(store, ttl=60)
+    user = store.set("frank", "pw")
+    store.release.clear()
+
+    async def scenario():
+        first = asyncio.create_task(recent.matching("frank", user.id, 0))
+        # Until its read has the old version (and is held there).
+        assert await asyncio.get_running_loop().run_in_executor(None, store.read.wait, 20)
+        changed = store.set("frank", "pw2")  # a token of version 1 is issued now
+        second = asyncio.create_task(recent.matching("frank", changed.id, 1))
+        await asyncio.sleep(0)  # it joins the read under way
+        store.release.set()
+        return await first, await second
+
+    old, new = asyncio.run(scenario())
+    assert old.token_version == 0
+    assert new is not None and new.token_version == 1
+    assert store.reads == 2
 
 
 PROXIES = parse_networks("10.0.0.0/8, 192.0.2.1")
