@@ -19,6 +19,9 @@ What the lane keeps exactly as the routes had it:
 - what the layers outside see: the middlewares it sits inside (the request observer, CORS,
   TusMiddleware) wrap it as they wrap the router, and it leaves the matched route and the path
   parameters in the scope, as the router does, for the observer's labels and log line.
+
+What it adds: with an `Admission` (FT_CHUNK_SLOTS), a lane's request waits for a slot before
+anything else, so that a burst is served in arrival order (api/admission.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.admission import Admission
 from api.deps import request_user
 from core.users import User
 
@@ -52,9 +56,10 @@ class Lane:
 
 
 class FastLane:
-    def __init__(self, app: ASGIApp, lanes: Sequence[Lane]) -> None:
+    def __init__(self, app: ASGIApp, lanes: Sequence[Lane], admission: Admission | None = None) -> None:
         self.app = app
         self._lanes = {lane.method: lane for lane in lanes}
+        self._admission = admission
         self._routes: dict[str, APIRoute] = {}  # the declared route of each lane, found once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,7 +69,11 @@ class FastLane:
             if path.startswith(lane.prefix):
                 file_id = path[len(lane.prefix) :]
                 if file_id and "/" not in file_id:
-                    await self._serve(lane, file_id, scope, receive, send)
+                    if self._admission is None:
+                        await self._serve(lane, file_id, scope, receive, send)
+                    else:
+                        async with self._admission.slot():
+                            await self._serve(lane, file_id, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from api import metrics
+from api.admission import Admission
 from api.errors import install_error_handlers
 from api.fast_lane import FastLane, Lane
 from api.observability import RequestObserver
@@ -133,7 +134,8 @@ def create_app(
     app.include_router(tus.router)
     if fast_lane:  # innermost of ours: TusMiddleware, CORS and the observer wrap it as they wrap the routes
         lanes = (Lane("POST", "/upload/", uploads.answer_chunk), Lane("PATCH", "/files/", tus.answer_append))
-        app.add_middleware(FastLane, lanes=lanes)
+        admission = Admission(settings.chunk_slots, settings.chunk_slot_lease) if settings.chunk_slots else None
+        app.add_middleware(FastLane, lanes=lanes, admission=admission)
     app.add_middleware(tus.TusMiddleware)
     if settings.cors_origin_list:
         # Browsers on these origins may call the API (tus-js-client, Uppy); bearer tokens, no cookies.

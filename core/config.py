@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     # and metrics after the answer): with 1,000 devices at once, 1024 answered 2-17 of them 503.
     max_inflight: int = Field(2048, gt=0, description="requests handled at once per API process; more get 503")
     overload_retry_after: int = Field(1, ge=0, description="Retry-After seconds of a 503 overloaded")
+    # api/admission.py: a burst of chunks served a few dozen at a time, in arrival order.
+    chunk_slots: int = Field(
+        64, ge=0, description="chunk requests (ours and tus PATCH) that progress at once per API process; 0: no limit"
+    )
+    chunk_slot_lease: float = Field(
+        1.0, gt=0, description="seconds a chunk request keeps its slot; a slower one goes on without it"
+    )
     header_timeout: float = Field(10.0, gt=0, description="seconds a client has to send a whole request head")
     keepalive_timeout: float = Field(15.0, gt=0, description="seconds an idle keep-alive connection is kept")
     body_idle_timeout: float = Field(

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import api.fast_lane
+from api.main import create_app
 from tests.fast.conftest import Account
 from tests.fast.inprocess import InProcessWorker, fast_settings, in_process_client
 from tests.support import chunk_body
@@ -132,3 +133,16 @@ def test_an_error_without_a_handler_is_still_the_500_of_every_route(client, alic
     answer = served.request(method, path + "x", headers=alice.headers, content=b"")
     assert answer.status_code == 500
     assert answer.json()["code"] == "internal_error"
+
+
+@pytest.mark.parametrize("slots", [0, 5])
+def test_the_lane_admits_chunks_through_ft_chunk_slots(tmp_path, slots):
+    """FT_CHUNK_SLOTS reaches the lane (api/admission.py); 0 leaves it without admission."""
+    settings = fast_settings(tmp_path).model_copy(update={"chunk_slots": slots, "chunk_slot_lease": 2.5})
+    app = create_app(settings, make_redis=lambda _: fakeredis.FakeAsyncRedis())
+    (lane,) = [m for m in app.user_middleware if m.cls is api.fast_lane.FastLane]
+    admission = lane.kwargs["admission"]
+    if slots == 0:
+        assert admission is None
+    else:
+        assert (admission._free._value, admission._lease) == (5, 2.5)
