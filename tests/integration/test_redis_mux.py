@@ -93,6 +93,25 @@ def test_a_flushed_script_cache_is_filled_again(redis_db, redis_server):
     run_shared(redis_server, body)
 
 
+def test_callers_that_find_a_script_missing_together_load_it_once(redis_db, redis_server):
+    """A new API process's first burst, or every chunk in flight when Redis restarts: one SCRIPT
+    LOAD for all of them (each used to load it on a pooled connection of its own)."""
+
+    async def script_loads(client) -> int:
+        stats = await client.info("commandstats")  # Redis 7 counts subcommands apart; 6 does not
+        return int(stats.get("cmdstat_script|load", stats.get("cmdstat_script", {})).get("calls", 0))
+
+    async def body(shared, client):
+        script = client.register_script(ECHO)
+        await client.script_flush()
+        before = await script_loads(client)
+        replies = await asyncio.gather(*(shared.run_script(script, ["k"], [str(i)]) for i in range(200)))
+        assert replies == [[b"k", str(i).encode()] for i in range(200)]
+        assert await script_loads(client) - before == 1
+
+    run_shared(redis_server, body)
+
+
 def test_a_redis_that_is_gone_fails_every_caller_and_none_hangs(redis_server):
     async def body(shared, client):
         await shared.execute("PING")
