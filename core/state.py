@@ -48,7 +48,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal, cast
 
@@ -341,6 +341,11 @@ redis.call('ZADD', activity, now, file_id)
 if received == tonumber(redis.call('HGET', up, 'total')) and redis.call('HGET', up, 'tus_concat') ~= 'partial' then
   redis.call('HSET', up, 'state', 'assembling', 'assembling_since', now)
   redis.call('ZADD', assembling, now, file_id)
+  -- and what the manifest written before the answer records, as this commit left it
+  local reply = summary('committed')
+  reply[7] = redis.call('HGETALL', up)
+  reply[8] = redis.call('ZRANGE', chunks, 0, -1)
+  return reply
 end
 return summary('committed')
 """
@@ -621,6 +626,14 @@ _STALENESS: frozenset[str] = frozenset(("absent", "complete", "assembling", "exp
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An upload and its chunks as one script saw them."""
+
+    upload: Upload
+    chunks: list[Chunk]
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
     """What a chunk operation reports back: the outcome and the upload's counters (`state` is
     None when the operation found no upload to report on)."""
@@ -631,14 +644,27 @@ class Progress:
     total: int = 0
     next_expected: int = 0
     extra: str = ""
+    # The commit that made the upload `assembling` also returns it and its chunks as it left
+    # them: what the manifest records, without a second round trip.
+    snapshot: Snapshot | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_reply(cls, reply: Sequence[bytes | str | int]) -> Progress:
-        values = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+    def from_reply(cls, reply: Sequence[Any]) -> Progress:
+        values = [v.decode() if isinstance(v, bytes) else str(v) for v in reply[:6]]
         if len(values) == 1:
             return cls(Outcome(values[0]))
         outcome, state, received, total, nxt, extra = values
         return cls(Outcome(outcome), UploadState(state) if state else None, int(received), int(total), int(nxt), extra)
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    """An HGETALL's raw reply as text: RESP2 (and a script's) a flat list, RESP3 a map."""
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    return {_text(name): _text(value) for name, value in pairs}
+
+
+def _chunks(members: Any) -> list[Chunk]:
+    return [Chunk.parse(m) for m in cast(list[bytes], members)]
 
 
 def _upload_from_hash(file_id: str, h: Mapping[str, str]) -> Upload:
@@ -897,7 +923,11 @@ class UploadRepository:
                 keep_until,
             ],
         )
-        return Progress.from_reply(reply)
+        progress = Progress.from_reply(reply)
+        if len(reply) == 8:
+            fields = _pairs(reply[6])
+            progress = replace(progress, snapshot=Snapshot(_upload_from_hash(file_id, fields), _chunks(reply[7])))
+        return progress
 
     async def create(
         self,
@@ -968,13 +998,10 @@ class UploadRepository:
         if self._shared is None:
             raw = await self.redis.hgetall(key)
             return {_text(k): _text(v) for k, v in raw.items()}
-        flat = await self._shared.execute("HGETALL", key)  # a raw reply: RESP2 pairs, RESP3 a map
-        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
-        return {_text(name): _text(value) for name, value in pairs}
+        return _pairs(await self._shared.execute("HGETALL", key))
 
     async def chunks(self, file_id: str) -> list[Chunk]:
-        members = cast(list[bytes], await self.redis.zrange(_keys(file_id)[1], 0, -1))
-        return [Chunk.parse(m) for m in members]
+        return _chunks(await self.redis.zrange(_keys(file_id)[1], 0, -1))
 
     async def upload_and_chunks(self, file_id: str) -> tuple[Upload | None, list[Chunk]]:
         """`get` and `chunks` at once, for the manifest a last chunk writes. On the shared
@@ -986,7 +1013,7 @@ class UploadRepository:
         upload, members = await asyncio.gather(
             self.get(file_id), self._shared.execute("ZRANGE", _keys(file_id)[1], 0, -1)
         )
-        return (upload, [Chunk.parse(m) for m in members]) if upload is not None else (None, [])
+        return (upload, _chunks(members)) if upload is not None else (None, [])
 
     async def restore_manifest(self, manifest: Manifest, now: float | None = None) -> bool:
         """Put an upload back from its manifest, unless Redis knows it (then nothing changes).

@@ -365,6 +365,7 @@ class TusService:
             # The length was known before this request, so only the counters changed: the last
             # commit returned them, and its time is the one stored (no read back from Redis).
             progress, when = last
+            snapshot = progress.snapshot  # the manifest's material, when this commit completed it
             after: Upload | None = replace(
                 upload,
                 state=progress.state or upload.state,
@@ -374,11 +375,11 @@ class TusService:
                 updated_at=when,
             )
         else:  # one read for both: whether to start the assembly, and the answer's headers
-            after = await self.repo.get(file_id)
+            after, snapshot = await self.repo.get(file_id), None
         if after is None:  # deleted meanwhile (or Redis lost it): answered as HEAD would be
             return await self.info(user, file_id)
         if after.state == UploadState.ASSEMBLING:
-            await self.uploads.start_assembly(file_id)
+            await self.uploads.start_assembly(file_id, snapshot)
         return describe(after, self.settings.stale_after)
 
     async def _declare(self, upload: Upload, current: TusUpload, total: int) -> int:

@@ -61,7 +61,7 @@ from core.errors import (
 )
 from core.file_ids import validate_file_id
 from core.records import FileMeta, Manifest, RecordError, UploadState, VisibleState
-from core.state import Chunk, Outcome, Progress, Upload, UploadLimits, UploadRepository
+from core.state import Chunk, Outcome, Progress, Snapshot, Upload, UploadLimits, UploadRepository
 from core.storage import ByteStore, FileSource, FreeSpace, final_source, has_record, open_staged
 from core.threads import run_blocking
 from core.users import User
@@ -347,7 +347,7 @@ class UploadService:
             raise
         _raise_for(progress)
         if progress.state == UploadState.ASSEMBLING:
-            await self.start_assembly(file_id)
+            await self.start_assembly(file_id, progress.snapshot)
         return _receipt(file_id, progress), "stored"
 
     async def check_free_disk(self, need: int, held_by_others: int) -> None:
@@ -441,11 +441,16 @@ class UploadService:
         if crc != chunk.crc32:
             raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
 
-    async def start_assembly(self, file_id: str) -> None:
+    async def start_assembly(self, file_id: str, snapshot: Snapshot | None = None) -> None:
         """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue
         (the API's enqueue only hands the file to its sender thread, core/jobs.py): both in one
-        thread hop (each hop is a wake-up of a busy event loop)."""
-        upload, chunks = await self.repo.upload_and_chunks(file_id)
+        thread hop (each hop is a wake-up of a busy event loop). `snapshot`: the upload as the
+        commit that completed it returned it (else it is read)."""
+        upload: Upload | None
+        if snapshot is not None:
+            upload, chunks = snapshot.upload, snapshot.chunks
+        else:
+            upload, chunks = await self.repo.upload_and_chunks(file_id)
         await run_blocking(self._record_and_enqueue, file_id, upload, chunks)
 
     def _record_and_enqueue(self, file_id: str, upload: Upload | None, chunks: list[Chunk]) -> None:

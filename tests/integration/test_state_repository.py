@@ -464,3 +464,28 @@ def test_reads_through_the_shared_connection_are_the_pools(settings, redis_db):
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_the_commit_that_completes_an_upload_returns_it_as_a_read_would(settings, redis_db):
+    """The last chunk's manifest is written from what its commit returned (no second round trip):
+    it must be what a read right after gives, through the pool and the shared connection alike;
+    a commit that does not complete the upload returns none."""
+
+    async def main():
+        client = aioredis.Redis.from_url(settings.redis_url)
+        shared = SharedConnection(client)
+        try:
+            for repo, file_id in ((UploadRepository(client), "p1"), (UploadRepository(client, shared), "s1")):
+                first = await put(repo, file_id, 10, 19, 20, name="notes.txt")  # out of order
+                assert first.state == "uploading" and first.snapshot is None
+                last = await put(repo, file_id, 0, 9, 20)
+                assert last.state == "assembling" and last.snapshot is not None
+                upload, chunks = await repo.upload_and_chunks(file_id)
+                assert (last.snapshot.upload, last.snapshot.chunks) == (upload, chunks)
+                assert upload is not None and upload.state == "assembling" and upload.file_name == "notes.txt"
+                assert [(c.start, c.end) for c in chunks] == [(0, 9), (10, 19)]
+        finally:
+            await shared.aclose()
+            await client.aclose()
+
+    asyncio.run(main())
