@@ -5,6 +5,7 @@ killed under them, a script cache flushed)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import redis
 
@@ -13,6 +14,21 @@ from core.redis_clients import async_redis
 from core.redis_mux import SharedConnection
 
 ECHO = "if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end return {KEYS[1], ARGV[1]}"
+
+
+async def redis_runs(client, command: str) -> bool:
+    """Whether Redis is running `command` for some connection (CLIENT LIST, from another one)."""
+    return any(c.get("cmd") == command for c in await client.client_list())
+
+
+async def until(check, what: str, seconds: float = 10.0) -> None:
+    """Until `check()` (awaited if need be) is true: the order a test needs, without guessing it
+    with a sleep."""
+    ends = asyncio.get_running_loop().time() + seconds
+    while not (await result if inspect.isawaitable(result := check()) else result):
+        if asyncio.get_running_loop().time() > ends:
+            raise TimeoutError(f"no {what} after {seconds} s")
+        await asyncio.sleep(0.005)
 
 
 def run_shared(redis_server, body) -> None:
@@ -58,9 +74,9 @@ def test_a_caller_that_gives_up_leaves_the_order_of_replies_intact(redis_db, red
     async def body(shared, client):
         script = client.register_script(ECHO)
         blocked = asyncio.create_task(shared.execute("BLPOP", "ft-test-nothing", "0.5"))
-        await asyncio.sleep(0.05)
+        await until(lambda: redis_runs(client, "blpop"), "the BLPOP at Redis")
         behind = [asyncio.create_task(shared.run_script(script, ["k"], [str(i)])) for i in range(3)]
-        await asyncio.sleep(0.05)
+        await until(lambda: len(shared._replies) == 4, "three commands queued behind it")
         blocked.cancel()  # its reply (nil, in 0.5 s) still comes, first, and is dropped
         assert await asyncio.gather(*behind) == [[b"k", str(i).encode()] for i in range(3)]
         assert await shared.execute("ECHO", "after") == b"after"
@@ -72,7 +88,7 @@ def test_a_killed_connection_fails_over_to_a_new_one(redis_db, redis_server):
     async def body(shared, client):
         first = await shared.execute("CLIENT", "ID")
         in_flight = asyncio.create_task(shared.execute("BLPOP", "ft-test-nothing", "0.3"))
-        await asyncio.sleep(0.1)
+        await until(lambda: redis_runs(client, "blpop"), "the BLPOP at Redis")
         assert redis_db.client_kill_filter(_id=first) == 1
         # Failed with its connection, then sent once more on a new one (as redis-py's own retry).
         assert await in_flight is None
