@@ -140,11 +140,11 @@ def test_a_connection_that_sends_nothing_is_closed(api):
 ADMIN = {"FT_ADMIN_USERNAME": "door", "FT_ADMIN_PASSWORD": "front-door-password"}
 
 
-def hold_a_request(url: str, token: str) -> socket.socket:
+def hold_a_request(url: str, token: str, file_id: str | None = None) -> socket.socket:
     """A request the API is busy with: a chunk whose body has not all arrived."""
     sock = connect(url)
     sock.sendall(
-        f"POST /upload/{new_id('held')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"POST /upload/{file_id or new_id('held')} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
         "Content-Type: application/octet-stream\r\nContent-Range: bytes 0-999/1000\r\n"
         "Content-Length: 1012\r\n\r\n".encode()
         + chunk_body(b"\0" * 1000, 0)[:100]
@@ -269,3 +269,41 @@ class _Replay:
     def recv(self, size: int) -> bytes:
         piece, self.data = self.data[:size], self.data[size:]
         return piece
+
+
+# --- admission: chunks wait for a slot; a slow sender keeps its slot only for the lease ---------
+
+
+@pytest.mark.parametrize("lease", ["60", "0.5"])
+def test_chunks_on_every_slot_hold_the_next_one_back_for_their_lease_only(api, lease):
+    """FT_CHUNK_SLOTS=2 with two chunks whose bodies stall in them: a third chunk waits while
+    their leases last (60 s: still waiting after 2 s), and is stored once they end (0.5 s),
+    while the two stalled bodies are still open (FT_BODY_IDLE_TIMEOUT=60 would cut them)."""
+    url = api(FT_CHUNK_SLOTS="2", FT_CHUNK_SLOT_LEASE=lease, FT_BODY_IDLE_TIMEOUT="60", **ADMIN)
+    token = login(url, ADMIN["FT_ADMIN_USERNAME"], ADMIN["FT_ADMIN_PASSWORD"])
+    stalled_ids = [new_id("stalled") for _ in range(2)]
+    stalled = []
+    try:
+        with httpx.Client(base_url=url, headers=bearer(token), timeout=20) as client:
+            for file_id in stalled_ids:
+                stalled.append(hold_a_request(url, token, file_id))
+                # Its claim exists: it holds a slot, its body not all sent.
+                wait_until(
+                    lambda file_id=file_id: client.get(f"/status/{file_id}").status_code == 200,
+                    timeout=10,
+                    what="the stalled chunk's claim",
+                )
+            file_id, payload = new_id("next"), b"next chunk"
+            if lease == "60":
+                with httpx.Client(timeout=2) as impatient, pytest.raises(httpx.ReadTimeout):
+                    send_chunk(impatient, url, token, file_id, payload, 0, len(payload) - 1)
+            else:
+                response = send_chunk(client, url, token, file_id, payload, 0, len(payload) - 1)
+                assert response.status_code == 200, response.text
+                for sock in stalled:  # still open, still unanswered
+                    sock.setblocking(False)
+                    with pytest.raises(BlockingIOError):
+                        sock.recv(1)
+    finally:
+        for sock in stalled:
+            sock.close()
