@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from core.redis_clients import RedisBusy
+from core.single_flight import SingleFlight
 
 
 class SharedConnection:
@@ -45,7 +46,7 @@ class SharedConnection:
         self._flush: asyncio.Handle | None = None
         self._reader: asyncio.Task[None] | None = None
         self._giving_back: set[asyncio.Task[None]] = set()
-        self._loading: dict[str, asyncio.Task[Any]] = {}  # SCRIPT LOADs under way, by sha
+        self._loading: SingleFlight[Any] = SingleFlight()  # SCRIPT LOADs under way, by sha
 
     async def run_script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """`script(keys=keys, args=args)`, on the shared connection."""
@@ -60,16 +61,7 @@ class SharedConnection:
         once. Each used to load it on a pooled connection of its own: the first 64 chunks of a
         new API process opened 64 connections to do so (first-chunk claim p50 110 ms against
         16 ms once loaded), and a failover would do the same with every chunk in flight."""
-        loading = self._loading.get(script.sha)
-        if loading is None or loading.done():
-            loading = asyncio.get_running_loop().create_task(self.execute("SCRIPT", "LOAD", script.script))
-            self._loading[script.sha] = loading
-            loading.add_done_callback(partial(self._loaded, script.sha))
-        await asyncio.shield(loading)  # a caller that gives up leaves it to the others
-
-    def _loaded(self, sha: str, loading: asyncio.Task[Any]) -> None:
-        if self._loading.get(sha) is loading:
-            del self._loading[sha]
+        await self._loading.run(script.sha, partial(self.execute, "SCRIPT", "LOAD", script.script))
 
     async def execute(self, *args: Any) -> Any:
         try:

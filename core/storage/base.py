@@ -41,6 +41,7 @@ import anyio
 import anyio.to_thread
 
 from core.checksums import crc32
+from core.single_flight import SingleFlight
 from core.threads import run_blocking
 
 log = logging.getLogger("ft.storage")
@@ -291,7 +292,7 @@ class FreeSpace:
         self._spent = 0
         self._expires = 0.0
         self._measured_at = float("-inf")
-        self._measuring: asyncio.Task[None] | None = None  # the measure under way
+        self._measures: SingleFlight[None] = SingleFlight()  # the measure under way
         self._refreshing: asyncio.Task[None] | None = None
 
     def spent(self, nbytes: int) -> None:
@@ -324,21 +325,16 @@ class FreeSpace:
         waits on the same one: behind a lock, each caller would be woken in turn, one turn of a
         busy event loop each (256 first chunks of a new API process: p90 1.5 s in this wait)."""
         while needed():
-            if self._measuring is None:
-                self._measuring = asyncio.get_running_loop().create_task(self._take_measure())
-            await asyncio.shield(self._measuring)  # a caller that gives up leaves it to the others
+            await self._measures.run("free", self._take_measure)
 
     async def _take_measure(self) -> None:
-        try:
-            spent_before = self._spent
-            started = time.monotonic()
-            measured = await run_blocking(self._store.free_bytes)
-            self._measured, self._measured_at = measured, started
-            # Writes that ended while measuring may or may not be in it: keep counting them.
-            self._spent -= spent_before
-            self._expires = time.monotonic() + self._max_age
-        finally:
-            self._measuring = None
+        spent_before = self._spent
+        started = time.monotonic()
+        measured = await run_blocking(self._store.free_bytes)
+        self._measured, self._measured_at = measured, started
+        # Writes that ended while measuring may or may not be in it: keep counting them.
+        self._spent -= spent_before
+        self._expires = time.monotonic() + self._max_age
 
     async def at_least(self, nbytes: int) -> bool:
         """Whether `nbytes` are free: yes from the cached estimate, no only from a new measure."""
