@@ -25,7 +25,7 @@ class Admission:
     def __init__(self, slots: int, lease: float) -> None:
         self._free = asyncio.BoundedSemaphore(slots)  # FIFO: a newcomer queues behind the waiters
         self._lease = lease
-        self.waiting = 0  # requests queued for a slot, for /metrics
+        self.waiting = 0  # requests queued for a slot
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

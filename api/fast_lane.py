@@ -27,6 +27,7 @@ anything else, so that a burst is served in arrival order (api/admission.py).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -69,11 +70,8 @@ class FastLane:
             if path.startswith(lane.prefix):
                 file_id = path[len(lane.prefix) :]
                 if file_id and "/" not in file_id:
-                    if self._admission is None:
+                    async with self._admission.slot() if self._admission else nullcontext():
                         await self._serve(lane, file_id, scope, receive, send)
-                    else:
-                        async with self._admission.slot():
-                            await self._serve(lane, file_id, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 

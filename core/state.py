@@ -996,8 +996,7 @@ class UploadRepository:
         """HGETALL, on the shared connection when there is one (a tus PATCH reads its upload
         first: on a busy loop the pool's extra turns cost more than the command)."""
         if self._shared is None:
-            raw = await self.redis.hgetall(key)
-            return {_text(k): _text(v) for k, v in raw.items()}
+            return _pairs(await self.redis.hgetall(key))
         return _pairs(await self._shared.execute("HGETALL", key))
 
     async def chunks(self, file_id: str) -> list[Chunk]:
