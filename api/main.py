@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import anyio
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -21,7 +20,7 @@ from api.observability import RequestObserver
 from api.routers import admin, auth, downloads, files, health, tus, uploads, web
 from api.security_headers import SECURITY_HEADERS
 from core.config import Settings
-from core.jobs import BackgroundSender, Jobs
+from core.jobs import Jobs
 from core.links import DownloadLinks
 from core.login_throttle import LoginThrottle
 from core.redis_clients import async_redis
@@ -94,12 +93,11 @@ def create_app(
         shared = SharedConnection(app.state.redis)  # and one connection of it for every chunk's scripts
         app.state.login_throttle = LoginThrottle(settings, app.state.redis)
         app.state.jobs = make_jobs(settings)
-        sender = BackgroundSender(app.state.jobs.assemble)  # assemblies leave from a thread of their own
         app.state.uploads = UploadService(
             settings,
             UploadRepository(app.state.redis, shared),
             make_store(settings),
-            sender.submit,
+            app.state.jobs.assemblies(shared.execute).push,  # one LPUSH on the shared connection
             on_chunk=metrics.count_chunk,
         )
         app.state.tus = TusService(app.state.uploads)
@@ -107,7 +105,7 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(sender.close)
+            await app.state.uploads.settle()
             await shared.aclose()
             await app.state.redis.aclose()
 

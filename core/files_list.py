@@ -14,7 +14,6 @@ import binascii
 import contextlib
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ from core.maintenance import JobBusy, job_lock
 from core.records import UploadState
 from core.state import Upload, UploadRepository
 from core.storage import ByteStore
-from core.uploads import iso, restore_from_disk
+from core.uploads import EnqueueAssembly, iso, restore_from_disk
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -67,7 +66,7 @@ async def list_files(
     owner_id: str | None,
     limit: int,
     cursor: str | None,
-    enqueue_assembly: Callable[[str], object] | None = None,
+    enqueue_assembly: EnqueueAssembly | None = None,
 ) -> FilesPage:
     """A page of `owner_id`'s uploads (everybody's for None), newest first. The indexes are
     rebuilt first if Redis lost them (uploads restored `assembling` go to `enqueue_assembly`)."""
@@ -102,7 +101,7 @@ def item_fields(upload: Upload) -> dict[str, Any]:
 
 
 async def ensure_files_index(
-    repo: UploadRepository, storage: ByteStore, enqueue_assembly: Callable[[str], object] | None = None
+    repo: UploadRepository, storage: ByteStore, enqueue_assembly: EnqueueAssembly | None = None
 ) -> bool:
     """Rebuild the list indexes if Redis lost them; True when this call rebuilt them."""
     if await repo.files_indexed():

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import contextvars
+import base64
+import json
 import logging
-import queue
-import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
+from celery.utils.nodenames import anon_nodename
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -64,10 +65,10 @@ class Jobs:
                 raise
             raise Unavailable("the task queue (Redis) is unavailable; retry later") from exc
 
-    def assemble(self, file_id: str) -> None:
-        """Queued and forgotten: the outcome is the upload's state, so no result is awaited (with
-        a result wanted, Celery would subscribe this process to every assembly's result channel)."""
-        self._send(ASSEMBLE, args=[file_id], ignore_result=True)
+    def assemblies(self, execute: Callable[..., Awaitable[Any]]) -> AssemblyQueue:
+        """Where the API queues assemblies: not through kombu but with one command on its own
+        Redis connection (`execute`), see AssemblyQueue."""
+        return AssemblyQueue(execute)
 
     def cleanup(self, older_than: int | None) -> AsyncResult:
         result = self._send(CLEANUP, kwargs={"older_than": older_than, "wait_for_lock": True})
@@ -81,33 +82,75 @@ class Jobs:
         return self.celery.AsyncResult(task_id)
 
 
-class BackgroundSender:
-    """Sends assemblies from one thread of its own, in the order asked, so that no request waits
-    for the broker. A last chunk's answer waited for `send_task` (a few ms of kombu, tens of ms
-    on a busy process), and a thousand devices finishing together queued their sends on the
-    shared thread pool, ahead of the chunks that needed a thread: the last chunk took 2.5-4 s at
-    p50 against 0.8 s for the others. A send that fails is logged and left to the persist job,
-    which queues every assembly nobody runs (as when the send failed in the request); the
-    request id of the request that asked goes with it (the task's log lines repeat it)."""
+# --- assemblies: one Redis command each ---------------------------------------------------------
 
-    def __init__(self, send: Callable[[str], object]) -> None:
-        self._send = send
-        self._queue: queue.SimpleQueue[tuple[contextvars.Context, str] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="assembly-sender", daemon=True)
-        self._thread.start()
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
-    def submit(self, file_id: str) -> None:
-        self._queue.put((contextvars.copy_context(), file_id))
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Send what was asked (for up to `timeout` seconds), then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+def task_message(name: str, args: list[Any], task_id: str, *, origin: str, request: str | None = None) -> str:
+    """A task for the workers as Celery's `send_task(name, args=args, ignore_result=True)` leaves
+    it in Redis: Celery's task message (protocol 2: headers naming the task, a body of `[args,
+    kwargs, embed]`) in the envelope of kombu's Redis transport (the body in base64, a delivery
+    tag, the queue as routing key). `request` is the request id that the worker's log lines
+    repeat. tests/integration/test_task_message.py holds it to Celery's own, field by field."""
+    body = json.dumps([args, {}, EMBED]).encode()
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": name,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": repr(args),
+        "kwargsrepr": "{}",
+        "origin": origin,
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    if request is not None:
+        headers[TASK_HEADER] = request
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                "correlation_id": task_id,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            context, file_id = item
-            try:
-                context.run(self._send, file_id)
-            except Exception as exc:
-                log.warning("assembly of %s not queued (%s); the persist job will queue it", file_id, exc)
+
+class AssemblyQueue:
+    """Queues an assembly with one LPUSH of its task message onto Celery's list, on the caller's
+    Redis connection (`execute`: the API's shared connection, a worker's client).
+
+    Through `send_task` an assembly cost ~0.8 ms of CPU in kombu (half of it the `task-sent`
+    event), on a thread of its own so that no answer waited for it; but that thread took the
+    interpreter from the event loop: when a thousand devices sent their last chunks within a
+    second or two (bench/devices.py), the API's throughput fell to a third and those chunks
+    waited 1.3 s at p99 against 0.5 s for the others. This costs tens of microseconds and no
+    thread. What it leaves out is the `task-sent` event: Flower lists an assembly once a worker
+    has received it."""
+
+    def __init__(self, execute: Callable[..., Awaitable[Any]]) -> None:
+        self._execute = execute
+        self._origin = anon_nodename()  # how Celery names a sender that is not a worker
+
+    async def push(self, file_id: str) -> None:
+        message = task_message(ASSEMBLE, [file_id], str(uuid.uuid4()), origin=self._origin, request=request_id.get())
+        await self._execute("LPUSH", queue_key(), message)

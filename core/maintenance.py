@@ -20,7 +20,7 @@ from core.errors import UnreadableRecord
 from core.records import UploadState
 from core.state import UploadRepository
 from core.storage import ByteStore
-from core.uploads import restore_from_disk, write_manifest
+from core.uploads import EnqueueAssembly, restore_from_disk, write_manifest
 
 JOB_LOCK_TTL = 120.0
 
@@ -64,7 +64,7 @@ async def cleanup(
     older_than: float,
     now: float | None = None,
     wait_for_lock: float = 0.0,
-    enqueue_assembly: Callable[[str], object] | None = None,
+    enqueue_assembly: EnqueueAssembly | None = None,
 ) -> CleanupReport:
     """Remove uploads not complete with no activity for `older_than` seconds: bytes, state, manifest."""
     now = now if now is not None else time.time()
@@ -108,7 +108,7 @@ async def persist(
     storage: ByteStore,
     idle_for: float,
     assembly_grace: float,
-    enqueue: Callable[[str], object],
+    enqueue: EnqueueAssembly,
     now: float | None = None,
 ) -> PersistReport:
     """fsync idle uploads and write their manifests; re-enqueue assemblies nobody is running."""
@@ -131,6 +131,6 @@ async def persist(
             report.persisted.append(file_id)
         for file_id in await repo.assembling_since(now - assembly_grace):
             if not await repo.assembly_running(file_id):
-                enqueue(file_id)
+                await enqueue(file_id)
                 report.requeued.append(file_id)
     return report

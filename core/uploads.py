@@ -21,11 +21,11 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import unquote
 
 import anyio
@@ -68,7 +68,11 @@ from core.users import User
 
 log = logging.getLogger("ft.uploads")
 RELEASE_RETRY_SECONDS = 0.5
+SETTLE_SECONDS = 10.0  # what shutdown waits for background work (UploadService.settle)
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+# Queues a file's assembly for the workers (core/jobs.py AssemblyQueue.push in the API and workers).
+EnqueueAssembly = Callable[[str], Awaitable[object]]
+
 MAX_FILE_NAME_BYTES = 1024
 # /status lists the first this many gaps (a client resumes from the first ones anyway); more
 # would make its answer, and the time to build it, grow with the number of chunks.
@@ -260,7 +264,7 @@ class UploadService:
         settings: Settings,
         repo: UploadRepository,
         storage: ByteStore,
-        enqueue_assembly: Callable[[str], object] | None = None,
+        enqueue_assembly: EnqueueAssembly | None = None,
         on_chunk: Callable[[str], object] | None = None,
     ) -> None:
         self.settings = settings
@@ -269,7 +273,7 @@ class UploadService:
         self.storage = storage
         self.free_space = FreeSpace(storage, settings.free_space_ttl)
         self.enqueue_assembly = enqueue_assembly
-        self._releasing: set[asyncio.Task[None]] = set()  # claims whose release waits for Redis to return
+        self._background: set[asyncio.Task[None]] = set()  # claim releases waiting for Redis, queued assemblies
         self.limits = UploadLimits(
             max_open_uploads=settings.max_open_uploads,
             max_open_bytes=settings.user_quota_bytes,
@@ -367,9 +371,18 @@ class UploadService:
             await self.repo.release(file_id, token)
         except Exception as exc:
             log.warning("claim %s of %s not released (%s); retrying in the background", token, file_id, exc)
-            task = asyncio.get_running_loop().create_task(self._release_later(file_id, token))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+            self._in_background(self._release_later(file_id, token))
+
+    async def settle(self) -> None:
+        """At shutdown: let what runs in the background (queued assemblies, claim releases)
+        finish, for up to SETTLE_SECONDS."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=SETTLE_SECONDS)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _release_later(self, file_id: str, token: str) -> None:
         give_up = time.monotonic() + self.settings.claim_lease
@@ -442,30 +455,34 @@ class UploadService:
             raise ChecksumMismatch("the payload's CRC-32 does not match the chunk header")
 
     async def start_assembly(self, file_id: str, snapshot: Snapshot | None = None) -> None:
-        """Record the upload on disk first (Redis may be lost before a worker runs), then enqueue
-        (the API's enqueue only hands the file to its sender thread, core/jobs.py): both in one
-        thread hop (each hop is a wake-up of a busy event loop). `snapshot`: the upload as the
-        commit that completed it returned it (else it is read)."""
+        """Record the upload on disk (Redis may be lost before a worker runs), then queue its
+        assembly without waiting for Redis to confirm (core/jobs.py AssemblyQueue): the answer
+        goes out meanwhile. `snapshot`: the upload as the commit that completed it returned it
+        (else it is read)."""
         upload: Upload | None
         if snapshot is not None:
             upload, chunks = snapshot.upload, snapshot.chunks
         else:
             upload, chunks = await self.repo.upload_and_chunks(file_id)
-        await run_blocking(self._record_and_enqueue, file_id, upload, chunks)
-
-    def _record_and_enqueue(self, file_id: str, upload: Upload | None, chunks: list[Chunk]) -> None:
         if upload is not None:
-            try:
-                self.write_manifest(upload, chunks)
-            except OSError as exc:  # e.g. a full disk: the chunk is stored; assembly must still start
-                log.warning("no manifest for %s before assembly: %s", file_id, exc)
+            await run_blocking(self._record, file_id, upload, chunks)
         if self.enqueue_assembly is not None:
-            try:
-                self.enqueue_assembly(file_id)
-            except Exception as exc:
-                # The chunk is stored and the upload is `assembling`, in the set that the persist
-                # job sweeps: it enqueues every assembly nobody runs once FT_ASSEMBLY_LEASE passed.
-                log.warning("assembly of %s not queued (%s); the persist job will queue it", file_id, exc)
+            self._in_background(self._enqueue(file_id))
+
+    def _record(self, file_id: str, upload: Upload, chunks: list[Chunk]) -> None:
+        try:
+            self.write_manifest(upload, chunks)
+        except OSError as exc:  # e.g. a full disk: the chunk is stored; assembly must still start
+            log.warning("no manifest for %s before assembly: %s", file_id, exc)
+
+    async def _enqueue(self, file_id: str) -> None:
+        assert self.enqueue_assembly is not None
+        try:
+            await self.enqueue_assembly(file_id)
+        except Exception as exc:
+            # The chunk is stored and the upload is `assembling`, in the set that the persist
+            # job sweeps: it enqueues every assembly nobody runs once FT_ASSEMBLY_LEASE passed.
+            log.warning("assembly of %s not queued (%s); the persist job will queue it", file_id, exc)
 
     # --- reading ---------------------------------------------------------------
     async def load(self, file_id: str) -> Upload | None:
@@ -550,7 +567,7 @@ def write_manifest(storage: ByteStore, upload: Upload, chunks: list[Chunk], pers
 
 
 async def restore_from_disk(
-    repo: UploadRepository, storage: ByteStore, file_id: str, enqueue_assembly: Callable[[str], object] | None = None
+    repo: UploadRepository, storage: ByteStore, file_id: str, enqueue_assembly: EnqueueAssembly | None = None
 ) -> bool:
     """Put an upload that Redis lost back from disk: a final file's meta, else a manifest; an
     upload restored `assembling` is queued for assembly again. Most calls are for a new
@@ -572,12 +589,12 @@ async def restore_from_disk(
         raise UnreadableRecord(f"the record of this upload on disk cannot be read ({exc})") from exc
     restored = await repo.restore_manifest(manifest)
     if restored and manifest.state == UploadState.ASSEMBLING and enqueue_assembly is not None:
-        await anyio.to_thread.run_sync(enqueue_assembly, file_id)
+        await enqueue_assembly(file_id)
     return restored
 
 
 async def load(
-    repo: UploadRepository, storage: ByteStore, file_id: str, enqueue_assembly: Callable[[str], object] | None = None
+    repo: UploadRepository, storage: ByteStore, file_id: str, enqueue_assembly: EnqueueAssembly | None = None
 ) -> Upload | None:
     """The upload from Redis, else restored from its records on disk."""
     upload = await repo.get(file_id)

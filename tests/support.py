@@ -492,3 +492,11 @@ async def store_chunk(
     finally:
         os.close(fd)
     assert (await repo.commit(file_id, token, chunk, file_name, None, now=now)).outcome == "committed"
+
+
+class Enqueued(list):
+    """Stands in for the API's way to queue an assembly (core/jobs.py AssemblyQueue.push):
+    records the file ids, in order."""
+
+    async def __call__(self, file_id: str) -> None:
+        self.append(file_id)

@@ -24,12 +24,13 @@ from core import assembly, maintenance
 from core.config import Settings
 from core.errors import TransferError
 from core.files_list import ensure_files_index
-from core.jobs import ASSEMBLE, CLEANUP, PERSIST
+from core.jobs import ASSEMBLE, CLEANUP, PERSIST, AssemblyQueue
 from core.redis_clients import async_client
 from core.state import UploadRepository
 from core.storage import ByteStore, open_store
+from core.uploads import EnqueueAssembly
 
-Job = Callable[[UploadRepository, ByteStore, Settings, Callable[[str], None]], Awaitable[dict[str, Any]]]
+Job = Callable[[UploadRepository, ByteStore, Settings, EnqueueAssembly], Awaitable[dict[str, Any]]]
 
 
 class _ProcessLoop(threading.local):
@@ -51,7 +52,7 @@ class _ProcessLoop(threading.local):
         self._redis: Redis | None = None
         self._storage: ByteStore | None = None
 
-    def run(self, settings: Settings, job: Job, enqueue: Callable[[str], None]) -> dict[str, Any]:
+    def run(self, settings: Settings, job: Job) -> dict[str, Any]:
         if self._pid != os.getpid() or self._runner is None:
             self._pid, self._runner = os.getpid(), asyncio.Runner()
             self._settings = self._redis = self._storage = None
@@ -64,6 +65,8 @@ class _ProcessLoop(threading.local):
                         await self._redis.aclose()
                 self._redis = async_client(settings.redis_url, socket_connect_timeout=5)
                 self._storage, self._settings = open_store(settings), settings
+            # Assemblies queued again (persist, cleanup) go as the API queues them (core/jobs.py).
+            enqueue = AssemblyQueue(self._redis.execute_command).push
             return await job(UploadRepository(self._redis), self._storage, settings, enqueue)
 
         try:
@@ -92,12 +95,7 @@ _process_loop = _ProcessLoop()
 def _run(task: Task, job: Job) -> dict[str, Any]:
     """Run an async domain job with its collaborators: this process's Redis client and event
     loop (`_ProcessLoop`), the storage, the app's settings and a way to queue an assembly."""
-    app = task.app
-
-    def enqueue_assembly(file_id: str) -> None:
-        app.send_task(ASSEMBLE, args=[file_id])
-
-    return _process_loop.run(app.settings, job, enqueue_assembly)
+    return _process_loop.run(task.app.settings, job)
 
 
 # Redis away (restarting, failing over to a replica) is retried with backoff, each time with a
@@ -127,9 +125,7 @@ def assemble(self: Task, file_id: str) -> dict[str, Any]:
 
 @shared_task(name=CLEANUP, bind=True)
 def cleanup(self: Task, older_than: float | None = None, wait_for_lock: bool = False) -> dict[str, Any]:
-    async def job(
-        repo: UploadRepository, storage: ByteStore, s: Settings, enqueue: Callable[[str], None]
-    ) -> dict[str, Any]:
+    async def job(repo: UploadRepository, storage: ByteStore, s: Settings, enqueue: EnqueueAssembly) -> dict[str, Any]:
         age = s.stale_after if older_than is None else older_than
         wait = 60.0 if wait_for_lock else 0.0
         try:
@@ -143,9 +139,7 @@ def cleanup(self: Task, older_than: float | None = None, wait_for_lock: bool = F
 
 @shared_task(name=PERSIST, bind=True)
 def persist(self: Task) -> dict[str, Any]:
-    async def job(
-        repo: UploadRepository, storage: ByteStore, s: Settings, enqueue: Callable[[str], None]
-    ) -> dict[str, Any]:
+    async def job(repo: UploadRepository, storage: ByteStore, s: Settings, enqueue: EnqueueAssembly) -> dict[str, Any]:
         # After Redis lost everything, the files list comes back here even if nobody asks for it.
         reindexed = await ensure_files_index(repo, storage, enqueue)
         try:

@@ -44,6 +44,14 @@ class InProcessWorker:
     def assemble(self, file_id: str) -> None:
         self._queue.put(file_id)
 
+    def assemblies(self, execute: object) -> InProcessWorker:
+        """What the app queues assemblies with (core/jobs.py Jobs.assemblies): this worker's
+        queue instead of Celery's list in Redis."""
+        return self
+
+    async def push(self, file_id: str) -> None:
+        self.assemble(file_id)
+
     def cleanup(self, older_than: int | None):
         raise NotImplementedError("POST /cleanup runs on a Celery worker: tests/e2e/test_admin.py covers it")
 

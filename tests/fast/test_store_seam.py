@@ -24,7 +24,7 @@ from core.state import UploadRepository
 from core.storage import ByteStore, Concatenates, FreeSpace, LocalPaths
 from tests.fast.inprocess import InProcessWorker, in_process_client
 from tests.fast.memory_store import MemoryStore
-from tests.support import send_chunk, wait_for_state
+from tests.support import Enqueued, send_chunk, wait_for_state
 
 DATA = os.urandom(300_000)
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -162,7 +162,7 @@ def test_persist_writes_manifests_to_the_store_and_an_upload_returns_from_them(
         redis = fakeredis.FakeAsyncRedis(server=fake_server)
         try:
             repo = UploadRepository(redis)
-            report = await maintenance.persist(repo, store, idle_for=0, assembly_grace=3600, enqueue=lambda _: None)
+            report = await maintenance.persist(repo, store, idle_for=0, assembly_grace=3600, enqueue=Enqueued())
             return report.persisted
         finally:
             await redis.aclose()

@@ -21,6 +21,7 @@ from core.state import DISK_RESERVED_KEY, NO_LIMITS, Chunk, UploadLimits, Upload
 from core.storage import Storage
 from core.uploads import MAX_MISSING_RANGES, ChunkRequest, UploadService
 from core.users import UserStore
+from tests.support import Enqueued
 
 MiB = 1024 * 1024
 
@@ -153,9 +154,9 @@ def test_last_chunk_stored_but_broker_refusing_is_200_and_persist_queues_the_ass
     """A full disk may make the broker (Redis) refuse writes after the last chunk was stored.
     The chunk is stored and the upload `assembling`: the client is told so (200), and the
     persist job, which enqueues assemblies nobody runs, starts it."""
-    queued: list[str] = []
+    queued = Enqueued()
 
-    def refusing_broker(file_id: str) -> None:
+    async def refusing_broker(file_id: str) -> None:
         raise OperationalError(
             "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"
         )
@@ -163,7 +164,7 @@ def test_last_chunk_stored_but_broker_refusing_is_200_and_persist_queues_the_ass
     async def scenario(env: Env):
         receipt = await env.send(env.user(), "last", b"y" * 1000, 0, 1000)
         report = await maintenance.persist(
-            env.repo, env.storage, idle_for=300, assembly_grace=0, enqueue=queued.append, now=time.time() + 1
+            env.repo, env.storage, idle_for=300, assembly_grace=0, enqueue=queued, now=time.time() + 1
         )
         return receipt, report
 

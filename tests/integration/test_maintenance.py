@@ -18,6 +18,7 @@ from core import maintenance
 from core.state import ACTIVITY_KEY, Chunk, UploadRepository, assembly_lock_key, upload_key
 from core.storage import Storage
 from core.uploads import UploadService
+from tests.support import Enqueued
 
 DAY = 86400.0
 
@@ -26,10 +27,10 @@ class Env:
     """An UploadService on database 1 and a scratch data dir; `enqueued` records assembly requests."""
 
     def __init__(self, settings, client):
-        self.enqueued: list[str] = []
+        self.enqueued = Enqueued()
         self.repo = UploadRepository(client)
         self.storage = Storage(settings)
-        self.service = UploadService(settings, self.repo, self.storage, self.enqueued.append)
+        self.service = UploadService(settings, self.repo, self.storage, self.enqueued)
 
     async def put(self, file_id: str, start: int, end: int, total: int, now: float, data: bytes | None = None):
         """A chunk as the service stores it: claim, bytes at their offset, commit."""
@@ -172,7 +173,7 @@ def test_persist_writes_manifests_for_idle_uploads_only(run, settings, redis_db)
         await env.put("complete", 0, 99, 100, now=now - 900)
         assert await env.repo.transition("complete", "assembling", state="complete", sha256="00" * 32)
         return await maintenance.persist(
-            env.repo, env.storage, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now
+            env.repo, env.storage, idle_for=300, assembly_grace=60, enqueue=env.enqueued, now=now
         )
 
     report = run(scenario)
@@ -192,13 +193,13 @@ def test_persist_skips_unchanged_uploads_and_rewrites_changed_ones(run, settings
 
     async def scenario(env: Env):
         await env.put("u", 0, 99, 1000, now=now - 600)
-        first = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=later)
+        first = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued, now=later)
         mtime = (settings.staging_dir / "u" / "manifest.json").stat().st_mtime_ns
-        second = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=later)
+        second = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued, now=later)
         assert (settings.staging_dir / "u" / "manifest.json").stat().st_mtime_ns == mtime
         # New activity after the manifest: persisted again, with the new chunk.
         await env.put("u", 100, 199, 1000, now=time.time() + 1)
-        third = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=later)
+        third = await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued, now=later)
         return first, second, third
 
     first, second, third = run(scenario)
@@ -215,7 +216,7 @@ def test_persist_re_enqueues_assemblies_whose_lease_lapsed(run, settings, redis_
         await env.put("recent", 0, 99, 100, now=now - 5)  # just became assembling: give it time
         await env.repo.redis.set(assembly_lock_key("running"), "someone", px=60_000)
         report = await maintenance.persist(
-            env.repo, env.storage, idle_for=300, assembly_grace=60, enqueue=env.enqueued.append, now=now
+            env.repo, env.storage, idle_for=300, assembly_grace=60, enqueue=env.enqueued, now=now
         )
         return report, list(env.enqueued)
 
@@ -231,9 +232,9 @@ def test_persist_is_exclusive(run, settings):
         await env.put("u", 0, 9, 100, now=now - 600)
         async with maintenance.job_lock(env.repo, "persist"):
             with pytest.raises(maintenance.JobBusy):
-                await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=now)
+                await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued, now=now)
         assert (await env.repo.get("u")).persisted_at is None
-        return await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued.append, now=now)
+        return await maintenance.persist(env.repo, env.storage, 300, 60, env.enqueued, now=now)
 
     assert run(scenario).persisted == ["u"]
 
@@ -251,7 +252,7 @@ def test_concurrent_persist_runs_one_at_a_time(run, settings):
 
             async def one(repo):
                 try:
-                    return await maintenance.persist(repo, env.storage, 300, 60, env.enqueued.append, now=now)
+                    return await maintenance.persist(repo, env.storage, 300, 60, env.enqueued, now=now)
                 except maintenance.JobBusy:
                     return None
 

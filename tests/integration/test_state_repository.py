@@ -16,6 +16,7 @@ from core.redis_mux import SharedConnection
 from core.state import ACTIVITY_KEY, ASSEMBLING_KEY, Chunk, UploadRepository, upload_key
 from core.storage import Storage
 from core.uploads import UploadService
+from tests.support import Enqueued
 
 GiB = 1024**3
 TiB = 1024**4
@@ -332,12 +333,12 @@ def test_idle_since_without_deleting_and_with_deleting_ahead(run, redis_db):
 
 
 def _service(settings, repo, enqueued):
-    return UploadService(settings, repo, Storage(settings), enqueued.append)
+    return UploadService(settings, repo, Storage(settings), enqueued)
 
 
 def test_restore_from_a_manifest_round_trips(run, settings, redis_db):
     total = 3 * TiB // 4 + 5
-    enqueued: list[str] = []
+    enqueued = Enqueued()
 
     async def build(repo):
         service = _service(settings, repo, enqueued)
@@ -388,7 +389,7 @@ def test_restore_from_a_manifest_round_trips(run, settings, redis_db):
 
 
 def test_restore_of_an_assembling_manifest_re_enqueues_the_assembly(run, settings, redis_db):
-    enqueued: list[str] = []
+    enqueued = Enqueued()
 
     async def build(repo):
         await put(repo, "a", 0, 49, 100)
