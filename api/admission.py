@@ -1,4 +1,7 @@
-"""Chunk requests served in arrival order: at most FT_CHUNK_SLOTS of them make progress at once.
+"""Requests that carry upload bytes served in arrival order: at most FT_CHUNK_SLOTS of them make
+progress at once. They are the chunks (`POST /upload/{file_id}`), tus PATCHes, and tus
+creations (`POST /files`), which may carry the first bytes and come all at once when a fleet
+starts (a thousand creations let in together took p50 1.8 s, max 3.3 s; in order, 0.7 / 1.2 s).
 
 One API process, one core. When a thousand devices send a chunk at the same moment, each
 request needs some eight turns of the event loop (its body, a Redis round trip, a thread hop,
@@ -17,8 +20,12 @@ kept its slot, a few dozen such devices would keep every other chunk waiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+
+from starlette._utils import get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class Admission:
@@ -49,3 +56,23 @@ class Admission:
         finally:
             lease.cancel()
             release()
+
+
+class AdmissionMiddleware:
+    """Sends the requests of `routes` (a method and a path pattern, matched whole) through
+    `admission`; every other request goes straight on."""
+
+    def __init__(self, app: ASGIApp, admission: Admission, routes: Sequence[tuple[str, str]]) -> None:
+        self.app = app
+        self.admission = admission
+        self._routes = [(method, re.compile(pattern)) for method, pattern in routes]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._admits(scope["method"], get_route_path(scope)):
+            async with self.admission.slot():
+                await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _admits(self, method: str, path: str) -> bool:
+        return any(method == m and pattern.fullmatch(path) for m, pattern in self._routes)

@@ -19,15 +19,11 @@ What the lane keeps exactly as the routes had it:
 - what the layers outside see: the middlewares it sits inside (the request observer, CORS,
   TusMiddleware) wrap it as they wrap the router, and it leaves the matched route and the path
   parameters in the scope, as the router does, for the observer's labels and log line.
-
-What it adds: with an `Admission` (FT_CHUNK_SLOTS), a lane's request waits for a slot before
-anything else, so that a burst is served in arrival order (api/admission.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -36,7 +32,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.admission import Admission
 from api.deps import request_user
 from core.users import User
 
@@ -57,10 +52,9 @@ class Lane:
 
 
 class FastLane:
-    def __init__(self, app: ASGIApp, lanes: Sequence[Lane], admission: Admission | None = None) -> None:
+    def __init__(self, app: ASGIApp, lanes: Sequence[Lane]) -> None:
         self.app = app
         self._lanes = {lane.method: lane for lane in lanes}
-        self._admission = admission
         self._routes: dict[str, APIRoute] = {}  # the declared route of each lane, found once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,8 +64,7 @@ class FastLane:
             if path.startswith(lane.prefix):
                 file_id = path[len(lane.prefix) :]
                 if file_id and "/" not in file_id:
-                    async with self._admission.slot() if self._admission else nullcontext():
-                        await self._serve(lane, file_id, scope, receive, send)
+                    await self._serve(lane, file_id, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 

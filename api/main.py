@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from api import metrics
-from api.admission import Admission
+from api.admission import Admission, AdmissionMiddleware
 from api.errors import install_error_handlers
 from api.fast_lane import FastLane, Lane
 from api.observability import RequestObserver
@@ -32,6 +32,9 @@ from core.uploads import UploadService
 from core.users import RecentUsers, UserStore
 
 log = logging.getLogger("ft.api")
+
+# What waits for an admission slot: a chunk, a tus PATCH, a tus creation (it may carry bytes).
+ADMITTED = (("POST", r"/upload/[^/]+"), ("PATCH", r"/files/[^/]+"), ("POST", r"/files/?"))
 
 API_DESCRIPTION = """
 Moves large files between devices and this server over unreliable networks without losing or
@@ -132,8 +135,10 @@ def create_app(
     app.include_router(tus.router)
     if fast_lane:  # innermost of ours: TusMiddleware, CORS and the observer wrap it as they wrap the routes
         lanes = (Lane("POST", "/upload/", uploads.answer_chunk), Lane("PATCH", "/files/", tus.answer_append))
-        admission = Admission(settings.chunk_slots, settings.chunk_slot_lease) if settings.chunk_slots else None
-        app.add_middleware(FastLane, lanes=lanes, admission=admission)
+        app.add_middleware(FastLane, lanes=lanes)
+    if settings.chunk_slots:  # the requests that carry upload bytes, in arrival order (api/admission.py)
+        admission = Admission(settings.chunk_slots, settings.chunk_slot_lease)
+        app.add_middleware(AdmissionMiddleware, admission=admission, routes=ADMITTED)
     app.add_middleware(tus.TusMiddleware)
     if settings.cors_origin_list:
         # Browsers on these origins may call the API (tus-js-client, Uppy); bearer tokens, no cookies.

@@ -12,6 +12,7 @@ import fakeredis
 import pytest
 from fastapi.testclient import TestClient
 
+import api.admission
 import api.fast_lane
 from api.main import create_app
 from tests.fast.conftest import Account
@@ -136,13 +137,29 @@ def test_an_error_without_a_handler_is_still_the_500_of_every_route(client, alic
 
 
 @pytest.mark.parametrize("slots", [0, 5])
-def test_the_lane_admits_chunks_through_ft_chunk_slots(tmp_path, slots):
-    """FT_CHUNK_SLOTS reaches the lane (api/admission.py); 0 leaves it without admission."""
+@pytest.mark.parametrize("fast_lane", [True, False])
+def test_ft_chunk_slots_admits_the_requests_that_carry_upload_bytes(tmp_path, slots, fast_lane):
+    """FT_CHUNK_SLOTS reaches the admission (api/admission.py), with the fast lane or without;
+    0 leaves the app without one. It admits chunks, tus PATCHes and tus creations only."""
     settings = fast_settings(tmp_path).model_copy(update={"chunk_slots": slots, "chunk_slot_lease": 2.5})
-    app = create_app(settings, make_redis=lambda _: fakeredis.FakeAsyncRedis())
-    (lane,) = [m for m in app.user_middleware if m.cls is api.fast_lane.FastLane]
-    admission = lane.kwargs["admission"]
+    app = create_app(settings, make_redis=lambda _: fakeredis.FakeAsyncRedis(), fast_lane=fast_lane)
+    found = [m for m in app.user_middleware if m.cls is api.admission.AdmissionMiddleware]
     if slots == 0:
-        assert admission is None
-    else:
-        assert (admission._free._value, admission._lease) == (5, 2.5)
+        assert found == []
+        return
+    (middleware,) = found
+    admission = middleware.kwargs["admission"]
+    assert (admission._free._value, admission._lease) == (5, 2.5)
+    admitting = api.admission.AdmissionMiddleware(app, admission, middleware.kwargs["routes"])
+    for method, path in (("POST", "/upload/a"), ("PATCH", "/files/a"), ("POST", "/files"), ("POST", "/files/")):
+        assert admitting._admits(method, path), (method, path)
+    for method, path in (
+        ("GET", "/upload/a"),
+        ("POST", "/upload/"),
+        ("POST", "/upload/a/b"),
+        ("HEAD", "/files/a"),
+        ("POST", "/files/a"),
+        ("GET", "/files"),
+        ("POST", "/login"),
+    ):
+        assert not admitting._admits(method, path), (method, path)

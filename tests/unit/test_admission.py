@@ -1,4 +1,4 @@
-"""api/admission.py: chunk requests enter in arrival order, no more than the slots at once; a
+"""api/admission.py: requests that carry upload bytes enter in arrival order, no more than the slots at once; a
 slot held past its lease goes to the next in line; a waiter that gives up takes no slot."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from api.admission import Admission
+from api.admission import Admission, AdmissionMiddleware
 
 
 async def wait_for(condition, what: str, seconds: float = 10.0) -> None:
@@ -99,3 +99,43 @@ def test_a_waiter_that_gives_up_takes_no_slot():
             pass
 
     asyncio.run(scenario())
+
+
+def test_the_middleware_holds_admitted_routes_to_the_slots_and_lets_the_others_by():
+    """AdmissionMiddleware: with one slot held by a creation, a second creation waits and a
+    GET goes on at once; the second enters when the first ends."""
+
+    async def scenario() -> list[str]:
+        events: list[str] = []
+        hold = asyncio.Event()
+
+        async def app(scope, receive, send) -> None:
+            events.append(f"in {scope['method']} {scope['path']}")
+            if (scope["method"], scope["path"]) == ("POST", "/files"):
+                await hold.wait()
+            events.append(f"out {scope['method']} {scope['path']}")
+
+        admitting = AdmissionMiddleware(app, Admission(slots=1, lease=60), [("POST", r"/files/?")])
+
+        def call(method: str, path: str) -> asyncio.Task[None]:
+            scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+            return asyncio.create_task(admitting(scope, None, None))
+
+        first = call("POST", "/files")
+        await wait_for(lambda: "in POST /files" in events, "the first creation inside")
+        second = call("POST", "/files/")
+        await wait_for(lambda: admitting.admission.waiting == 1, "the second creation waiting")
+        await call("GET", "/files")
+        assert "in POST /files/" not in events
+        hold.set()
+        await asyncio.gather(first, second)
+        return events
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [
+        "in POST /files",
+        "in GET /files",
+        "out GET /files",
+        "out POST /files",
+        "in POST /files/",
+        "out POST /files/",
+    ]
