@@ -45,8 +45,9 @@ def fsync_dir(path: Path) -> None:
 
 def write_json_atomic(path: Path, document: Record) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
+    text = json.dumps(document, separators=(",", ":"))  # the C encoder: json.dump's is Python
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, separators=(",", ":"))
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
