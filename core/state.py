@@ -765,9 +765,9 @@ class UploadRepository:
     """The only code that knows the Redis layout of uploads (and of their locks)."""
 
     def __init__(self, redis: aioredis.Redis, shared: SharedConnection | None = None) -> None:
-        """With `shared` (the API's), a chunk's two scripts, claim and commit, run on that one
-        connection with every other request's (core/redis_mux.py); everything else, and every
-        script without it, through `redis`'s pool."""
+        """With `shared` (the API's), a chunk's two scripts, claim and commit, and a tus
+        creation's run on that one connection with every other request's (core/redis_mux.py);
+        everything else, and every script without it, through `redis`'s pool."""
         self.redis = redis  # tests look at keys through it; code elsewhere goes through the methods
         self._shared = shared
         self._claim = redis.register_script(_CLAIM)
@@ -954,9 +954,10 @@ class UploadRepository:
         state, received = (UploadState.ASSEMBLING, total) if complete_chunks is not None else (UploadState.UPLOADING, 0)
         if total == 0 and complete_chunks is None and not tus.deferred and tus.concat is None:
             state = UploadState.ASSEMBLING  # nothing to wait for: an empty file
-        reply = await self._create(
-            keys=[*_keys(file_id), quota_key(owner), create_rate_key(owner), owner_files_key(owner), ALL_FILES_KEY],
-            args=[
+        reply = await self._hot(
+            self._create,
+            [*_keys(file_id), quota_key(owner), create_rate_key(owner), owner_files_key(owner), ALL_FILES_KEY],
+            [
                 file_id,
                 owner,
                 total,
