@@ -92,7 +92,7 @@ def task_message(name: str, args: list[Any], task_id: str, *, origin: str, reque
     it in Redis: Celery's task message (protocol 2: headers naming the task, a body of `[args,
     kwargs, embed]`) in the envelope of kombu's Redis transport (the body in base64, a delivery
     tag, the queue as routing key). `request` is the request id that the worker's log lines
-    repeat. tests/integration/test_task_message.py holds it to Celery's own, field by field."""
+    repeat. tests/integration/test_assembly_queue.py holds it to Celery's own, field by field."""
     body = json.dumps([args, {}, EMBED]).encode()
     headers: dict[str, Any] = {
         "lang": "py",

@@ -1,5 +1,5 @@
 """core/jobs.py task_message: the assembly task as the workers read it (Celery's task protocol 2
-in kombu's Redis envelope). tests/integration/test_task_message.py holds it to what Celery
+in kombu's Redis envelope). tests/integration/test_assembly_queue.py holds it to what Celery
 itself sends, and a real worker runs it."""
 
 from __future__ import annotations
