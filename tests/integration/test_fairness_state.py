@@ -410,3 +410,47 @@ def test_a_claim_holds_its_disk_space_until_its_commit_or_release(run, redis_db)
         ("lost", [b"other"]),
         ("duplicate", [b"other"]),  # a retransmission writes nothing: no hold
     ]
+
+
+# --- a new upload's first chunk --------------------------------------------------------------
+
+
+def evalsha_calls(redis_db) -> int:
+    return int(redis_db.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_first_chunk_at_byte_0_creates_its_upload_in_its_claim(run, redis_db):
+    """Nothing on disk and the chunk at byte 0: claim (creating) and commit, two scripts; a
+    first chunk elsewhere asks first (absent), then creates: three."""
+
+    async def scenario(env: Env) -> list[int]:
+        await env.send(env.user(), "warm", b"w" * 10, 0, 20)  # the scripts loaded
+        counts = []
+        for file_id, start in (("at-zero", 0), ("elsewhere", 10)):
+            before = evalsha_calls(redis_db)
+            receipt = await env.send(env.user(), file_id, b"x" * 10, start, 20)
+            assert (receipt.state, receipt.received_bytes) == ("uploading", 10)
+            counts.append(evalsha_calls(redis_db) - before)
+        return counts
+
+    assert run(scenario) == [2, 3]
+
+
+def test_a_chunk_at_byte_0_of_an_upload_redis_lost_restores_it_first(run, redis_db):
+    """Its manifest on disk: the upload comes back from it (with the bytes it had) before the
+    chunk is claimed, as for any other chunk; never created afresh over it."""
+
+    async def before_the_loss(env: Env) -> None:
+        await env.send(env.user(), "lost", b"b" * 10, 10, 20)
+        upload = await env.repo.get("lost")
+        assert upload is not None
+        env.service.write_manifest(upload, await env.repo.chunks("lost"))
+
+    run(before_the_loss)
+    redis_db.flushdb()
+
+    async def after_the_loss(env: Env):
+        return await env.send(env.user(), "lost", b"a" * 10, 0, 20)
+
+    receipt = run(after_the_loss)
+    assert (receipt.state, receipt.received_bytes) == ("assembling", 20)
